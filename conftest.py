@@ -1,0 +1,1 @@
+"""Repository-level pytest configuration: loads the harness plugin (once it exists) and nothing else."""

@@ -1,0 +1,622 @@
+"""The bank twin: cells, module BMSs, interconnect, master BMS, thermal, bench attachments.
+
+One :class:`Twin` is one bank on one bench. The caller advances its virtual clock; the twin
+picks its own internal steps (microseconds right after anything switches, growing
+geometrically to the caller's maximum step in steady operation) and never reads wall time.
+
+Cell model: OCV(SOC) from the LFP table plus R0 and two RC pairs, integrated exactly over a
+step for a current held at its end-of-step value (so long steps stay stable). The RC pairs
+are lumped per module (cells in series carry the same current); SOC, capacity and balancing
+are per cell.
+
+What a bench can see is offered through the bench methods (supply, load, contactors,
+probes between named nodes, branch shunts, thermocouples) and the master BMS report; the
+internal state is public for inspection (``hil simulate``) but checks should not read it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from emulator.bms import BmsArray, BmsInputs
+from emulator.circuit import MnaSolver
+from emulator.clock import VirtualClock
+from emulator.conductors import temperature_factor
+from emulator.config.loading import BankSpec
+from emulator.master_bms import MasterBms, ModuleView
+from emulator.ocv import cell_ocv
+from emulator.thermal import ThermalNetwork
+from emulator.topology import build_layout, module_series_resistance
+
+G_OFF = 1e-7           # S, an open contactor, blown fuse or off MOSFET (10 Mohm)
+FET_ON, FET_OFF, FET_CLAMP_POS, FET_CLAMP_NEG, FET_FAILED = 0, 1, 2, 3, 4
+FET_STATE_NAMES = {FET_ON: "on", FET_OFF: "off", FET_CLAMP_POS: "avalanche",
+                   FET_CLAMP_NEG: "avalanche", FET_FAILED: "failed_short"}
+SECONDS_PER_MONTH = 30 * 86400.0
+FUSE_CONTINUOUS = 1.1   # a fuse carries 110 % of its rating indefinitely
+FUSE_MELT_S = 20.0      # melt integral in units of rating^2 * s (time-delay fuse)
+WELD_WINDOW_S = 0.01    # contacts bounce for ~10 ms after closing; a surge then welds them
+
+
+@dataclass
+class SupplyState:
+    """DC supply across the bank terminals: CV with current limit; it can source, not sink."""
+
+    on: bool = False
+    voltage_v: float = 0.0
+    current_a: float = 0.0
+    output_ohm: float = 1e-3
+    region: str = "off"
+    rating_v: float = 1000.0
+    rating_a: float = 1000.0
+
+
+@dataclass
+class LoadState:
+    """Electronic load in constant current; below its minimum voltage it acts as a resistor."""
+
+    on: bool = False
+    current_a: float = 0.0
+    min_voltage_v: float = 0.5
+    region: str = "off"
+
+
+@dataclass
+class Peaks:
+    current_a: dict[str, float] = field(default_factory=dict)
+    vds_v: np.ndarray | None = None
+
+
+@dataclass
+class Energy:
+    """Energy accounts in joules, for the energy-balance test and for inspection."""
+
+    supply_in: float = 0.0
+    load_out: float = 0.0
+    chemical: float = 0.0
+    coulombic_loss: float = 0.0
+    joule: float = 0.0
+    rc_loss: float = 0.0
+    clamp: float = 0.0
+    balancing: float = 0.0
+
+
+class Twin:
+    """A LiFePO4 bank with its BMSs on an emulated bench."""
+
+    def __init__(self, spec: BankSpec, seed: int = 0, dt_min: float = 1e-6, growth: float = 1.2):
+        from emulator.faults import apply_scenario  # faults need a built twin
+
+        self.spec = spec
+        self.layout = layout = build_layout(spec)
+        self.clock = VirtualClock()
+        self.rng = np.random.default_rng(seed)
+        self.dt_min = dt_min
+        self.growth = growth
+        mt = spec.module_type
+        self.modules = layout.modules
+        self.module_index = {m: k for k, m in enumerate(self.modules)}
+        n, cells = len(self.modules), mt.cells_in_series
+        self.cells = cells
+        # identities
+        self.serials: dict[str, str] = {}
+        self.firmware: dict[str, str] = {}
+        for k, m in enumerate(self.modules):
+            entry = spec.dut.modules.get(m)
+            self.serials[m] = (entry.serial if entry and entry.serial
+                               else f"{spec.dut.serial_prefix}{spec.dut.batch}-{k + 1:03d}")
+            self.firmware[m] = entry.firmware if entry and entry.firmware else spec.firmware.version
+        # cells and module internals
+        self.cell_soc = np.full((n, cells), spec.dut.initial_soc_pct / 100.0)
+        self.cell_capacity_as = np.full((n, cells), mt.cell.capacity_ah * 3600.0)
+        self.resistance_factor = np.ones(n)
+        self.r_series = np.full(n, module_series_resistance(spec))
+        self.r1 = np.full(n, cells * mt.cell.r1_mohm * 1e-3)
+        self.r2 = np.full(n, cells * mt.cell.r2_mohm * 1e-3)
+        self.tau1 = np.full(n, mt.cell.tau1_s)
+        self.tau2 = np.full(n, mt.cell.tau2_s)
+        self.v_rc1 = np.zeros(n)
+        self.v_rc2 = np.zeros(n)
+        self.eta = mt.cell.coulombic_efficiency
+        self.self_discharge_per_s = mt.cell.self_discharge_pct_per_month / 100 / SECONDS_PER_MONTH
+        self.extra_heat_w = np.zeros(n)
+        self.silent = np.zeros(n, dtype=bool)
+        # BMS switch (MOSFETs)
+        fet = mt.bms.fet
+        self.fet_r_on = np.full(n, 2 * fet.rds_on_mohm * 1e-3)
+        self.fet_rating_v = np.full(n, fet.vds_rating_v)
+        self.fet_clamp_v = np.full(n, fet.avalanche_clamp_v)
+        self.fet_clamp_r = np.full(n, fet.clamp_resistance_mohm * 1e-3)
+        self.fet_eas_j = np.full(n, fet.avalanche_energy_j)
+        self.fet_region = np.full(n, FET_ON)
+        self.fet_energy_j = np.zeros(n)
+        self.fet_peak_v = np.zeros(n)
+        self.bms = BmsArray(mt, n)
+        # branches
+        self.solver = MnaSolver(layout.netlist)
+        nb = len(layout.netlist.branch_names)
+        self.g = np.zeros(nb)
+        self.s = np.zeros(nb)
+        self.stack_idx = np.array([layout.module_stack[m] for m in self.modules])
+        self.fet_idx = np.array([layout.module_fet[m] for m in self.modules])
+        self.res_idx = np.array([r.branch for r in layout.resistive])
+        self.ind_idx = np.array([i.branch for i in layout.inductors])
+        self.ind_h = np.array([i.henry for i in layout.inductors])
+        self.ind_i = np.zeros(len(layout.inductors))
+        self.contactor_closed = {name: True for name in layout.contactors}
+        self.contactor_stuck: dict[str, str | None] = {name: None for name in layout.contactors}
+        self.contactor_welded = {name: False for name in layout.contactors}
+        self.contactor_closed_at = {name: -1.0 for name in layout.contactors}
+        self.contactor_hold_open = {name: False for name in layout.contactors}
+        self.fuse_blown = {name: False for name in layout.fuses}
+        self.fuse_heat = {name: 0.0 for name in layout.fuses}
+        self.supply = SupplyState()
+        self.load = LoadState()
+        # thermal
+        names = [t.name for t in layout.thermal_nodes]
+        self.thermal = ThermalNetwork(
+            names, np.array([t.heat_capacity for t in layout.thermal_nodes]),
+            np.array([t.to_ambient for t in layout.thermal_nodes]), layout.thermal_links,
+            spec.dut.ambient_c)
+        self._module_thermal = np.array([self.thermal.index[m] for m in self.modules])
+        self._resistance_temperatures = self.thermal.temperature.copy()
+        self._heat_matrix = np.zeros((len(names), len(layout.resistive)))
+        # master
+        self.master = MasterBms(spec.firmware, self.modules, layout.branch_of_module,
+                                spec.dut.series, mt.bms.limits, cells)
+        self._next_master_tick = 0.0
+        # bookkeeping
+        self.peaks = Peaks(vds_v=np.zeros(n))
+        self.energy = Energy()
+        self.events: list[tuple[float, str]] = []
+        self.scheduled: list[tuple[float, Callable[[], None], str]] = []
+        self.step_count = 0
+        self._dt_next = dt_min
+        self._dirty_resistive = True
+        self.v_nodes = np.zeros(len(layout.netlist.node_names))
+        self.branch_v = np.zeros(nb)
+        self.branch_i = np.zeros(nb)
+        self.observers: list[Callable[["Twin", float], None]] = []
+        apply_scenario(self, spec)
+        self.master.startup_sync(self._module_views())
+        self._apply_master_decisions()
+        self._solve(self.dt_min)  # a consistent operating point at t = 0
+
+    # ================================================================== bench: commands
+    def set_supply(self, voltage_v: float, current_a: float) -> None:
+        self.supply.voltage_v, self.supply.current_a = float(voltage_v), float(current_a)
+        self._event("supply setpoint")
+
+    def supply_output(self, on: bool) -> None:
+        self.supply.on = bool(on)
+        self._event(f"supply output {'on' if on else 'off'}")
+
+    def set_load(self, current_a: float, min_voltage_v: float | None = None) -> None:
+        self.load.current_a = max(float(current_a), 0.0)
+        if min_voltage_v is not None:
+            self.load.min_voltage_v = float(min_voltage_v)
+        self._event("load setpoint")
+
+    def load_input(self, on: bool) -> None:
+        self.load.on = bool(on)
+        self._event(f"load input {'on' if on else 'off'}")
+
+    def set_contactor(self, name: str, closed: bool) -> None:
+        if name not in self.contactor_closed:
+            raise KeyError(f"no contactor '{name}' (contactors: {', '.join(self.contactor_closed)})")
+        stuck = self.contactor_stuck[name]
+        if self.contactor_welded[name] or stuck == "closed":
+            closed = True
+        elif stuck == "open" or (closed and self.contactor_hold_open[name]):
+            closed = False
+        if closed and not self.contactor_closed[name]:
+            self.contactor_closed_at[name] = self.clock.now
+        self.contactor_closed[name] = closed
+        self._dirty_resistive = True
+        self._event(f"contactor {name} {'closed' if closed else 'open'}")
+
+    def bms_force_off(self, module: str, off: bool = True) -> None:
+        """BMS service command: open (or release) one module's MOSFETs."""
+        self.bms.forced_off[self.module_index[module]] = off
+        self._event(f"{module} BMS switch {'forced off' if off else 'released'}")
+
+    def inverter_heartbeat(self) -> None:
+        self.master.heartbeat(self.clock.now)
+
+    def shutdown_bench(self) -> None:
+        """Safe state: load off, supply off, main contactor open."""
+        self.load_input(False)
+        self.supply_output(False)
+        self.set_contactor("main", False)
+
+    # ================================================================== bench: measurements
+    def _noisy(self, value: float, sigma: float) -> float:
+        return float(value + self.rng.normal(0.0, sigma)) if sigma else float(value)
+
+    def node_voltage(self, node: str) -> float:
+        return float(self.v_nodes[self.layout.netlist.node_names.index(node)])
+
+    def probe(self, plus: str, minus: str, noise_v: float = 0.0) -> float:
+        """Voltage between two named nodes, as a DMM or scanner channel would read it."""
+        return self._noisy(self.node_voltage(plus) - self.node_voltage(minus), noise_v)
+
+    def shunt_current(self, branch: str, noise_a: float = 0.0) -> float:
+        """Current in a parallel branch's shunt, + = charging the branch."""
+        k = self.layout.branch_shunt[branch]
+        return self._noisy(self.branch_i[k], noise_a)
+
+    def thermocouple(self, point: str, noise_c: float = 0.0) -> float:
+        return self._noisy(self.thermal.temperature[self.thermal.index[point]], noise_c)
+
+    def supply_reading(self) -> tuple[float, float]:
+        k = self.layout.supply
+        return float(self.branch_v[k]), float(-self.branch_i[k])
+
+    def load_reading(self) -> tuple[float, float]:
+        k = self.layout.load
+        return float(self.branch_v[k]), float(self.branch_i[k])
+
+    @property
+    def terminal_voltage(self) -> float:
+        return self.node_voltage("bank+")
+
+    def module_current(self, module: str) -> float:
+        return float(self.branch_i[self.stack_idx[self.module_index[module]]])
+
+    def module_stack_voltage(self, module: str) -> float:
+        return self.probe(f"{module}.+", f"{module}.B-")
+
+    def module_terminal_voltage(self, module: str) -> float:
+        return self.probe(f"{module}.+", f"{module}.P-")
+
+    def vds(self, module: str) -> float:
+        return float(self.branch_v[self.fet_idx[self.module_index[module]]])
+
+    def ocv(self) -> np.ndarray:
+        return cell_ocv(self.cell_soc).sum(axis=1)
+
+    def soc(self) -> np.ndarray:
+        return self.cell_soc.mean(axis=1)
+
+    def fet_state(self, module: str) -> str:
+        k = self.module_index[module]
+        region = int(self.fet_region[k])
+        if region == FET_ON:
+            if not self.bms.allow_charge()[k] and not self.bms.allow_discharge()[k]:
+                return "off"
+            if not self.bms.allow_charge()[k]:
+                return "charge_off"
+            if not self.bms.allow_discharge()[k]:
+                return "discharge_off"
+        return FET_STATE_NAMES[region]
+
+    # ================================================================== time
+    def advance(self, seconds: float, max_step: float = 1.0) -> None:
+        """Run the bank for ``seconds`` of virtual time with internal steps <= ``max_step``."""
+        target = self.clock.now + max(seconds, 0.0)
+        while target - self.clock.now > 1e-12:
+            now = self.clock.now
+            dt = min(self._dt_next, max_step, target - now, self._time_to_events(now))
+            dt = max(dt, 1e-9)
+            self._step(dt)
+
+    def schedule(self, at_s: float, action: Callable[[], None], what: str) -> None:
+        self.scheduled.append((at_s, action, what))
+        self.scheduled.sort(key=lambda item: item[0])
+
+    def _time_to_events(self, now: float) -> float:
+        horizon = self.bms.time_to_next_trip()
+        if self.scheduled:
+            horizon = min(horizon, max(self.scheduled[0][0] - now, 0.0))
+        return horizon if horizon > 0 else self.dt_min
+
+    def _event(self, what: str) -> None:
+        self.events.append((self.clock.now, what))
+        self._dt_next = self.dt_min
+
+    # ================================================================== one step
+    def _resistive_conductances(self) -> np.ndarray:
+        temps = self.thermal.temperature
+        values = np.empty(len(self.layout.resistive))
+        self._heat_matrix[:] = 0.0
+        for k, element in enumerate(self.layout.resistive):
+            parts = dict(element.parts)
+            if element.copper_part and element.copper_node:
+                parts[element.copper_part] *= temperature_factor(temps[self.thermal.index[element.copper_node]])
+            for part, node in element.heat_to.items():
+                self._heat_matrix[self.thermal.index[node], k] += parts[part]
+            open_ = ((element.contactor and not self.contactor_closed[element.contactor])
+                     or (element.fuse and self.fuse_blown[element.fuse]))
+            values[k] = G_OFF if open_ else 1.0 / max(sum(parts.values()), 1e-9)
+        self._resistive_g = values
+        self._resistance_temperatures = temps.copy()
+        self._dirty_resistive = False
+        return values
+
+    def _fet_gs(self) -> tuple[np.ndarray, np.ndarray]:
+        region = self.fet_region
+        g = np.where(region == FET_OFF, G_OFF, 1.0 / self.fet_r_on)
+        clamp = (region == FET_CLAMP_POS) | (region == FET_CLAMP_NEG)
+        g = np.where(clamp, 1.0 / self.fet_clamp_r, g)
+        sign = np.where(region == FET_CLAMP_POS, 1.0, -1.0)
+        s = np.where(clamp, sign * self.fet_clamp_v / self.fet_clamp_r, 0.0)
+        return g, s
+
+    def _supply_gs(self) -> tuple[float, float]:
+        sup = self.supply
+        if not sup.on or sup.region in ("off", "block"):
+            return G_OFF, 0.0
+        if sup.region == "cc":
+            return 0.0, sup.current_a
+        return 1.0 / sup.output_ohm, sup.voltage_v / sup.output_ohm
+
+    def _load_gs(self) -> tuple[float, float]:
+        ld = self.load
+        if not ld.on or ld.current_a <= 0:
+            return G_OFF, 0.0
+        if ld.region == "dropout":
+            return ld.current_a / ld.min_voltage_v, 0.0
+        return 0.0, -ld.current_a
+
+    def _assemble(self, dt: float, emf: np.ndarray) -> None:
+        if self._dirty_resistive or np.max(np.abs(self.thermal.temperature - self._resistance_temperatures)) > 1.0:
+            self._resistive_conductances()
+        g, s = self.g, self.s
+        g[self.res_idx] = self._resistive_g
+        s[self.res_idx] = 0.0
+        if len(self.ind_idx):
+            g[self.ind_idx] = dt / self.ind_h
+            s[self.ind_idx] = -self.ind_i
+        a1, a2 = np.exp(-dt / self.tau1), np.exp(-dt / self.tau2)
+        r_eq = self.r_series + self.r1 * (1 - a1) + self.r2 * (1 - a2)
+        g[self.stack_idx] = 1.0 / r_eq
+        s[self.stack_idx] = (emf + a1 * self.v_rc1 + a2 * self.v_rc2) / r_eq
+        self._a1, self._a2 = a1, a2
+        g[self.fet_idx], s[self.fet_idx] = self._fet_gs()
+        g[self.layout.supply], s[self.layout.supply] = self._supply_gs()
+        g[self.layout.load], s[self.layout.load] = self._load_gs()
+
+    def _pwl_update(self, bv: np.ndarray, bi: np.ndarray) -> bool:
+        """Re-pick piecewise-linear regions from a solution; True if any changed."""
+        changed = False
+        v = bv[self.fet_idx]
+        i = bi[self.fet_idx]
+        allow_d, allow_c = self.bms.allow_discharge(), self.bms.allow_charge()
+        region = self.fet_region
+        new = region.copy()
+        tol = 1e-6
+        conducting_ok = ((i >= -tol) & allow_d) | ((i <= tol) & allow_c)
+        on = region == FET_ON
+        new[on & ~conducting_ok] = FET_OFF
+        want_on = (allow_d & (v > tol)) | (allow_c & (v < -tol))
+        not_on = (region == FET_OFF) | (region == FET_CLAMP_POS) | (region == FET_CLAMP_NEG)
+        candidates = not_on & ~on
+        new[candidates & want_on] = FET_ON
+        idle = candidates & ~want_on
+        new[idle & (v > self.fet_clamp_v)] = FET_CLAMP_POS
+        new[idle & (v < -self.fet_clamp_v)] = FET_CLAMP_NEG
+        new[idle & (np.abs(v) <= self.fet_clamp_v)] = FET_OFF
+        # a clamp that stopped conducting returns to off
+        new[(region == FET_CLAMP_POS) & (i < 0) & ~want_on] = FET_OFF
+        new[(region == FET_CLAMP_NEG) & (i > 0) & ~want_on] = FET_OFF
+        new[region == FET_FAILED] = FET_FAILED
+        if not np.array_equal(new, region):
+            self.fet_region = new
+            changed = True
+        sup, k = self.supply, self.layout.supply
+        if sup.on:
+            vs, is_ = bv[k], -bi[k]  # is_ = current the supply delivers
+            region_s = sup.region
+            if region_s in ("off", "block"):
+                region_s = "cv" if vs < sup.voltage_v else "block"
+            elif region_s == "cv":
+                if is_ > sup.current_a + 1e-9:
+                    region_s = "cc"
+                elif is_ < -1e-9:
+                    region_s = "block"
+            elif region_s == "cc" and vs > sup.voltage_v + 1e-9:
+                region_s = "cv"
+            if region_s != sup.region:
+                sup.region, changed = region_s, True
+        elif sup.region != "off":
+            sup.region, changed = "off", True
+        ld, k = self.load, self.layout.load
+        if ld.on:
+            region_l = "cc" if bv[k] >= ld.min_voltage_v else "dropout"
+            if region_l != ld.region:
+                ld.region, changed = region_l, True
+        elif ld.region != "off":
+            ld.region, changed = "off", True
+        return changed
+
+    def _solve(self, dt: float) -> bool:
+        emf = self.ocv()
+        self._emf = emf
+        any_change = False
+        for _ in range(30):
+            self._assemble(dt, emf)
+            self.v_nodes, self.branch_v, self.branch_i = self.solver.solve(self.g, self.s)
+            if not self._pwl_update(self.branch_v, self.branch_i):
+                break
+            any_change = True
+        return any_change
+
+    def _step(self, dt: float) -> None:
+        regions_before = self.fet_region.copy()
+        switched = self._solve(dt)
+        now = self.clock.now + dt
+        bi, bv = self.branch_i, self.branch_v
+        i_mod = bi[self.stack_idx]
+        # -- RC pairs and inductors
+        self.v_rc1 = self._a1 * self.v_rc1 + self.r1 * (1 - self._a1) * i_mod
+        self.v_rc2 = self._a2 * self.v_rc2 + self.r2 * (1 - self._a2) * i_mod
+        if len(self.ind_idx):
+            self.ind_i = bi[self.ind_idx].copy()
+        # -- cells: charge, balancing, self-discharge
+        cell_v = (cell_ocv(self.cell_soc)
+                  + ((i_mod * self.r_series + self.v_rc1 + self.v_rc2) / self.cells)[:, None])
+        bleed = self.bms.balance_currents(cell_v, i_mod > -0.5)
+        effective = np.where(i_mod > 0, self.eta * i_mod, i_mod)
+        self.cell_soc += (effective[:, None] - bleed) * dt / self.cell_capacity_as
+        self.cell_soc -= self.self_discharge_per_s * dt
+        np.clip(self.cell_soc, 0.0, 1.0, out=self.cell_soc)
+        # -- MOSFET avalanche and peaks
+        vds = bv[self.fet_idx]
+        np.maximum(self.peaks.vds_v, np.abs(vds), out=self.peaks.vds_v)
+        np.maximum(self.fet_peak_v, np.abs(vds), out=self.fet_peak_v)
+        clamping = (self.fet_region == FET_CLAMP_POS) | (self.fet_region == FET_CLAMP_NEG)
+        clamp_power = np.where(clamping, np.abs(vds * bi[self.fet_idx]), 0.0)
+        self.fet_energy_j += clamp_power * dt
+        failed = clamping & (self.fet_energy_j > self.fet_eas_j)
+        if failed.any():
+            self.fet_region[failed] = FET_FAILED
+            for k in np.flatnonzero(failed):
+                self.events.append((now, f"{self.modules[k]} MOSFET failed short after "
+                                         f"{self.fet_energy_j[k]:.2f} J avalanche"))
+            switched = True
+        # -- heat
+        fet_on = (self.fet_region == FET_ON) | (self.fet_region == FET_FAILED)
+        module_heat = (i_mod ** 2 * self.r_series + self.v_rc1 ** 2 / self.r1
+                       + self.v_rc2 ** 2 / self.r2
+                       + np.where(fet_on, bi[self.fet_idx] ** 2 * self.fet_r_on, 0.0)
+                       + clamp_power + (bleed * cell_v).sum(axis=1) + self.extra_heat_w)
+        res_i = bi[self.res_idx]
+        heat = self._heat_matrix @ (res_i ** 2)
+        heat[self._module_thermal] += module_heat
+        self.thermal.step(dt, heat)
+        # -- energy accounts
+        e = self.energy
+        sv, si = self.supply_reading()
+        lv, li = self.load_reading()
+        e.supply_in += sv * si * dt
+        e.load_out += lv * li * dt
+        e.chemical += float(np.sum(self._emf * effective)) * dt
+        e.coulombic_loss += float(np.sum(self._emf * (i_mod - effective))) * dt
+        e.joule += float(np.sum(res_i ** 2 / self._resistive_g)) * dt
+        e.joule += float(np.sum(i_mod ** 2 * self.r_series)) * dt
+        e.joule += float(np.sum(np.where(fet_on, bi[self.fet_idx] ** 2 * self.fet_r_on, 0.0))) * dt
+        e.rc_loss += float(np.sum(self.v_rc1 ** 2 / self.r1 + self.v_rc2 ** 2 / self.r2)) * dt
+        e.clamp += float(np.sum(clamp_power)) * dt
+        e.balancing += float(np.sum(bleed * cell_v)) * dt
+        # -- fuses, contactor welding, current peaks
+        switched |= self._fuses_and_contactors(dt, now)
+        # -- BMS boards
+        temps = self.thermal.temperature[self._module_thermal]
+        if self.bms.step(dt, BmsInputs(cell_v, i_mod, temps)):
+            switched = True
+            self.events.append((now, "BMS switch permissions changed: "
+                                + self._describe_bms_trips()))
+        self.clock.advance_to(now)
+        self.step_count += 1
+        # -- master BMS and scheduled faults
+        while self.scheduled and self.scheduled[0][0] <= now + 1e-12:
+            _, action, what = self.scheduled.pop(0)
+            action()
+            self.events.append((now, what))
+            switched = True
+        if now >= self._next_master_tick - 1e-12:
+            self.master.update(now, self._module_views())
+            switched |= self._apply_master_decisions()
+            self._next_master_tick = now + self.spec.firmware.report_period_s
+        switched |= not np.array_equal(regions_before, self.fet_region)
+        self._dt_next = self.dt_min if switched else self._dt_next * self.growth
+        for observer in self.observers:
+            observer(self, dt)
+
+    def _fuses_and_contactors(self, dt: float, now: float) -> bool:
+        changed = False
+        for branch, k in list(self.layout.branch_lead.items()) + [("main", self.layout.main_branch)]:
+            amps = abs(float(self.branch_i[k]))
+            if amps > self.peaks.current_a.get(branch, 0.0):
+                self.peaks.current_a[branch] = amps
+            rating = self.layout.fuses[branch]
+            heat = self.fuse_heat[branch] + (amps ** 2 - (FUSE_CONTINUOUS * rating) ** 2) * dt
+            self.fuse_heat[branch] = max(heat, 0.0)
+            if not self.fuse_blown[branch] and self.fuse_heat[branch] > FUSE_MELT_S * rating ** 2:
+                self.fuse_blown[branch] = True
+                self._dirty_resistive = True
+                self.events.append((now, f"fuse {branch} ({rating:.0f} A) blown at {amps:.0f} A"))
+                changed = True
+            since = now - self.contactor_closed_at[branch]
+            weld = self.spec.dut.protection.contactor_weld_a
+            if (0 <= since <= WELD_WINDOW_S and amps > weld and not self.contactor_welded[branch]):
+                self.contactor_welded[branch] = True
+                self.events.append((now, f"contactor {branch} welded by {amps:.0f} A surge"))
+        return changed
+
+    def _describe_bms_trips(self) -> str:
+        active = [f"{self.modules[k]}:{name}" for name, arr in self.bms.tripped.items()
+                  for k in np.flatnonzero(arr)]
+        return ", ".join(active) or "all released"
+
+    # ================================================================== master link
+    def _module_views(self) -> list[ModuleView]:
+        soc = self.soc()
+        allow_c, allow_d = self.bms.allow_charge(), self.bms.allow_discharge()
+        views = []
+        for k, m in enumerate(self.modules):
+            views.append(ModuleView(
+                position=m, branch=self.layout.branch_of_module[m], firmware=self.firmware[m],
+                capacity_ah=float(self.cell_capacity_as[k].min() / 3600.0),
+                stack_v=float(self.branch_v[self.stack_idx[k]]) if self.step_count else float(self.ocv()[k]),
+                switch_v=float(self.branch_v[self.fet_idx[k]]), soc=float(soc[k]),
+                allow_charge=bool(allow_c[k]), allow_discharge=bool(allow_d[k]),
+                silent=bool(self.silent[k])))
+        return views
+
+    def _apply_master_decisions(self) -> bool:
+        changed = False
+        strings = self.layout.branches[0].startswith("p") if self.layout.branches else False
+        for k, m in enumerate(self.modules):
+            accepted = self.master.accepted[m]
+            if strings:
+                branch = self.layout.branch_of_module[m]
+                if self.contactor_hold_open[branch] == accepted:
+                    self.contactor_hold_open[branch] = not accepted
+                    if not accepted:
+                        self.set_contactor(branch, False)
+                    changed = True
+            elif bool(self.bms.admitted[k]) != accepted:
+                self.bms.admitted[k] = accepted
+                changed = True
+        if self.master.open_main_request and self.contactor_closed["main"]:
+            self.set_contactor("main", False)
+            changed = True
+        if changed:
+            self._dt_next = self.dt_min
+        return changed
+
+    # ================================================================== inspection
+    def bank_rating(self) -> dict[str, float]:
+        """Nominal voltage (V), capacity (Ah) and energy (kWh) from the DUT's topology."""
+        mt, dut = self.spec.module_type, self.spec.dut
+        volts = dut.series * mt.nominal_voltage_v
+        amp_hours = dut.parallel * mt.capacity_ah
+        return {"voltage_v": volts, "capacity_ah": amp_hours,
+                "energy_kwh": round(volts * amp_hours / 1000.0, 4)}
+
+    def branch_currents(self) -> dict[str, float]:
+        return {b: self.shunt_current(b) for b in self.layout.branches}
+
+    def stored_energy_j(self) -> float:
+        """Chemical energy above empty, integrated over each cell's OCV curve."""
+        from emulator.ocv import ocv_energy_wh
+        total = 0.0
+        for k in range(len(self.modules)):
+            for c in range(self.cells):
+                total += ocv_energy_wh(0.0, float(self.cell_soc[k, c]),
+                                       float(self.cell_capacity_as[k, c] / 3600.0)) * 3600.0
+        return total
+
+
+def build_twin(dut: str, scenario: str | None = None, seed: int = 0, **kwargs) -> Twin:  # type: ignore[no-untyped-def]
+    """Validate the files and build a twin (raises emulator.files.FileError on a bad file)."""
+    from emulator.config.loading import load_bank_spec
+    return Twin(load_bank_spec(dut, scenario), seed=seed, **kwargs)
+
+
+__all__ = ["Twin", "build_twin", "FET_STATE_NAMES", "math"]

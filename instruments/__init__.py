@@ -1,0 +1,1 @@
+"""Role interfaces and instrument drivers (VISA/SCPI, CAN, Modbus)."""

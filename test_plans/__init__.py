@@ -1,0 +1,1 @@
+"""Test plans (YAML) and the check code they run."""
