@@ -168,7 +168,7 @@ class _Builder:
                     capacity, to_air = busbar_thermal(bus.segment_length_m, bus.width_mm,
                                                       bus.thickness_mm)
                 else:
-                    ohm = cable_ohm(bus.length_m, bus.cross_section_mm2, self.dut.ambient_c)
+                    ohm = cable_ohm(bus.length_m, bus.cross_section_mm2)  # follows its thermal node
                     capacity, to_air = cable_thermal(bus.length_m, bus.cross_section_mm2)
                 self.thermal.append(ThermalNode(name, capacity, to_air))
                 self.resistor(name, f"{prefix}{polarity}.{k}", f"{prefix}{polarity}.{k + 1}",
