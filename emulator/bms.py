@@ -35,123 +35,129 @@ class BmsInputs:
 
 
 class BmsArray:
-    """The BMS boards of every module of a bank."""
+    """The BMS boards of every module of a bank, as (protection x module) arrays."""
 
     def __init__(self, module_type: ModuleType, count: int):
         self.spec = module_type.bms
         self.count = count
-        names = PROTECTIONS
-        self.timer = {name: np.zeros(count) for name in names}
-        self.tripped = {name: np.zeros(count, dtype=bool) for name in names}
-        self.trip_age = {name: np.zeros(count) for name in names}
-        self.trip_count = {name: np.zeros(count, dtype=int) for name in names}
+        size = (len(PROTECTIONS), count)
+        self.timer = np.zeros(size)
+        self.tripped = np.zeros(size, dtype=bool)
+        self.trip_age = np.zeros(size)
+        self.trip_count = np.zeros(size, dtype=int)
         self.forced_off = np.zeros(count, dtype=bool)     # service command "open FETs"
         self.admitted = np.ones(count, dtype=bool)        # master's admission
         self.balancing = np.zeros((count, module_type.cells_in_series), dtype=bool)
         p = self.spec.protections
-        self.delay = {
-            "cell_overvoltage": p.cell_overvoltage.delay_s,
-            "cell_undervoltage": p.cell_undervoltage.delay_s,
-            "charge_overcurrent": p.charge_overcurrent.delay_s,
-            "discharge_overcurrent": p.discharge_overcurrent.delay_s,
-            "short_circuit": p.short_circuit.delay_s,
-            "charge_over_temperature": p.charge_temperature.delay_s,
-            "charge_under_temperature": p.charge_temperature.delay_s,
-            "discharge_over_temperature": p.discharge_temperature.delay_s,
-            "discharge_under_temperature": p.discharge_temperature.delay_s,
-        }
+        self.delay = np.array([[p.cell_overvoltage.delay_s], [p.cell_undervoltage.delay_s],
+                               [p.charge_overcurrent.delay_s], [p.discharge_overcurrent.delay_s],
+                               [p.short_circuit.delay_s], [p.charge_temperature.delay_s],
+                               [p.charge_temperature.delay_s], [p.discharge_temperature.delay_s],
+                               [p.discharge_temperature.delay_s]])
+        # over-current and short circuit recover after a fixed time; the rest by condition
+        self.recovery = np.array([[np.inf], [np.inf], [p.charge_overcurrent.recovery_s],
+                                  [p.discharge_overcurrent.recovery_s], [p.short_circuit.recovery_s],
+                                  [np.inf], [np.inf], [np.inf], [np.inf]])
+        self.blocks_charge = np.array([[name in BLOCKS_CHARGE] for name in PROTECTIONS])
+        self.blocks_discharge = np.array([[name in BLOCKS_DISCHARGE] for name in PROTECTIONS])
+        self._trip = np.zeros(size, dtype=bool)
+        self._release = np.zeros(size, dtype=bool)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        enabled = ~self.forced_off & self.admitted
+        self._allow_charge = ~(self.tripped & self.blocks_charge).any(axis=0) & enabled
+        self._allow_discharge = ~(self.tripped & self.blocks_discharge).any(axis=0) & enabled
 
     # -- what the switch may do ---------------------------------------------------------------
     def allow_charge(self) -> np.ndarray:
-        blocked = np.zeros(self.count, dtype=bool)
-        for name in BLOCKS_CHARGE:
-            blocked |= self.tripped[name]
-        return ~blocked & ~self.forced_off & self.admitted
+        return self._allow_charge
 
     def allow_discharge(self) -> np.ndarray:
-        blocked = np.zeros(self.count, dtype=bool)
-        for name in BLOCKS_DISCHARGE:
-            blocked |= self.tripped[name]
-        return ~blocked & ~self.forced_off & self.admitted
+        return self._allow_discharge
+
+    def set_forced_off(self, k: int, off: bool) -> None:
+        self.forced_off[k] = off
+        self._refresh()
+
+    def set_admitted(self, k: int, admitted: bool) -> None:
+        self.admitted[k] = admitted
+        self._refresh()
 
     def alarms(self, k: int) -> dict[str, bool]:
-        return {name: bool(self.tripped[name][k]) for name in PROTECTIONS}
+        return {name: bool(self.tripped[j, k]) for j, name in enumerate(PROTECTIONS)}
+
+    def active_trips(self) -> list[tuple[str, int]]:
+        return [(PROTECTIONS[j], int(k)) for j, k in zip(*np.nonzero(self.tripped))]
 
     # -- one step -----------------------------------------------------------------------------
-    def conditions(self, x: BmsInputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(trip conditions, release conditions) per protection."""
+    def _conditions(self, x: BmsInputs) -> None:
+        """Fill the (protection x module) trip and release condition arrays."""
         p = self.spec.protections
         vmax, vmin = x.cell_v.max(axis=1), x.cell_v.min(axis=1)
         t, i = x.temperature_c, x.current_a
         ct, dt = p.charge_temperature, p.discharge_temperature
-        trip = {
-            "cell_overvoltage": vmax > p.cell_overvoltage.threshold_v,
-            "cell_undervoltage": vmin < p.cell_undervoltage.threshold_v,
-            "charge_overcurrent": i > p.charge_overcurrent.threshold_a,
-            "discharge_overcurrent": -i > p.discharge_overcurrent.threshold_a,
-            "short_circuit": -i > p.short_circuit.threshold_a,
-            "charge_over_temperature": (t > ct.max_c) & (i > 0.5),
-            "charge_under_temperature": (t < ct.min_c) & (i > 0.5),
-            "discharge_over_temperature": t > dt.max_c,
-            "discharge_under_temperature": t < dt.min_c,
-        }
-        never = np.zeros(self.count, dtype=bool)
-        release = {
-            "cell_overvoltage": vmax < p.cell_overvoltage.release_v,
-            "cell_undervoltage": vmin > p.cell_undervoltage.release_v,
-            "charge_overcurrent": never,
-            "discharge_overcurrent": never,
-            "short_circuit": never,
-            "charge_over_temperature": t < ct.max_c - ct.hysteresis_k,
-            "charge_under_temperature": t > ct.min_c + ct.hysteresis_k,
-            "discharge_over_temperature": t < dt.max_c - dt.hysteresis_k,
-            "discharge_under_temperature": t > dt.min_c + dt.hysteresis_k,
-        }
-        return trip, release
-
-    def recovery_s(self, name: str) -> float | None:
-        p = self.spec.protections
-        return {"charge_overcurrent": p.charge_overcurrent.recovery_s,
-                "discharge_overcurrent": p.discharge_overcurrent.recovery_s,
-                "short_circuit": p.short_circuit.recovery_s}.get(name)
+        trip, release = self._trip, self._release
+        trip[0] = vmax > p.cell_overvoltage.threshold_v
+        trip[1] = vmin < p.cell_undervoltage.threshold_v
+        trip[2] = i > p.charge_overcurrent.threshold_a
+        trip[3] = -i > p.discharge_overcurrent.threshold_a
+        trip[4] = -i > p.short_circuit.threshold_a
+        charging = i > 0.5
+        trip[5] = (t > ct.max_c) & charging
+        trip[6] = (t < ct.min_c) & charging
+        trip[7] = t > dt.max_c
+        trip[8] = t < dt.min_c
+        release[0] = vmax < p.cell_overvoltage.release_v
+        release[1] = vmin > p.cell_undervoltage.release_v
+        release[2:5] = False
+        release[5] = t < ct.max_c - ct.hysteresis_k
+        release[6] = t > ct.min_c + ct.hysteresis_k
+        release[7] = t < dt.max_c - dt.hysteresis_k
+        release[8] = t > dt.min_c + dt.hysteresis_k
 
     def step(self, dt: float, x: BmsInputs) -> bool:
         """Advance timers by dt; return True if any switch permission changed."""
-        before = (self.allow_charge(), self.allow_discharge())
-        trip, release = self.conditions(x)
-        for name in PROTECTIONS:
-            tripped = self.tripped[name]
-            running = trip[name] & ~tripped
-            self.timer[name] = np.where(running, self.timer[name] + dt, 0.0)
-            fire = running & (self.timer[name] >= self.delay[name] - 1e-12)
+        self._conditions(x)
+        changed = False
+        running = self._trip & ~self.tripped
+        if running.any():
+            self.timer = np.where(running, self.timer + dt, 0.0)
+            fire = running & (self.timer >= self.delay - 1e-12)
             if fire.any():
-                tripped |= fire
-                self.trip_count[name] += fire
-                self.trip_age[name][fire] = 0.0
-                self.timer[name][fire] = 0.0
-            self.trip_age[name] = np.where(tripped, self.trip_age[name] + dt, 0.0)
-            recovery = self.recovery_s(name)
-            if recovery is None:
-                tripped &= ~(release[name] & (self.trip_age[name] > 0))
-            else:
-                tripped &= ~(self.trip_age[name] >= recovery)
-        after = (self.allow_charge(), self.allow_discharge())
-        return not (np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1]))
+                self.tripped |= fire
+                self.trip_count += fire
+                self.trip_age[fire] = 0.0
+                self.timer[fire] = 0.0
+                changed = True
+        elif self.timer.any():
+            self.timer[:] = 0.0
+        if self.tripped.any():
+            age = np.where(self.tripped, self.trip_age + dt, 0.0)
+            self.trip_age = age
+            released = self.tripped & ((self._release & (age > dt)) | (age >= self.recovery))
+            if released.any():
+                self.tripped &= ~released
+                changed = True
+        if not changed:
+            return False
+        before = (self._allow_charge, self._allow_discharge)
+        self._refresh()
+        return not (np.array_equal(before[0], self._allow_charge)
+                    and np.array_equal(before[1], self._allow_discharge))
 
     def time_to_next_trip(self) -> float:
         """Shortest time until a running debounce timer expires (inf if none runs)."""
-        best = np.inf
-        for name in PROTECTIONS:
-            running = self.timer[name] > 0
-            if running.any():
-                best = min(best, float(np.min(self.delay[name] - self.timer[name][running])))
-        return max(best, 0.0)
+        running = self.timer > 0
+        if not running.any():
+            return np.inf
+        return max(float(np.min(np.where(running, self.delay - self.timer, np.inf))), 0.0)
 
     def balance_currents(self, cell_v: np.ndarray, charging: np.ndarray) -> np.ndarray:
         """Passive balancing: bleed cells above the start voltage and above the lowest cell.
 
-        Returns bleed current per cell (A). Balancing runs while charging or at rest near full,
-        as most 4S/16S boards do.
+        Returns bleed current per cell (A). Balancing runs while charging or at rest, as most
+        4S/16S boards do.
         """
         b = self.spec.balancing
         lowest = cell_v.min(axis=1, keepdims=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg import lu_factor, lu_solve
+from scipy.linalg.lapack import dgetrf, dgetrs
 
 GROUND = "bank-"
 G_MIN = 1e-9  # S from every node to ground, as SPICE's gmin: keeps floating nodes solvable
@@ -75,7 +75,10 @@ class MnaSolver:
     def _factor(self, g: np.ndarray) -> None:
         matrix = self.incidence_t @ (g[:, None] * self.incidence)
         matrix[np.diag_indices_from(matrix)] += G_MIN
-        self._lu = lu_factor(matrix, check_finite=False)
+        lu, piv, info = dgetrf(matrix)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"singular nodal matrix (LAPACK info {info})")
+        self._lu = (lu, piv)
         self._factored_g = g.copy()
         self.factorisations += 1
 
@@ -84,7 +87,7 @@ class MnaSolver:
         if self._factored_g is None or not np.array_equal(g, self._factored_g):
             self._factor(g)
         assert self._lu is not None
-        nodes = lu_solve(self._lu, self.incidence_t @ s, check_finite=False)
+        nodes, _ = dgetrs(self._lu[0], self._lu[1], self.incidence_t @ s)
         branch_v = self.incidence @ nodes
         branch_i = g * branch_v - s
         return np.concatenate(([0.0], nodes)), branch_v, branch_i

@@ -127,8 +127,7 @@ def _apply(twin: "Twin", fault: object, resolve: _Resolver) -> None:  # noqa: C9
         twin.contactor_closed[name] = fault.stuck == "closed"
         twin._dirty_resistive = True
     elif isinstance(fault, sc.BlownFuse):
-        twin.fuse_blown[resolve.branch(fault.branch, "branch")] = True
-        twin._dirty_resistive = True
+        twin.blow_fuse(resolve.branch(fault.branch, "branch"))
     elif isinstance(fault, sc.HotModule):
         k = twin.module_index[resolve.module(fault.module)]
         twin.extra_heat_w[k] += fault.extra_heat_w

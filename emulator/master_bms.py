@@ -13,22 +13,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emulator.config.firmware import FirmwareProfile
+from emulator.config.module_type import ModuleLimits
 
 
 @dataclass
-class ModuleView:
-    """What the master knows of one module, as its slave BMS reports it."""
+class ModuleViews:
+    """What the master knows of its modules, as their slave BMSs report it (arrays by module)."""
 
-    position: str
-    branch: str
-    firmware: str
-    capacity_ah: float
-    stack_v: float
-    switch_v: float         # voltage across the module's open BMS switch (0 when closed)
-    soc: float
-    allow_charge: bool
-    allow_discharge: bool
-    silent: bool
+    stack_v: np.ndarray
+    switch_v: np.ndarray     # voltage across each module's BMS switch (~0 when closed)
+    soc: np.ndarray          # fraction
+    capacity_ah: np.ndarray
+    allow_charge: np.ndarray
+    allow_discharge: np.ndarray
+    silent: np.ndarray
+    firmware: list[str]
 
 
 @dataclass
@@ -60,17 +59,18 @@ class MasterReport:
 
 class MasterBms:
     def __init__(self, profile: FirmwareProfile, modules: list[str], branch_of: dict[str, str],
-                 series: int, module_limits, cells: int):  # type: ignore[no-untyped-def]
+                 series: int, module_limits: ModuleLimits):
         self.profile = profile
         self.modules = modules
-        self.branch_of = branch_of
         self.series = series
         self.limits = module_limits
-        self.cells = cells
-        self.accepted: dict[str, bool] = {m: True for m in modules}
-        self.pending_since: dict[str, float] = {}
-        self.ok_since: dict[str, float | None] = {m: None for m in modules}
-        self.last_seen: dict[str, float] = {m: 0.0 for m in modules}
+        self.series_index = np.array([int(m[1:].split("p")[0]) - 1 for m in modules])
+        branches = sorted(set(branch_of.values()))
+        self.branch_index = np.array([branches.index(branch_of[m]) for m in modules])
+        count = len(modules)
+        self.accepted = np.ones(count, dtype=bool)
+        self.ok_since = np.full(count, np.nan)
+        self.last_seen = np.zeros(count)
         self.last_heartbeat: float | None = None
         self.deaf_from: float | None = None
         self.report = MasterReport()
@@ -88,67 +88,61 @@ class MasterBms:
             self.open_main_request = False
         self.last_heartbeat = now
 
-    def startup_sync(self, views: list[ModuleView]) -> None:
-        """At power-up, modules whose voltage is far from their peers stay pending (004)."""
+    def _firmware_refused(self, views: ModuleViews) -> np.ndarray:
+        if self.profile.admission.firmware_mismatch != "exclude":
+            return np.zeros(len(self.modules), dtype=bool)
+        return np.array([fw != self.profile.version for fw in views.firmware])
+
+    def startup_sync(self, views: ModuleViews) -> None:
+        """At power-up, a branch whose voltage is far from its peers' stays pending (004)."""
         limit = self.profile.admission.max_delta_v_per_module
-        master_fw = self.profile.version
-        by_branch: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for v in views:
-            by_branch[v.branch] = by_branch.get(v.branch, 0.0) + v.stack_v
-            counts[v.branch] = counts.get(v.branch, 0) + 1
-        reference = float(np.median(list(by_branch.values())))
-        for v in views:
-            far = abs(by_branch[v.branch] - reference) > limit * counts[v.branch]
-            wrong_fw = (v.firmware != master_fw
-                        and self.profile.admission.firmware_mismatch == "exclude")
-            self.accepted[v.position] = not (far or wrong_fw)
+        branch_v = np.bincount(self.branch_index, weights=views.stack_v)
+        per_branch = np.bincount(self.branch_index)
+        reference = float(np.median(branch_v))
+        far = np.abs(branch_v - reference) > limit * per_branch
+        self.accepted = ~far[self.branch_index] & ~self._firmware_refused(views)
 
     # -- periodic -------------------------------------------------------------------------------
-    def update(self, now: float, views: list[ModuleView]) -> MasterReport:
+    def update(self, now: float, views: ModuleViews) -> MasterReport:
         prof = self.profile
-        limit = prof.admission.max_delta_v_per_module
-        for v in views:
-            if not v.silent:
-                self.last_seen[v.position] = now
-            wrong_fw = v.firmware != prof.version and prof.admission.firmware_mismatch == "exclude"
-            if not self.accepted[v.position] and not wrong_fw:
-                if abs(v.switch_v) <= limit:
-                    since = self.ok_since[v.position]
-                    if since is None:
-                        self.ok_since[v.position] = now
-                    elif now - since >= prof.admission.settle_s:
-                        self.accepted[v.position] = True
-                        self.events.append((now, f"{v.position} admitted"))
-                else:
-                    self.ok_since[v.position] = None
-        online = {v.position: now - self.last_seen[v.position] < prof.slave.timeout_s
-                  for v in views}
-        counted_cap = [v for v in views if self.accepted[v.position]
-                       and (online[v.position] or not prof.slave.drop_capacity)]
-        counted_lim = [v for v in views if self.accepted[v.position]
-                       and (online[v.position] or not prof.slave.drop_limits)]
+        refused = self._firmware_refused(views)
+        self.last_seen = np.where(views.silent, self.last_seen, now)
+        waiting = ~self.accepted & ~refused
+        if waiting.any():
+            close = np.abs(views.switch_v) <= prof.admission.max_delta_v_per_module
+            self.ok_since = np.where(waiting & close & np.isnan(self.ok_since), now, self.ok_since)
+            self.ok_since = np.where(waiting & ~close, np.nan, self.ok_since)
+            admit = waiting & close & (now - self.ok_since >= prof.admission.settle_s)
+            for k in np.flatnonzero(admit):
+                self.accepted[k] = True
+                self.events.append((now, f"{self.modules[k]} admitted"))
+        online = now - self.last_seen < prof.slave.timeout_s
+        counted_cap = self.accepted & (online | (not prof.slave.drop_capacity))
+        counted_lim = self.accepted & (online | (not prof.slave.drop_limits))
+        names = np.array(self.modules)
         r = MasterReport()
-        r.counted = [v.position for v in counted_cap]
-        r.pending = [v.position for v in views if not self.accepted[v.position]]
-        r.offline = [p for p, ok in online.items() if not ok]
-        r.excluded = [v.position for v in views
-                      if v.firmware != prof.version and prof.admission.firmware_mismatch == "exclude"]
-        r.modules_online = sum(online.values())
-        r.modules_offline = len(views) - r.modules_online
+        r.counted = [str(x) for x in names[counted_cap]]
+        r.pending = [str(x) for x in names[~self.accepted]]
+        r.offline = [str(x) for x in names[~online]]
+        r.excluded = [str(x) for x in names[refused]]
+        r.modules_online = int(online.sum())
+        r.modules_offline = len(self.modules) - r.modules_online
         r.modules_pending = len(r.pending)
-        r.blocking_charge = sum(not v.allow_charge for v in views)
-        r.blocking_discharge = sum(not v.allow_discharge for v in views)
-        capacity = self._per_branch_capacity(counted_cap)
-        r.online_capacity_ah = capacity
-        r.installed_capacity_ah = self._per_branch_capacity(views)
-        weight = sum(v.capacity_ah for v in counted_cap)
-        r.soc_pct = (100 * sum(v.soc * v.capacity_ah for v in counted_cap) / weight) if weight else 0.0
+        r.blocking_charge = int((~views.allow_charge).sum())
+        r.blocking_discharge = int((~views.allow_discharge).sum())
+        r.online_capacity_ah = self._bank_sum(views.capacity_ah * counted_cap)
+        r.installed_capacity_ah = self._bank_sum(views.capacity_ah)
+        weight = float(np.sum(views.capacity_ah * counted_cap))
+        r.soc_pct = 100 * float(np.sum(views.soc * views.capacity_ah * counted_cap)) / weight if weight else 0.0
         lim = self.limits
         r.charge_voltage_limit_v = lim.charge_voltage_v * self.series
         r.discharge_voltage_limit_v = lim.discharge_voltage_v * self.series
-        r.charge_current_limit_a = self._combined(counted_lim, "charge")
-        r.discharge_current_limit_a = self._combined(counted_lim, "discharge")
+        span = max(100 - lim.taper_start_soc_pct, 1e-6)
+        taper = np.clip((100 - views.soc * 100) / span, 0.0, 1.0)
+        charge = lim.charge_current_a * views.allow_charge * taper * counted_lim
+        discharge = lim.discharge_current_a * views.allow_discharge * counted_lim
+        r.charge_current_limit_a = self._quantise(self._bank_sum(charge))
+        r.discharge_current_limit_a = self._quantise(self._bank_sum(discharge))
         r.comm_alarm = bool(r.offline) and prof.slave.alarm
         self._supervise_heartbeat(now, r)
         r.charge_enable = r.charge_current_limit_a > 0
@@ -172,41 +166,19 @@ class MasterBms:
             self._frozen = None
             return
         r.comm_alarm = r.comm_alarm or hb.alarm
-        if hb.on_loss == "zero_limits":
-            r.charge_current_limit_a = 0.0
-            r.discharge_current_limit_a = 0.0
-        elif hb.on_loss == "keep_last" and self._frozen is not None:
+        if hb.on_loss == "keep_last" and self._frozen is not None:
             r.charge_current_limit_a = self._frozen.charge_current_limit_a
             r.discharge_current_limit_a = self._frozen.discharge_current_limit_a
-        elif hb.on_loss == "open_contactor":
+        else:
             r.charge_current_limit_a = 0.0
             r.discharge_current_limit_a = 0.0
-            self.open_main_request = True
+            self.open_main_request = hb.on_loss == "open_contactor"
 
-    def _per_branch_capacity(self, views: list[ModuleView]) -> float:
-        """Capacity of the bank: parallel branches add, series modules do not."""
-        by_series: dict[str, list[float]] = {}
-        for v in views:
-            series_pos = v.position.split("p")[0]
-            by_series.setdefault(series_pos, []).append(v.capacity_ah)
-        if not by_series:
-            return 0.0
-        return min(sum(caps) for caps in by_series.values()) if len(by_series) == self.series else 0.0
+    def _bank_sum(self, per_module: np.ndarray) -> float:
+        """Parallel modules add; the weakest series position limits the bank."""
+        per_series = np.bincount(self.series_index, weights=per_module, minlength=self.series)
+        return float(per_series.min()) if len(per_series) else 0.0
 
-    def _combined(self, views: list[ModuleView], direction: str) -> float:
-        """Parallel modules add their limits; a series position limits the whole bank."""
-        if direction == "charge":
-            per = [(v, self.limits.charge_current_a if v.allow_charge else 0.0) for v in views]
-        else:
-            per = [(v, self.limits.discharge_current_a if v.allow_discharge else 0.0) for v in views]
-        by_series: dict[str, float] = {}
-        for v, amps in per:
-            if direction == "charge" and v.soc * 100 > self.limits.taper_start_soc_pct:
-                span = max(100 - self.limits.taper_start_soc_pct, 1e-6)
-                amps *= max(0.0, (100 - v.soc * 100) / span)
-            by_series[v.position.split("p")[0]] = by_series.get(v.position.split("p")[0], 0.0) + amps
-        if len(by_series) < self.series:
-            return 0.0
-        total = min(by_series.values())
+    def _quantise(self, amps: float) -> float:
         q = self.profile.limit_quantum_a
-        return round(total / q) * q if q else total
+        return round(amps / q) * q if q else amps

@@ -8,7 +8,7 @@ microsecond one). The factorisation is reused while the step length is unchanged
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import lu_factor, lu_solve
+from scipy.linalg.lapack import dgetrf, dgetrs
 
 
 class ThermalNetwork:
@@ -39,9 +39,11 @@ class ThermalNetwork:
 
     def step(self, dt: float, heat_w: np.ndarray) -> None:
         if dt != self._dt:
-            self._lu = lu_factor(np.diag(self.heat_capacity / dt) + self.conductance,
-                                 check_finite=False)
+            lu, piv, _ = dgetrf(np.diag(self.heat_capacity / dt) + self.conductance)
+            self._lu = (lu, piv)
+            self._c_over_dt = self.heat_capacity / dt
+            self._ambient_heat = self.to_ambient * self.ambient_c
             self._dt = dt
-        rhs = self.heat_capacity / dt * self.temperature + heat_w + self.to_ambient * self.ambient_c
+        rhs = self._c_over_dt * self.temperature + heat_w + self._ambient_heat
         assert self._lu is not None
-        self.temperature = lu_solve(self._lu, rhs, check_finite=False)
+        self.temperature, _ = dgetrs(self._lu[0], self._lu[1], rhs)

@@ -27,7 +27,7 @@ from emulator.circuit import MnaSolver
 from emulator.clock import VirtualClock
 from emulator.conductors import temperature_factor
 from emulator.config.loading import BankSpec
-from emulator.master_bms import MasterBms, ModuleView
+from emulator.master_bms import MasterBms, ModuleViews
 from emulator.ocv import cell_ocv
 from emulator.thermal import ThermalNetwork
 from emulator.topology import build_layout, module_series_resistance
@@ -40,6 +40,7 @@ SECONDS_PER_MONTH = 30 * 86400.0
 FUSE_CONTINUOUS = 1.1   # a fuse carries 110 % of its rating indefinitely
 FUSE_MELT_S = 20.0      # melt integral in units of rating^2 * s (time-delay fuse)
 WELD_WINDOW_S = 0.01    # contacts bounce for ~10 ms after closing; a surge then welds them
+SLOW_STEP_S = 0.05      # SOC, balancing and temperatures are integrated at most this often
 
 
 @dataclass
@@ -67,8 +68,15 @@ class LoadState:
 
 @dataclass
 class Peaks:
-    current_a: dict[str, float] = field(default_factory=dict)
-    vds_v: np.ndarray | None = None
+    """Largest |current| per branch (and main) and largest |Vds| per module since build."""
+
+    names: list[str]
+    current: np.ndarray
+    vds_v: np.ndarray
+
+    @property
+    def current_a(self) -> dict[str, float]:
+        return {name: float(value) for name, value in zip(self.names, self.current)}
 
 
 @dataclass
@@ -153,7 +161,6 @@ class Twin:
         self.contactor_closed_at = {name: -1.0 for name in layout.contactors}
         self.contactor_hold_open = {name: False for name in layout.contactors}
         self.fuse_blown = {name: False for name in layout.fuses}
-        self.fuse_heat = {name: 0.0 for name in layout.fuses}
         self.supply = SupplyState()
         self.load = LoadState()
         # thermal
@@ -167,10 +174,24 @@ class Twin:
         self._heat_matrix = np.zeros((len(names), len(layout.resistive)))
         # master
         self.master = MasterBms(spec.firmware, self.modules, layout.branch_of_module,
-                                spec.dut.series, mt.bms.limits, cells)
+                                spec.dut.series, mt.bms.limits)
         self._next_master_tick = 0.0
         # bookkeeping
-        self.peaks = Peaks(vds_v=np.zeros(n))
+        self._fuse_names = list(layout.branch_lead) + ["main"]
+        self._fuse_idx = np.array([layout.branch_lead[b] for b in layout.branch_lead] + [layout.main_branch])
+        ratings = np.array([layout.fuses[name] for name in self._fuse_names])
+        self._fuse_continuous2 = (FUSE_CONTINUOUS * ratings) ** 2
+        self._fuse_melt = FUSE_MELT_S * ratings ** 2
+        self._fuse_heat = np.zeros(len(ratings))
+        self._fuse_blown_arr = np.zeros(len(ratings), dtype=bool)
+        self._peak_current = np.zeros(len(ratings))
+        self._weld_watch_until = -1.0
+        self.peaks = Peaks(self._fuse_names, self._peak_current, np.zeros(n))
+        self._acc_dt = 0.0
+        self._acc_charge = np.zeros(n)
+        self._acc_charge_raw = np.zeros(n)
+        self._acc_res_i2dt = np.zeros(len(layout.resistive))
+        self._acc_module_heat = np.zeros(n)
         self.energy = Energy()
         self.events: list[tuple[float, str]] = []
         self.scheduled: list[tuple[float, Callable[[], None], str]] = []
@@ -182,6 +203,7 @@ class Twin:
         self.branch_i = np.zeros(nb)
         self.observers: list[Callable[["Twin", float], None]] = []
         apply_scenario(self, spec)
+        self._refresh_chemistry()
         self.master.startup_sync(self._module_views())
         self._apply_master_decisions()
         self._solve(self.dt_min)  # a consistent operating point at t = 0
@@ -215,14 +237,20 @@ class Twin:
             closed = False
         if closed and not self.contactor_closed[name]:
             self.contactor_closed_at[name] = self.clock.now
+            self._weld_watch_until = self.clock.now + WELD_WINDOW_S
         self.contactor_closed[name] = closed
-        self._dirty_resistive = True
+        self._mark_resistive_dirty()
         self._event(f"contactor {name} {'closed' if closed else 'open'}")
 
     def bms_force_off(self, module: str, off: bool = True) -> None:
         """BMS service command: open (or release) one module's MOSFETs."""
-        self.bms.forced_off[self.module_index[module]] = off
+        self.bms.set_forced_off(self.module_index[module], off)
         self._event(f"{module} BMS switch {'forced off' if off else 'released'}")
+
+    def blow_fuse(self, name: str) -> None:
+        self.fuse_blown[name] = True
+        self._fuse_blown_arr[self._fuse_names.index(name)] = True
+        self._mark_resistive_dirty()
 
     def inverter_heartbeat(self) -> None:
         self.master.heartbeat(self.clock.now)
@@ -277,7 +305,13 @@ class Twin:
         return float(self.branch_v[self.fet_idx[self.module_index[module]]])
 
     def ocv(self) -> np.ndarray:
+        """Module open-circuit voltages (V) at the SOC of the last slow-path update."""
         return cell_ocv(self.cell_soc).sum(axis=1)
+
+    def set_module_soc(self, module: str, soc_pct: float) -> None:
+        """Set up a module's charge before a run (a bench would have charged it)."""
+        self.cell_soc[self.module_index[module], :] = soc_pct / 100.0
+        self._refresh_chemistry()
 
     def soc(self) -> np.ndarray:
         return self.cell_soc.mean(axis=1)
@@ -298,6 +332,7 @@ class Twin:
     def advance(self, seconds: float, max_step: float = 1.0) -> None:
         """Run the bank for ``seconds`` of virtual time with internal steps <= ``max_step``."""
         target = self.clock.now + max(seconds, 0.0)
+        self._refresh_chemistry()  # the caller may have set cell_soc between runs
         while target - self.clock.now > 1e-12:
             now = self.clock.now
             dt = min(self._dt_next, max_step, target - now, self._time_to_events(now))
@@ -319,6 +354,11 @@ class Twin:
         self._dt_next = self.dt_min
 
     # ================================================================== one step
+    def _mark_resistive_dirty(self) -> None:
+        """A contactor, fuse or fault changed a resistance: settle accumulated heat first."""
+        self._slow_path()
+        self._dirty_resistive = True
+
     def _resistive_conductances(self) -> np.ndarray:
         temps = self.thermal.temperature
         values = np.empty(len(self.layout.resistive))
@@ -333,6 +373,7 @@ class Twin:
                      or (element.fuse and self.fuse_blown[element.fuse]))
             values[k] = G_OFF if open_ else 1.0 / max(sum(parts.values()), 1e-9)
         self._resistive_g = values
+        self._resistive_r = 1.0 / values
         self._resistance_temperatures = temps.copy()
         self._dirty_resistive = False
         return values
@@ -363,8 +404,11 @@ class Twin:
         return 0.0, -ld.current_a
 
     def _assemble(self, dt: float, emf: np.ndarray) -> None:
-        if self._dirty_resistive or np.max(np.abs(self.thermal.temperature - self._resistance_temperatures)) > 1.0:
+        if self._dirty_resistive:
             self._resistive_conductances()
+        elif self._acc_dt == 0.0 and np.max(np.abs(self.thermal.temperature
+                                                   - self._resistance_temperatures)) > 1.0:
+            self._resistive_conductances()  # copper warmed by more than 1 K: +0.4 % resistance
         g, s = self.g, self.s
         g[self.res_idx] = self._resistive_g
         s[self.res_idx] = 0.0
@@ -434,16 +478,47 @@ class Twin:
         return changed
 
     def _solve(self, dt: float) -> bool:
-        emf = self.ocv()
-        self._emf = emf
         any_change = False
         for _ in range(30):
-            self._assemble(dt, emf)
+            self._assemble(dt, self._emf)
             self.v_nodes, self.branch_v, self.branch_i = self.solver.solve(self.g, self.s)
             if not self._pwl_update(self.branch_v, self.branch_i):
                 break
             any_change = True
         return any_change
+
+    def _refresh_chemistry(self) -> None:
+        """Recompute cell OCVs and module EMFs from SOC (done on the slow path)."""
+        self._cell_ocv = cell_ocv(self.cell_soc)
+        self._emf = self._cell_ocv.sum(axis=1)
+
+    def _slow_path(self) -> None:
+        """Apply what changes slowly -- SOC, balancing, temperatures -- over the accumulated time.
+
+        Electrical transients need microsecond steps, but SOC and temperature move over
+        seconds to hours; integrating them at most every SLOW_STEP_S (exactly, from the
+        accumulated charge and heat) keeps a 10 us transient cheap without losing accuracy.
+        """
+        span = self._acc_dt
+        if span <= 0:
+            return
+        i_avg = self._acc_charge_raw / span
+        cell_v = self._cell_ocv + ((i_avg * self.r_series + self.v_rc1 + self.v_rc2) / self.cells)[:, None]
+        bleed = self.bms.balance_currents(cell_v, i_avg > -0.5)
+        self.cell_soc += (self._acc_charge[:, None] - bleed * span) / self.cell_capacity_as
+        self.cell_soc -= self.self_discharge_per_s * span
+        np.clip(self.cell_soc, 0.0, 1.0, out=self.cell_soc)
+        bleed_w = (bleed * cell_v).sum(axis=1)
+        self.energy.balancing += float(bleed_w.sum()) * span
+        heat = self._heat_matrix @ self._acc_res_i2dt
+        heat[self._module_thermal] += self._acc_module_heat + bleed_w * span + self.extra_heat_w * span
+        self.thermal.step(span, heat / span)
+        self._acc_dt = 0.0
+        self._acc_charge[:] = 0.0
+        self._acc_charge_raw[:] = 0.0
+        self._acc_res_i2dt[:] = 0.0
+        self._acc_module_heat[:] = 0.0
+        self._refresh_chemistry()
 
     def _step(self, dt: float) -> None:
         regions_before = self.fet_region.copy()
@@ -451,60 +526,51 @@ class Twin:
         now = self.clock.now + dt
         bi, bv = self.branch_i, self.branch_v
         i_mod = bi[self.stack_idx]
-        # -- RC pairs and inductors
+        i_fet = bi[self.fet_idx]
+        # -- RC pairs and inductors (exact for a current held over the step)
         self.v_rc1 = self._a1 * self.v_rc1 + self.r1 * (1 - self._a1) * i_mod
         self.v_rc2 = self._a2 * self.v_rc2 + self.r2 * (1 - self._a2) * i_mod
         if len(self.ind_idx):
-            self.ind_i = bi[self.ind_idx].copy()
-        # -- cells: charge, balancing, self-discharge
-        cell_v = (cell_ocv(self.cell_soc)
-                  + ((i_mod * self.r_series + self.v_rc1 + self.v_rc2) / self.cells)[:, None])
-        bleed = self.bms.balance_currents(cell_v, i_mod > -0.5)
+            self.ind_i = bi[self.ind_idx]
+        # -- charge and heat, accumulated for the slow path
         effective = np.where(i_mod > 0, self.eta * i_mod, i_mod)
-        self.cell_soc += (effective[:, None] - bleed) * dt / self.cell_capacity_as
-        self.cell_soc -= self.self_discharge_per_s * dt
-        np.clip(self.cell_soc, 0.0, 1.0, out=self.cell_soc)
-        # -- MOSFET avalanche and peaks
+        self._acc_dt += dt
+        self._acc_charge += effective * dt
+        self._acc_charge_raw += i_mod * dt
+        res_i2 = bi[self.res_idx] ** 2
+        self._acc_res_i2dt += res_i2 * dt
+        rc_w = self.v_rc1 ** 2 / self.r1 + self.v_rc2 ** 2 / self.r2
+        fet_w = i_fet * i_fet * self._fet_r_conducting()
         vds = bv[self.fet_idx]
-        np.maximum(self.peaks.vds_v, np.abs(vds), out=self.peaks.vds_v)
-        np.maximum(self.fet_peak_v, np.abs(vds), out=self.fet_peak_v)
         clamping = (self.fet_region == FET_CLAMP_POS) | (self.fet_region == FET_CLAMP_NEG)
-        clamp_power = np.where(clamping, np.abs(vds * bi[self.fet_idx]), 0.0)
-        self.fet_energy_j += clamp_power * dt
-        failed = clamping & (self.fet_energy_j > self.fet_eas_j)
-        if failed.any():
-            self.fet_region[failed] = FET_FAILED
-            for k in np.flatnonzero(failed):
-                self.events.append((now, f"{self.modules[k]} MOSFET failed short after "
-                                         f"{self.fet_energy_j[k]:.2f} J avalanche"))
-            switched = True
-        # -- heat
-        fet_on = (self.fet_region == FET_ON) | (self.fet_region == FET_FAILED)
-        module_heat = (i_mod ** 2 * self.r_series + self.v_rc1 ** 2 / self.r1
-                       + self.v_rc2 ** 2 / self.r2
-                       + np.where(fet_on, bi[self.fet_idx] ** 2 * self.fet_r_on, 0.0)
-                       + clamp_power + (bleed * cell_v).sum(axis=1) + self.extra_heat_w)
-        res_i = bi[self.res_idx]
-        heat = self._heat_matrix @ (res_i ** 2)
-        heat[self._module_thermal] += module_heat
-        self.thermal.step(dt, heat)
+        clamp_w = np.abs(vds * i_fet) * clamping
+        self._acc_module_heat += (i_mod * i_mod * self.r_series + rc_w + fet_w + clamp_w) * dt
+        # -- MOSFET avalanche and peaks
+        np.maximum(self.peaks.vds_v, np.abs(vds), out=self.peaks.vds_v)
+        if clamping.any():
+            self.fet_energy_j += clamp_w * dt
+            failed = clamping & (self.fet_energy_j > self.fet_eas_j)
+            if failed.any():
+                self.fet_region[failed] = FET_FAILED
+                for k in np.flatnonzero(failed):
+                    self.events.append((now, f"{self.modules[k]} MOSFET failed short after "
+                                             f"{self.fet_energy_j[k]:.2f} J avalanche"))
+                switched = True
         # -- energy accounts
         e = self.energy
-        sv, si = self.supply_reading()
-        lv, li = self.load_reading()
-        e.supply_in += sv * si * dt
-        e.load_out += lv * li * dt
-        e.chemical += float(np.sum(self._emf * effective)) * dt
-        e.coulombic_loss += float(np.sum(self._emf * (i_mod - effective))) * dt
-        e.joule += float(np.sum(res_i ** 2 / self._resistive_g)) * dt
-        e.joule += float(np.sum(i_mod ** 2 * self.r_series)) * dt
-        e.joule += float(np.sum(np.where(fet_on, bi[self.fet_idx] ** 2 * self.fet_r_on, 0.0))) * dt
-        e.rc_loss += float(np.sum(self.v_rc1 ** 2 / self.r1 + self.v_rc2 ** 2 / self.r2)) * dt
-        e.clamp += float(np.sum(clamp_power)) * dt
-        e.balancing += float(np.sum(bleed * cell_v)) * dt
+        k_sup, k_load = self.layout.supply, self.layout.load
+        e.supply_in -= bv[k_sup] * bi[k_sup] * dt
+        e.load_out += bv[k_load] * bi[k_load] * dt
+        e.chemical += float(self._emf @ effective) * dt
+        e.coulombic_loss += float(self._emf @ (i_mod - effective)) * dt
+        e.joule += float(res_i2 @ self._resistive_r + i_mod @ (i_mod * self.r_series)
+                         + fet_w.sum()) * dt
+        e.rc_loss += float(rc_w.sum()) * dt
+        e.clamp += float(clamp_w.sum()) * dt
         # -- fuses, contactor welding, current peaks
         switched |= self._fuses_and_contactors(dt, now)
-        # -- BMS boards
+        # -- BMS boards see cell voltages under current
+        cell_v = self._cell_ocv + ((i_mod * self.r_series + self.v_rc1 + self.v_rc2) / self.cells)[:, None]
         temps = self.thermal.temperature[self._module_thermal]
         if self.bms.step(dt, BmsInputs(cell_v, i_mod, temps)):
             switched = True
@@ -512,7 +578,9 @@ class Twin:
                                 + self._describe_bms_trips()))
         self.clock.advance_to(now)
         self.step_count += 1
-        # -- master BMS and scheduled faults
+        if self._acc_dt >= SLOW_STEP_S or switched:
+            self._slow_path()
+        # -- scheduled faults and the master BMS
         while self.scheduled and self.scheduled[0][0] <= now + 1e-12:
             _, action, what = self.scheduled.pop(0)
             action()
@@ -527,52 +595,53 @@ class Twin:
         for observer in self.observers:
             observer(self, dt)
 
+    def _fet_r_conducting(self) -> np.ndarray:
+        on = (self.fet_region == FET_ON) | (self.fet_region == FET_FAILED)
+        return self.fet_r_on * on
+
     def _fuses_and_contactors(self, dt: float, now: float) -> bool:
+        amps = np.abs(self.branch_i[self._fuse_idx])
+        np.maximum(self._peak_current, amps, out=self._peak_current)
+        heat = self._fuse_heat + (amps * amps - self._fuse_continuous2) * dt
+        np.maximum(heat, 0.0, out=self._fuse_heat)
         changed = False
-        for branch, k in list(self.layout.branch_lead.items()) + [("main", self.layout.main_branch)]:
-            amps = abs(float(self.branch_i[k]))
-            if amps > self.peaks.current_a.get(branch, 0.0):
-                self.peaks.current_a[branch] = amps
-            rating = self.layout.fuses[branch]
-            heat = self.fuse_heat[branch] + (amps ** 2 - (FUSE_CONTINUOUS * rating) ** 2) * dt
-            self.fuse_heat[branch] = max(heat, 0.0)
-            if not self.fuse_blown[branch] and self.fuse_heat[branch] > FUSE_MELT_S * rating ** 2:
-                self.fuse_blown[branch] = True
-                self._dirty_resistive = True
-                self.events.append((now, f"fuse {branch} ({rating:.0f} A) blown at {amps:.0f} A"))
-                changed = True
-            since = now - self.contactor_closed_at[branch]
+        melting = (self._fuse_heat > self._fuse_melt) & ~self._fuse_blown_arr
+        if melting.any():
+            for j in np.flatnonzero(melting):
+                name = self._fuse_names[j]
+                self.fuse_blown[name] = True
+                self._fuse_blown_arr[j] = True
+                self.events.append((now, f"fuse {name} ({self.layout.fuses[name]:.0f} A) blown "
+                                         f"at {amps[j]:.0f} A"))
+            self._mark_resistive_dirty()
+            changed = True
+        if now <= self._weld_watch_until:
             weld = self.spec.dut.protection.contactor_weld_a
-            if (0 <= since <= WELD_WINDOW_S and amps > weld and not self.contactor_welded[branch]):
-                self.contactor_welded[branch] = True
-                self.events.append((now, f"contactor {branch} welded by {amps:.0f} A surge"))
+            for j, name in enumerate(self._fuse_names):
+                since = now - self.contactor_closed_at[name]
+                if 0 <= since <= WELD_WINDOW_S and amps[j] > weld and not self.contactor_welded[name]:
+                    self.contactor_welded[name] = True
+                    self.events.append((now, f"contactor {name} welded by {amps[j]:.0f} A surge"))
         return changed
 
     def _describe_bms_trips(self) -> str:
-        active = [f"{self.modules[k]}:{name}" for name, arr in self.bms.tripped.items()
-                  for k in np.flatnonzero(arr)]
+        active = [f"{self.modules[k]}:{name}" for name, k in self.bms.active_trips()]
         return ", ".join(active) or "all released"
 
     # ================================================================== master link
-    def _module_views(self) -> list[ModuleView]:
-        soc = self.soc()
-        allow_c, allow_d = self.bms.allow_charge(), self.bms.allow_discharge()
-        views = []
-        for k, m in enumerate(self.modules):
-            views.append(ModuleView(
-                position=m, branch=self.layout.branch_of_module[m], firmware=self.firmware[m],
-                capacity_ah=float(self.cell_capacity_as[k].min() / 3600.0),
-                stack_v=float(self.branch_v[self.stack_idx[k]]) if self.step_count else float(self.ocv()[k]),
-                switch_v=float(self.branch_v[self.fet_idx[k]]), soc=float(soc[k]),
-                allow_charge=bool(allow_c[k]), allow_discharge=bool(allow_d[k]),
-                silent=bool(self.silent[k])))
-        return views
+    def _module_views(self) -> ModuleViews:
+        stack_v = self.branch_v[self.stack_idx] if self.step_count else self.ocv()
+        return ModuleViews(stack_v=stack_v, switch_v=self.branch_v[self.fet_idx], soc=self.soc(),
+                           capacity_ah=self.cell_capacity_as.min(axis=1) / 3600.0,
+                           allow_charge=self.bms.allow_charge(),
+                           allow_discharge=self.bms.allow_discharge(), silent=self.silent,
+                           firmware=[self.firmware[m] for m in self.modules])
 
     def _apply_master_decisions(self) -> bool:
         changed = False
         strings = self.layout.branches[0].startswith("p") if self.layout.branches else False
         for k, m in enumerate(self.modules):
-            accepted = self.master.accepted[m]
+            accepted = bool(self.master.accepted[k])
             if strings:
                 branch = self.layout.branch_of_module[m]
                 if self.contactor_hold_open[branch] == accepted:
@@ -581,7 +650,7 @@ class Twin:
                         self.set_contactor(branch, False)
                     changed = True
             elif bool(self.bms.admitted[k]) != accepted:
-                self.bms.admitted[k] = accepted
+                self.bms.set_admitted(k, accepted)
                 changed = True
         if self.master.open_main_request and self.contactor_closed["main"]:
             self.set_contactor("main", False)
