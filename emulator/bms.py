@@ -21,6 +21,8 @@ PROTECTIONS = ("cell_overvoltage", "cell_undervoltage", "charge_overcurrent",
                "discharge_overcurrent", "short_circuit", "charge_over_temperature",
                "charge_under_temperature", "discharge_over_temperature",
                "discharge_under_temperature")
+FAST_ROWS = np.array([2, 3, 4])            # over-current and short circuit: hardware comparators
+SLOW_ROWS = np.array([0, 1, 5, 6, 7, 8])   # cell voltages and temperatures: sampled
 BLOCKS_CHARGE = {"cell_overvoltage", "charge_overcurrent", "short_circuit",
                  "charge_over_temperature", "charge_under_temperature"}
 BLOCKS_DISCHARGE = {"cell_undervoltage", "discharge_overcurrent", "short_circuit",
@@ -68,6 +70,7 @@ class BmsArray:
         enabled = ~self.forced_off & self.admitted
         self._allow_charge = ~(self.tripped & self.blocks_charge).any(axis=0) & enabled
         self._allow_discharge = ~(self.tripped & self.blocks_discharge).any(axis=0) & enabled
+        self._all_closed = bool(self._allow_charge.all() and self._allow_discharge.all())
 
     # -- what the switch may do ---------------------------------------------------------------
     def allow_charge(self) -> np.ndarray:
@@ -91,6 +94,16 @@ class BmsArray:
         return [(PROTECTIONS[j], int(k)) for j, k in zip(*np.nonzero(self.tripped))]
 
     # -- one step -----------------------------------------------------------------------------
+    def all_closed(self) -> bool:
+        """Every switch may conduct both ways (the common case the solver can shortcut)."""
+        return self._all_closed
+
+    def _current_conditions(self, i: np.ndarray) -> None:
+        p = self.spec.protections
+        self._trip[2] = i > p.charge_overcurrent.threshold_a
+        self._trip[3] = i < -p.discharge_overcurrent.threshold_a
+        self._trip[4] = i < -p.short_circuit.threshold_a
+
     def _conditions(self, x: BmsInputs) -> None:
         """Fill the (protection x module) trip and release condition arrays."""
         p = self.spec.protections
@@ -116,29 +129,45 @@ class BmsArray:
         release[7] = t < dt.max_c - dt.hysteresis_k
         release[8] = t > dt.min_c + dt.hysteresis_k
 
-    def step(self, dt: float, x: BmsInputs) -> bool:
-        """Advance timers by dt; return True if any switch permission changed."""
-        self._conditions(x)
+    def step(self, dt: float, x: BmsInputs, rows: np.ndarray | None = None) -> bool:
+        """Advance the debounce timers of ``rows`` (all protections by default) by dt.
+
+        A real BMS compares current against its over-current and short-circuit thresholds in
+        hardware, microseconds apart, but samples cell voltages and temperatures every few tens
+        of milliseconds: the twin does the same (FAST_ROWS every step, SLOW_ROWS on the slow
+        path). Returns True if any switch permission changed.
+        """
+        if rows is FAST_ROWS:
+            self._current_conditions(x.current_a)
+        else:
+            self._conditions(x)
+        sel = slice(None) if rows is None else rows
+        trip, release = self._trip[sel], self._release[sel]
+        tripped, timer = self.tripped[sel], self.timer[sel]
         changed = False
-        running = self._trip & ~self.tripped
+        running = trip & ~tripped
         if running.any():
-            self.timer = np.where(running, self.timer + dt, 0.0)
-            fire = running & (self.timer >= self.delay - 1e-12)
+            timer = np.where(running, timer + dt, 0.0)
+            fire = running & (timer >= self.delay[sel] - 1e-12)
             if fire.any():
-                self.tripped |= fire
-                self.trip_count += fire
-                self.trip_age[fire] = 0.0
-                self.timer[fire] = 0.0
+                tripped = tripped | fire
+                self.trip_count[sel] += fire
+                age = self.trip_age[sel]
+                age[fire] = 0.0
+                self.trip_age[sel] = age
+                timer[fire] = 0.0
                 changed = True
-        elif self.timer.any():
-            self.timer[:] = 0.0
-        if self.tripped.any():
-            age = np.where(self.tripped, self.trip_age + dt, 0.0)
-            self.trip_age = age
-            released = self.tripped & ((self._release & (age > dt)) | (age >= self.recovery))
+            self.timer[sel] = timer
+        elif timer.any():
+            self.timer[sel] = 0.0
+        if tripped.any():
+            age = np.where(tripped, self.trip_age[sel] + dt, 0.0)
+            self.trip_age[sel] = age
+            released = tripped & ((release & (age > dt)) | (age >= self.recovery[sel]))
             if released.any():
-                self.tripped &= ~released
+                tripped = tripped & ~released
                 changed = True
+        self.tripped[sel] = tripped
         if not changed:
             return False
         before = (self._allow_charge, self._allow_discharge)

@@ -78,6 +78,7 @@ def _apply(twin: "Twin", fault: object, resolve: _Resolver) -> None:  # noqa: C9
         twin.r_series[k] *= fault.resistance_factor
         twin.r1[k] *= fault.resistance_factor
         twin.r2[k] *= fault.resistance_factor
+        twin._rc_cache = None
     elif isinstance(fault, sc.LooseLug):
         module_target, polarity = fault.terminal.rsplit(".", 1)
         terminal = f"{resolve.module(module_target, 'terminal')}.{polarity}"

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from emulator.bms import BmsArray, BmsInputs
+from emulator.bms import FAST_ROWS, SLOW_ROWS, BmsArray, BmsInputs
 from emulator.circuit import MnaSolver
 from emulator.clock import VirtualClock
 from emulator.conductors import temperature_factor
@@ -141,6 +141,9 @@ class Twin:
         self.fet_clamp_r = np.full(n, fet.clamp_resistance_mohm * 1e-3)
         self.fet_eas_j = np.full(n, fet.avalanche_energy_j)
         self.fet_region = np.full(n, FET_ON)
+        self._fets_all_on = True
+        self._fet_gs_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._rc_cache: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.fet_energy_j = np.zeros(n)
         self.fet_peak_v = np.zeros(n)
         self.bms = BmsArray(mt, n)
@@ -204,6 +207,8 @@ class Twin:
         self.observers: list[Callable[["Twin", float], None]] = []
         apply_scenario(self, spec)
         self._refresh_chemistry()
+        self._bms_inputs = BmsInputs(np.tile(self._cell_ocv, 1), np.zeros(n),
+                                     self.thermal.temperature[self._module_thermal])
         self.master.startup_sync(self._module_views())
         self._apply_master_decisions()
         self._solve(self.dt_min)  # a consistent operating point at t = 0
@@ -380,11 +385,16 @@ class Twin:
 
     def _fet_gs(self) -> tuple[np.ndarray, np.ndarray]:
         region = self.fet_region
+        if self._fet_gs_cache is not None and np.array_equal(region, self._fet_gs_cache[0]):
+            return self._fet_gs_cache[1], self._fet_gs_cache[2]
         g = np.where(region == FET_OFF, G_OFF, 1.0 / self.fet_r_on)
         clamp = (region == FET_CLAMP_POS) | (region == FET_CLAMP_NEG)
         g = np.where(clamp, 1.0 / self.fet_clamp_r, g)
         sign = np.where(region == FET_CLAMP_POS, 1.0, -1.0)
         s = np.where(clamp, sign * self.fet_clamp_v / self.fet_clamp_r, 0.0)
+        self._fet_gs_cache = (region.copy(), g, s)
+        on = (region == FET_ON) | (region == FET_FAILED)
+        self._fet_r_cond = self.fet_r_on * on
         return g, s
 
     def _supply_gs(self) -> tuple[float, float]:
@@ -415,8 +425,11 @@ class Twin:
         if len(self.ind_idx):
             g[self.ind_idx] = dt / self.ind_h
             s[self.ind_idx] = -self.ind_i
-        a1, a2 = np.exp(-dt / self.tau1), np.exp(-dt / self.tau2)
-        r_eq = self.r_series + self.r1 * (1 - a1) + self.r2 * (1 - a2)
+        if self._rc_cache is None or self._rc_cache[0] != dt:
+            a1, a2 = np.exp(-dt / self.tau1), np.exp(-dt / self.tau2)
+            r_eq = self.r_series + self.r1 * (1 - a1) + self.r2 * (1 - a2)
+            self._rc_cache = (dt, a1, a2, r_eq)
+        _, a1, a2, r_eq = self._rc_cache
         g[self.stack_idx] = 1.0 / r_eq
         s[self.stack_idx] = (emf + a1 * self.v_rc1 + a2 * self.v_rc2) / r_eq
         self._a1, self._a2 = a1, a2
@@ -427,6 +440,8 @@ class Twin:
     def _pwl_update(self, bv: np.ndarray, bi: np.ndarray) -> bool:
         """Re-pick piecewise-linear regions from a solution; True if any changed."""
         changed = False
+        if self.bms.all_closed() and self._fets_all_on:
+            return self._pwl_bench(bv, bi, changed)
         v = bv[self.fet_idx]
         i = bi[self.fet_idx]
         allow_d, allow_c = self.bms.allow_discharge(), self.bms.allow_charge()
@@ -451,6 +466,11 @@ class Twin:
         if not np.array_equal(new, region):
             self.fet_region = new
             changed = True
+        self._fets_all_on = bool(np.all(self.fet_region == FET_ON))
+        return self._pwl_bench(bv, bi, changed)
+
+    def _pwl_bench(self, bv: np.ndarray, bi: np.ndarray, changed: bool) -> bool:
+        """Supply (CV / CC / blocking) and load (CC / dropout) regions."""
         sup, k = self.supply, self.layout.supply
         if sup.on:
             vs, is_ = bv[k], -bi[k]  # is_ = current the supply delivers
@@ -569,17 +589,24 @@ class Twin:
         e.clamp += float(clamp_w.sum()) * dt
         # -- fuses, contactor welding, current peaks
         switched |= self._fuses_and_contactors(dt, now)
-        # -- BMS boards see cell voltages under current
-        cell_v = self._cell_ocv + ((i_mod * self.r_series + self.v_rc1 + self.v_rc2) / self.cells)[:, None]
-        temps = self.thermal.temperature[self._module_thermal]
-        if self.bms.step(dt, BmsInputs(cell_v, i_mod, temps)):
+        # -- BMS boards: current comparators every step, voltages and temperatures sampled
+        self._bms_inputs.current_a = i_mod
+        if self.bms.step(dt, self._bms_inputs, FAST_ROWS):
             switched = True
             self.events.append((now, "BMS switch permissions changed: "
                                 + self._describe_bms_trips()))
         self.clock.advance_to(now)
         self.step_count += 1
         if self._acc_dt >= SLOW_STEP_S or switched:
+            span = self._acc_dt
             self._slow_path()
+            cell_v = self._cell_ocv + ((i_mod * self.r_series + self.v_rc1 + self.v_rc2)
+                                       / self.cells)[:, None]
+            self._bms_inputs = BmsInputs(cell_v, i_mod, self.thermal.temperature[self._module_thermal])
+            if self.bms.step(span, self._bms_inputs, SLOW_ROWS):
+                switched = True
+                self.events.append((now, "BMS switch permissions changed: "
+                                    + self._describe_bms_trips()))
         # -- scheduled faults and the master BMS
         while self.scheduled and self.scheduled[0][0] <= now + 1e-12:
             _, action, what = self.scheduled.pop(0)
@@ -596,8 +623,8 @@ class Twin:
             observer(self, dt)
 
     def _fet_r_conducting(self) -> np.ndarray:
-        on = (self.fet_region == FET_ON) | (self.fet_region == FET_FAILED)
-        return self.fet_r_on * on
+        self._fet_gs()
+        return self._fet_r_cond
 
     def _fuses_and_contactors(self, dt: float, now: float) -> bool:
         amps = np.abs(self.branch_i[self._fuse_idx])
