@@ -11,24 +11,35 @@ taken at exactly its time stamp and the same files and seed give the same output
 
 from __future__ import annotations
 
-import argparse
-import csv
-import dataclasses
-import json
-import math
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, TextIO
+import os
 
-from emulator.config.loading import FIXTURES, BankSpec, load_bank_spec, resolve_fixture
-from emulator.files import FileError, load_model, load_yaml
-from emulator.program import (Charge, CloseContactor, Discharge, Heartbeat, Load, OpenContactor,
+if __name__ == "__main__":
+    # Small nodal matrices: one BLAS thread is several times faster (see harness/cli.py).
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, TextIO  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from emulator.config.loading import FIXTURES, BankSpec, load_bank_spec, resolve_fixture  # noqa: E402
+from emulator.files import FileError, load_model, load_yaml  # noqa: E402
+from emulator.program import (Charge,  # noqa: E402
+                              CloseContactor, Discharge, Heartbeat, Load, OpenContactor,
                               OpenFets, ProgramFile, ReleaseFets, Rest)
-from emulator.twin import Twin
+from emulator.twin import Twin  # noqa: E402
 
 HEARTBEAT_PERIOD_S = 1.0
 DEFAULT_MAX_STEP_S = 1.0
+MAX_CSV_ROWS = 1_000_000
 _EPS = 1e-9
 
 
@@ -122,15 +133,16 @@ class _Action:
 
 
 @dataclass
-class _Inverter:
+class Inverter:
     """The simulated inverter: sends its keep-alive once a second while enabled."""
 
     heartbeat: bool = True
 
 
 def resolve_program(twin: Twin, program: ProgramFile, path: Path,
-                    inverter: _Inverter) -> list[_Action]:
+                    inverter: Inverter | None = None) -> list[_Action]:
     """Turn program steps into actions on this twin; raise FileError before anything runs."""
+    inverter = inverter if inverter is not None else Inverter()
     targets = _Targets(twin, path)
     rating = twin.bank_rating()
     cells_total = twin.cells * twin.spec.dut.series
@@ -259,6 +271,38 @@ class CsvRecorder:
             writer.writerows(self.rows)
 
 
+class StepPeaks:
+    """A twin observer: the largest |Vds| and |branch current| during the current program step."""
+
+    def __init__(self, twin: Twin):
+        layout = twin.layout
+        self.modules = list(twin.modules)
+        self.branches = list(layout.branches)
+        self._fet = np.array([layout.module_fet[m] for m in self.modules])
+        self._lead = np.array([layout.branch_lead[b] for b in self.branches])
+        self.reset(twin)
+
+    def reset(self, twin: Twin) -> None:
+        # zeros, not the last solution: that one predates the step's own command
+        self.vds = np.zeros(len(self.modules))
+        self.current = np.zeros(len(self.branches))
+        self.steps = 0
+
+    def __call__(self, twin: Twin, dt: float) -> None:
+        np.maximum(self.vds, np.abs(twin.branch_v[self._fet]), out=self.vds)
+        np.maximum(self.current, np.abs(twin.branch_i[self._lead]), out=self.current)
+        self.steps += 1
+
+    def summary(self) -> dict[str, Any]:
+        if not self.steps:  # a step of zero seconds
+            return {"peak_vds_v": None, "peak_vds_module": None,
+                    "peak_branch_current_a": None, "peak_branch": None}
+        k, j = int(np.argmax(self.vds)), int(np.argmax(self.current))
+        return {"peak_vds_v": _round(self.vds[k]), "peak_vds_module": self.modules[k],
+                "peak_branch_current_a": _round(self.current[j]),
+                "peak_branch": self.branches[j]}
+
+
 # ====================================================================== the run
 @dataclass
 class RunResult:
@@ -275,8 +319,12 @@ def run(spec: BankSpec, program: ProgramFile, program_path: Path, seed: int = 0,
     """Build the twin, run the program on it, return the twin in its final state."""
     if not (sample_s > 0 and math.isfinite(sample_s)):
         raise ValueError(f"sample period must be a positive number of seconds, not {sample_s}")
+    if record and program.duration_s / sample_s > MAX_CSV_ROWS:
+        raise ValueError(f"--sample-s {sample_s:g} over this {program.duration_s:g} s program "
+                         f"would record {program.duration_s / sample_s:.3g} rows; at most "
+                         f"{MAX_CSV_ROWS} (raise --sample-s)")
     twin = Twin(spec, seed=seed)
-    inverter = _Inverter()
+    inverter = Inverter()
     actions = resolve_program(twin, program, program_path, inverter)
     result = RunResult(twin, program, program_path, seed)
     recorder = CsvRecorder(twin, sample_s) if record else None
@@ -284,6 +332,8 @@ def run(spec: BankSpec, program: ProgramFile, program_path: Path, seed: int = 0,
     if recorder is not None:
         twin.observers.append(recorder)
         recorder.record(twin)  # t = 0
+    peaks = StepPeaks(twin)
+    twin.observers.append(peaks)
     next_heartbeat = [0]  # index of the next whole second
 
     def heartbeat_due() -> None:
@@ -295,11 +345,14 @@ def run(spec: BankSpec, program: ProgramFile, program_path: Path, seed: int = 0,
     for action in actions:
         action.start()
         heartbeat_due()
+        peaks.reset(twin)
         began = twin.clock.now
         end = began + action.seconds
         stopped_early = False
         while end - twin.clock.now > 1e-12:
-            boundary = min(end, next_heartbeat[0] * HEARTBEAT_PERIOD_S)
+            boundary = end
+            if inverter.heartbeat:
+                boundary = min(boundary, next_heartbeat[0] * HEARTBEAT_PERIOD_S)
             if recorder is not None:
                 boundary = min(boundary, recorder.next_time())
             twin.advance(boundary - twin.clock.now, max_step=action.max_step_s)
@@ -309,7 +362,7 @@ def run(spec: BankSpec, program: ProgramFile, program_path: Path, seed: int = 0,
                 break
         result.steps_run.append({"step": action.index, "kind": action.kind, "what": action.describe,
                                  "start_s": _round(began), "end_s": _round(twin.clock.now),
-                                 "stopped_early": stopped_early})
+                                 "stopped_early": stopped_early, **peaks.summary()})
     if recorder is not None and recorder.rows[-1][0] < twin.clock.now - _EPS:
         recorder.record(twin)  # the final state, even off the sample grid
     return result
@@ -435,6 +488,13 @@ def command(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     """Run ``simulate`` from parsed arguments; FileError propagates to the caller."""
     stdout = stdout or sys.stdout
     spec, program, program_path = load_files(args.dut, args.scenario, args.program)
+    if args.csv is not None:  # find out now, not after the run, that it cannot be written
+        try:
+            args.csv.open("a", encoding="utf-8").close()
+        except OSError as exc:
+            raise FileError(args.csv, None, "--csv", f"a path that cannot be written "
+                            f"({exc.strerror or exc.__class__.__name__})",
+                            "a file path in an existing, writable folder") from None
     result = run(spec, program, program_path, seed=args.seed, sample_s=args.sample_s,
                  record=args.csv is not None)
     if args.csv is not None and result.recorder is not None:

@@ -96,7 +96,7 @@ class Energy:
 class Twin:
     """A LiFePO4 bank with its BMSs on an emulated bench."""
 
-    def __init__(self, spec: BankSpec, seed: int = 0, dt_min: float = 1e-6, growth: float = 1.2):
+    def __init__(self, spec: BankSpec, seed: int = 0, dt_min: float = 1e-7, growth: float = 1.2):
         from emulator.faults import apply_scenario  # faults need a built twin
 
         self.spec = spec
@@ -142,6 +142,8 @@ class Twin:
         self.fet_eas_j = np.full(n, fet.avalanche_energy_j)
         self.fet_region = np.full(n, FET_ON)
         self._fets_all_on = True
+        self._clamping = False
+        self._clamp_w_prev = np.zeros(n)
         self._fet_gs_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._rc_cache: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.fet_energy_j = np.zeros(n)
@@ -568,7 +570,11 @@ class Twin:
         # -- MOSFET avalanche and peaks
         np.maximum(self.peaks.vds_v, np.abs(vds), out=self.peaks.vds_v)
         if clamping.any():
-            self.fet_energy_j += clamp_w * dt
+            # trapezoid over the step where the clamp already conducted at its start
+            energy = np.where(self._clamp_w_prev > 0, 0.5 * (clamp_w + self._clamp_w_prev), clamp_w) * dt
+            self.fet_energy_j += energy
+            self.energy.clamp += float(energy.sum())
+            self._clamping = True
             failed = clamping & (self.fet_energy_j > self.fet_eas_j)
             if failed.any():
                 self.fet_region[failed] = FET_FAILED
@@ -586,7 +592,7 @@ class Twin:
         e.joule += float(res_i2 @ self._resistive_r + i_mod @ (i_mod * self.r_series)
                          + fet_w.sum()) * dt
         e.rc_loss += float(rc_w.sum()) * dt
-        e.clamp += float(clamp_w.sum()) * dt
+        self._clamp_w_prev = clamp_w
         # -- fuses, contactor welding, current peaks
         switched |= self._fuses_and_contactors(dt, now)
         # -- BMS boards: current comparators every step, voltages and temperatures sampled
@@ -618,7 +624,12 @@ class Twin:
             switched |= self._apply_master_decisions()
             self._next_master_tick = now + self.spec.firmware.report_period_s
         switched |= not np.array_equal(regions_before, self.fet_region)
-        self._dt_next = self.dt_min if switched else self._dt_next * self.growth
+        if switched or self._clamping:
+            # an avalanche lasts microseconds: hold the smallest step until the clamp lets go
+            self._dt_next = self.dt_min
+        else:
+            self._dt_next *= self.growth
+        self._clamping = False
         for observer in self.observers:
             observer(self, dt)
 

@@ -26,7 +26,7 @@ class FetSpec(FileModel):
 
     rds_on_mohm: Positive = 0.75
     vds_rating_v: Positive = 80.0
-    avalanche_clamp_v: Positive = 90.0
+    avalanche_clamp_v: Positive = 70.0
     clamp_resistance_mohm: Positive = 50.0
     avalanche_energy_j: Positive = 5.0
 
