@@ -1,0 +1,190 @@
+"""The emulated bench: one twin, its wiring to instrument inputs, and who moves its clock.
+
+Emulated endpoints (SCPI servers, the CAN BMS, the SunSpec server) never touch the twin's
+internals: they read *inputs* -- a voltage between two nodes, a shunt, a thermocouple -- as the
+wiring says an instrument channel is connected, and they command the bench as a real bench
+would (supply, load, contactor coils, BMS service commands). Every access holds the bench lock,
+so endpoints on several threads see one consistent twin.
+
+Time moves in one of two ways: a test harness advances the virtual clock explicitly
+(:meth:`EmulatedBench.advance`), or ``hil emulate`` runs it against wall time
+(:meth:`EmulatedBench.run_realtime`). Armed digitiser captures limit the twin's step to their
+sample interval so a waveform has the resolution asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from emulator.twin import Twin
+
+
+@dataclass(frozen=True)
+class Input:
+    """What an instrument input is connected to."""
+
+    kind: Literal["voltage", "shunt", "thermocouple"]
+    plus: str = ""            # voltage: node names
+    minus: str = ""
+    branch: str = ""          # shunt: parallel branch (current + = charging)
+    shunt_ohm: float = 0.0    # shunt: its resistance, so the input reads volts like a real one
+    point: str = ""           # thermocouple: module, terminal or busbar segment
+
+    def describe(self) -> str:
+        if self.kind == "voltage":
+            return f"V({self.plus}, {self.minus})"
+        if self.kind == "shunt":
+            return f"shunt {self.branch} ({self.shunt_ohm * 1e6:g} uohm)"
+        return f"TC {self.point}"
+
+
+@dataclass
+class Wiring:
+    """Instrument inputs to twin nodes, as a station file's channel map describes them."""
+
+    dmm: dict[str, Input] = field(default_factory=dict)          # DMM name -> its input
+    scanner: dict[int, Input] = field(default_factory=dict)      # channel -> input
+    actuator: dict[int, str] = field(default_factory=dict)       # channel -> contactor name
+    acir_module: str = ""                                        # module the AC-IR leads touch
+
+
+def default_wiring(twin: Twin) -> Wiring:
+    """The wiring an emulated station uses: every module, every shunt, every thermocouple.
+
+    Scanner channels follow the DAQ970A card layout: slot 1 (101-140) module voltages and
+    shunts, slot 2 (201-240) thermocouples; the actuator card is slot 3 (301-...).
+    """
+    shunt_ohm = twin.spec.dut.interconnect.shunt_uohm * 1e-6
+    wiring = Wiring()
+    channel = 101
+    for module in twin.modules:
+        wiring.scanner[channel] = Input("voltage", plus=f"{module}.+", minus=f"{module}.P-")
+        channel += 1
+    for branch in twin.layout.branches:
+        wiring.scanner[channel] = Input("shunt", branch=branch, shunt_ohm=shunt_ohm)
+        channel += 1
+    channel = 201
+    for point in twin.thermal.names:
+        wiring.scanner[channel] = Input("thermocouple", point=point)
+        channel += 1
+    for k, name in enumerate(twin.layout.contactors):
+        wiring.actuator[301 + k] = name
+    first = twin.modules[0]
+    wiring.dmm["dmm_vds"] = Input("voltage", plus=f"{first}.P-", minus=f"{first}.B-")
+    wiring.dmm["dmm_shunt"] = Input("shunt", branch=twin.layout.branches[-1], shunt_ohm=shunt_ohm)
+    wiring.acir_module = first
+    return wiring
+
+
+@dataclass
+class Noise:
+    """Seeded measurement noise (1 sigma) per kind of input."""
+
+    voltage_v: float = 50e-6
+    shunt_v: float = 0.2e-6
+    temperature_c: float = 0.05
+
+
+class Capture:
+    """A digitiser capture: samples of one input at a fixed interval of bench time."""
+
+    def __init__(self, bench: "EmulatedBench", source: Input, interval_s: float, count: int):
+        self.bench, self.source = bench, source
+        self.interval_s, self.count = interval_s, count
+        self.samples: list[float] = []
+        self.t0_s = bench.twin.clock.now
+        self._next = self.t0_s
+        self._sample(bench.twin)
+
+    def _sample(self, twin: Twin) -> None:
+        while not self.done and twin.clock.now >= self._next - 1e-12:
+            self.samples.append(self.bench.read(self.source, noisy=True))
+            self._next = self.t0_s + len(self.samples) * self.interval_s
+
+    def observe(self, twin: Twin, dt: float) -> None:
+        self._sample(twin)
+
+    @property
+    def done(self) -> bool:
+        return len(self.samples) >= self.count
+
+
+class EmulatedBench:
+    def __init__(self, twin: Twin, wiring: Wiring | None = None, noise: Noise | None = None):
+        self.twin = twin
+        self.wiring = wiring or default_wiring(twin)
+        self.noise = noise or Noise()
+        self.lock = threading.RLock()
+        self.captures: list[Capture] = []
+        self._stop = threading.Event()
+
+    # -- reading inputs -----------------------------------------------------------------------
+    def read(self, source: Input, noisy: bool = True) -> float:
+        twin = self.twin
+        with self.lock:
+            if source.kind == "voltage":
+                return twin.probe(source.plus, source.minus, self.noise.voltage_v if noisy else 0.0)
+            if source.kind == "shunt":
+                volts = twin.shunt_current(source.branch) * source.shunt_ohm
+                return twin._noisy(volts, self.noise.shunt_v if noisy else 0.0)
+            return twin.thermocouple(source.point, self.noise.temperature_c if noisy else 0.0)
+
+    def capture(self, source: Input, interval_s: float, count: int) -> Capture:
+        with self.lock:
+            capture = Capture(self, source, interval_s, count)
+            self.captures = [c for c in self.captures if not c.done] + [capture]
+            self.twin.observers.append(capture.observe)
+            return capture
+
+    def ac_ir(self) -> tuple[float, float]:
+        """1 kHz AC resistance and voltage of the module the AC-IR leads touch."""
+        twin = self.twin
+        with self.lock:
+            k = twin.module_index[self.wiring.acir_module]
+            mt = twin.spec.module_type
+            ohm = ((mt.cells_in_series * mt.cell.ac_ir_mohm + mt.links_mohm + mt.bms.shunt_mohm) * 1e-3
+                   * twin.resistance_factor[k] + twin.fet_r_on[k])
+            volts = twin.module_terminal_voltage(self.wiring.acir_module)
+            return twin._noisy(ohm, 2e-6), twin._noisy(volts, self.noise.voltage_v)
+
+    # -- time ---------------------------------------------------------------------------------
+    def _max_step(self, max_step: float) -> float:
+        active = [c.interval_s for c in self.captures if not c.done]
+        return min([max_step] + active)
+
+    def advance(self, seconds: float, max_step: float = 1.0) -> None:
+        """Advance bench time (virtual clock); captures in progress keep their resolution."""
+        with self.lock:
+            target = self.twin.clock.now + seconds
+            while self.twin.clock.now < target - 1e-12:
+                step_limit = self._max_step(max_step)
+                chunk = min(target - self.twin.clock.now, max(step_limit * 1000, 1.0))
+                self.twin.advance(chunk, max_step=step_limit)
+                self.captures = [c for c in self.captures if not c.done]
+                self.twin.observers = [o for o in self.twin.observers
+                                       if not (hasattr(o, "__self__") and isinstance(o.__self__, Capture)
+                                               and o.__self__.done)]
+
+    def run_realtime(self, speed: float = 1.0, tick_s: float = 0.01,
+                     on_tick=None) -> None:  # type: ignore[no-untyped-def]
+        """Follow wall time (times ``speed``) until :meth:`stop`; the caller's thread blocks."""
+        start_wall = time.monotonic()
+        start_sim = self.twin.clock.now
+        while not self._stop.is_set():
+            target = start_sim + (time.monotonic() - start_wall) * speed
+            behind = target - self.twin.clock.now
+            if behind > 0:
+                self.advance(behind)
+            if on_tick is not None:
+                on_tick(self)
+            self._stop.wait(tick_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def now(self) -> float:
+        return self.twin.clock.now
