@@ -120,14 +120,14 @@ def validate(model: type[ModelT], data: Any, located: _Located, path: Path | str
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        loc = tuple(err.get("loc", ()))
+        loc = _data_loc(data, tuple(err.get("loc", ())))
         kind = err.get("type", "")
         ctx = err.get("ctx") or {}
         if kind == "missing":
             found, allowed = "nothing (field missing)", "this field is required"
         elif kind == "extra_forbidden":
             found = f"unknown key '{loc[-1]}'" if loc else "an unknown key"
-            allowed = "keys: " + ", ".join(_known_keys(model, loc[:-1])) if loc else "known keys"
+            allowed = "keys: " + ", ".join(_known_keys(model, loc[:-1], data)) if loc else "known keys"
         elif kind == "literal_error":
             found, allowed = _describe_found(err.get("input")), f"one of {ctx.get('expected', '?')}"
         else:
@@ -136,20 +136,67 @@ def validate(model: type[ModelT], data: Any, located: _Located, path: Path | str
         raise FileError(path, located.line_of(loc), _dotted(loc), found, allowed) from None
 
 
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+def _data_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the tag pydantic inserts for a discriminated union (faults[0].soc_mismatch.x).
+
+    The file has no such key: the tag is the item's ``kind``. Without this the error points at
+    the list item's line and names a field path the user never wrote.
+    """
+    out: list[Any] = []
+    node = data
+    for part in loc:
+        if (isinstance(node, dict) and isinstance(part, str) and part not in node
+                and part in {str(v) for v in node.values() if isinstance(v, str)}):
+            continue
+        out.append(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return tuple(out)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...], data: Any = None) -> list[str]:
     """Field names allowed at a location, by walking nested pydantic models where possible."""
     current: Any = model
+    node = data
     for part in loc:
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
         if isinstance(part, int):
             continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return ["(see the documentation)"]
         annotation = field.annotation
-        current = _first_model_in(annotation)
+        current = _model_for(annotation, node)
         if current is None:
             return ["(see the documentation)"]
     return sorted(getattr(current, "model_fields", {}).keys())
+
+
+def _has(node: Any, part: Any) -> bool:
+    return (part in node) if isinstance(node, dict) else (isinstance(part, int) and part < len(node))
+
+
+def _model_for(annotation: Any, node: Any) -> Any:
+    """The model an item of this annotation is validated as: by its ``kind`` tag in a union."""
+    items = node if isinstance(node, list) else [node]
+    kind = next((i.get("kind") for i in items if isinstance(i, dict)), None)
+    if kind is not None:
+        for model in _models_in(annotation):
+            tag = model.model_fields.get("kind")
+            if tag is not None and kind in getattr(tag.annotation, "__args__", ()):
+                return model
+    return _first_model_in(annotation)
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[Any] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found += _models_in(arg)
+    return found
 
 
 def _first_model_in(annotation: Any) -> Any:

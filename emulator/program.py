@@ -26,7 +26,8 @@ Kinds:
   start of every program) or off, then wait ``seconds`` (default 0).
 
 Every step may carry ``max_step_s``, the longest internal solver step while it runs (default
-1 s; 1e-5 resolves a contactor surge, 1e-6 a MOSFET turn-off spike).
+1 s; 1e-5 resolves a contactor surge, 1e-6 a MOSFET turn-off spike). While the heartbeat is on
+the run also stops on every whole second to send it, so longer steps only happen with it off.
 
 Targets are resolved against the DUT when the program is run (``emulator.simulate``): a name
 the DUT does not have is a file error naming the program's line, so a program written for a

@@ -5,8 +5,12 @@ twin with ``python -m emulator.simulate --dut 4s1p --scenario weak_fet_series --
 series_fet_open`` as well as through ``hil simulate``.
 
 The run is deterministic: the virtual clock advances in pieces that end on every whole second
-(when the simulated inverter sends its keep-alive) and on every CSV sample time, so a sample is
+while the simulated inverter sends its keep-alive, and on every CSV sample time, so a sample is
 taken at exactly its time stamp and the same files and seed give the same output, byte for byte.
+With the default 1 s sampling the CSV grid is the heartbeat grid: recording changes nothing.
+
+The twin's own observers (``twin.observers``, called after every internal step) carry the CSV
+recorder and the per-step peaks; the report reads the twin's public state at the end.
 """
 
 from __future__ import annotations

@@ -1,0 +1,106 @@
+"""The ``hil`` command: parse the top-level command line and dispatch to a subcommand.
+
+Each subcommand lives with the code it drives and contributes two functions: one that adds its
+options to an argparse sub-parser and one that runs it from the parsed arguments and returns an
+exit status. This module only wires them up and turns failures into one line on stderr:
+
+- a bad input file (``emulator.files.FileError``): ``file:line: field: found ...; allowed: ...``,
+  exit status 2;
+- any other error: ``hil: error: ...``, exit status 1;
+- Ctrl-C: exit status 130.
+
+No traceback reaches the user unless ``--debug`` is given.
+
+Subcommands to come: ``run`` (a plan on a station), ``emulate`` (serve the twin), ``report``
+and ``compare``. ``hil`` with no arguments will run the default plan; for now it prints help.
+"""
+
+from __future__ import annotations
+
+import emulator  # noqa: F401  (one BLAS thread, before numpy: see emulator/__init__.py)
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from emulator.files import FileError
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_simulate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from emulator import simulate  # the twin, never the harness: see emulator/simulate.py
+
+    parser = subparsers.add_parser(
+        "simulate", parents=[common],
+        help="run a bench program on the emulated bank and print what happened as JSON",
+        description="Run a bench program (fixtures/programs/) on the twin of a DUT "
+                    "(fixtures/duts/) with an optional fault scenario (fixtures/scenarios/); "
+                    "print the final state, peaks, master BMS report and events as JSON.")
+    simulate.add_arguments(parser)
+    parser.set_defaults(handler=simulate.command)
+
+
+# name -> function adding the subcommand; later: run, emulate, report, compare
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = {
+    "simulate": _add_simulate,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before and after the subcommand; SUPPRESS keeps the sub-parser's
+    # default from overwriting a top-level --debug.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on an error")
+    parser = argparse.ArgumentParser(
+        prog="hil", parents=[common],
+        description="Hardware-in-the-loop tests for LiFePO4 modules and banks, on a bench or "
+                    "on the emulated twin.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS.values():
+        add(subparsers, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    debug = getattr(args, "debug", False)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        # later: run the default plan
+        parser.print_help()
+        return EXIT_OK
+    try:
+        return int(handler(args) or 0)
+    except FileError as err:
+        if debug:
+            raise
+        print(str(err), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("hil: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (hil simulate ... | head): stop quietly, and keep Python's
+        # final flush of stdout from raising again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - the user gets one line, --debug the traceback
+        if debug:
+            raise
+        text = str(exc) or exc.__class__.__name__
+        print(f"hil: error: {exc.__class__.__name__}: {text} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
