@@ -20,8 +20,8 @@ from emulator.config.module_type import ModuleLimits
 class ModuleViews:
     """What the master knows of its modules, as their slave BMSs report it (arrays by module)."""
 
-    stack_v: np.ndarray
-    switch_v: np.ndarray     # voltage across each module's BMS switch (~0 when closed)
+    stack_v: np.ndarray      # each module's cell-stack voltage as its BMS measures it
+    current_a: np.ndarray    # each module's current, + = charge
     soc: np.ndarray          # fraction
     capacity_ah: np.ndarray
     allow_charge: np.ndarray
@@ -67,6 +67,11 @@ class MasterBms:
         self.series_index = np.array([int(m[1:].split("p")[0]) - 1 for m in modules])
         branches = sorted(set(branch_of.values()))
         self.branch_index = np.array([branches.index(branch_of[m]) for m in modules])
+        self.branch_size = np.bincount(self.branch_index)
+        # peers: the branches a branch is compared with -- its own parallel group in a bank of
+        # series groups (branch = module sXpY), all strings in a bank of strings (branch = pY)
+        self.branch_peer = np.array([int(b[1:].split("p")[0]) - 1 if b.startswith("s") else 0
+                                     for b in branches])
         count = len(modules)
         self.accepted = np.ones(count, dtype=bool)
         self.ok_since = np.full(count, np.nan)
@@ -93,13 +98,26 @@ class MasterBms:
             return np.zeros(len(self.modules), dtype=bool)
         return np.array([fw != self.profile.version for fw in views.firmware])
 
-    def startup_sync(self, views: ModuleViews) -> None:
-        """At power-up, a branch whose voltage is far from its peers' stays pending (004)."""
-        limit = self.profile.admission.max_delta_v_per_module
+    def _branch_deltas(self, views: ModuleViews, reference_mask: np.ndarray) -> np.ndarray:
+        """Per module: |its branch's voltage - the mean of its peers in reference_mask| per module."""
         branch_v = np.bincount(self.branch_index, weights=views.stack_v)
-        per_branch = np.bincount(self.branch_index)
-        reference = float(np.median(branch_v))
-        far = np.abs(branch_v - reference) > limit * per_branch
+        branch_ref = np.bincount(self.branch_index, weights=reference_mask.astype(float))
+        use = branch_ref == self.branch_size  # every module of the branch is a reference
+        peers = self.branch_peer
+        total = np.bincount(peers, weights=branch_v * use)
+        count = np.bincount(peers, weights=use.astype(float))
+        mean = np.divide(total, count, out=np.full(len(total), np.nan), where=count > 0)
+        delta = np.abs(branch_v - mean[peers]) / self.branch_size
+        return delta[self.branch_index]
+
+    def startup_sync(self, views: ModuleViews) -> None:
+        """At power-up, a branch whose voltage is far from its peers' median stays pending (004)."""
+        limit = self.profile.admission.max_delta_v_per_module
+        branch_v = np.bincount(self.branch_index, weights=views.stack_v) / self.branch_size
+        far = np.zeros(len(branch_v), dtype=bool)
+        for peer in np.unique(self.branch_peer):
+            group = self.branch_peer == peer
+            far[group] = np.abs(branch_v[group] - np.median(branch_v[group])) > limit
         self.accepted = ~far[self.branch_index] & ~self._firmware_refused(views)
 
     # -- periodic -------------------------------------------------------------------------------
@@ -109,7 +127,10 @@ class MasterBms:
         self.last_seen = np.where(views.silent, self.last_seen, now)
         waiting = ~self.accepted & ~refused
         if waiting.any():
-            close = np.abs(views.switch_v) <= prof.admission.max_delta_v_per_module
+            # compare the module's own report with its accepted peers' reports, near rest only
+            at_rest = abs(float(views.current_a.sum())) / self.series <= prof.admission.max_bank_current_a
+            delta = self._branch_deltas(views, self.accepted & ~views.silent)
+            close = (delta <= prof.admission.max_delta_v_per_module) & at_rest
             self.ok_since = np.where(waiting & close & np.isnan(self.ok_since), now, self.ok_since)
             self.ok_since = np.where(waiting & ~close, np.nan, self.ok_since)
             admit = waiting & close & (now - self.ok_since >= prof.admission.settle_s)
@@ -152,10 +173,13 @@ class MasterBms:
 
     def _supervise_heartbeat(self, now: float, r: MasterReport) -> None:
         hb = self.profile.heartbeat
-        if not hb.supervise or self.last_heartbeat is None:
+        last = self.last_heartbeat
+        if last is None and hb.from_power_up:
+            last = 0.0
+        if not hb.supervise or last is None:
             self._frozen = None
             return
-        lost = now - self.last_heartbeat > hb.timeout_s
+        lost = now - last > hb.timeout_s
         if lost and not self.report.heartbeat_lost:
             self.events.append((now, f"inverter heartbeat lost ({hb.on_loss})"))
             self._frozen = self.report

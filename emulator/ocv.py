@@ -12,12 +12,17 @@ import numpy as np
 _OCV_HIGH_TO_LOW = (3.392, 3.314, 3.309, 3.308, 3.304, 3.296, 3.283, 3.275, 3.271, 3.268, 3.265,
                     3.264, 3.262, 3.252, 3.240, 3.226, 3.213, 3.190, 3.177, 3.132, 2.833)
 
-SOC_POINTS = np.linspace(0.0, 1.0, 21)
-OCV_POINTS = np.array(_OCV_HIGH_TO_LOW[::-1])
+# Past the rated ends a cell's voltage leaves the table steeply: a little charge below "empty"
+# collapses it towards 2 V, a little above "full" lifts it towards 3.9 V. Without these knees a
+# bank would keep delivering (or absorbing) charge at a clamped SOC; with them the BMS's UV/OV
+# protections trip as on a real module. The knees are 3 % of capacity wide.
+SOC_MARGIN = 0.03
+SOC_POINTS = np.concatenate(([-SOC_MARGIN], np.linspace(0.0, 1.0, 21), [1.0 + SOC_MARGIN]))
+OCV_POINTS = np.concatenate(([1.8], np.array(_OCV_HIGH_TO_LOW[::-1]), [3.9]))
 
 
 def cell_ocv(soc: np.ndarray | float) -> np.ndarray | float:
-    """Cell OCV in volts for SOC given as a fraction 0..1 (clipped at the ends)."""
+    """Cell OCV in volts for SOC as a fraction (0..1 rated, with steep knees just beyond)."""
     return np.interp(soc, SOC_POINTS, OCV_POINTS)
 
 

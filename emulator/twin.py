@@ -28,7 +28,7 @@ from emulator.clock import VirtualClock
 from emulator.conductors import temperature_factor
 from emulator.config.loading import BankSpec
 from emulator.master_bms import MasterBms, ModuleViews
-from emulator.ocv import cell_ocv
+from emulator.ocv import SOC_MARGIN, cell_ocv
 from emulator.thermal import ThermalNetwork
 from emulator.topology import build_layout, module_series_resistance
 
@@ -529,7 +529,7 @@ class Twin:
         bleed = self.bms.balance_currents(cell_v, i_avg > -0.5)
         self.cell_soc += (self._acc_charge[:, None] - bleed * span) / self.cell_capacity_as
         self.cell_soc -= self.self_discharge_per_s * span
-        np.clip(self.cell_soc, 0.0, 1.0, out=self.cell_soc)
+        np.clip(self.cell_soc, -SOC_MARGIN, 1.0 + SOC_MARGIN, out=self.cell_soc)
         bleed_w = (bleed * cell_v).sum(axis=1)
         self.energy.balancing += float(bleed_w.sum()) * span
         heat = self._heat_matrix @ self._acc_res_i2dt
@@ -669,7 +669,7 @@ class Twin:
     # ================================================================== master link
     def _module_views(self) -> ModuleViews:
         stack_v = self.branch_v[self.stack_idx] if self.step_count else self.ocv()
-        return ModuleViews(stack_v=stack_v, switch_v=self.branch_v[self.fet_idx], soc=self.soc(),
+        return ModuleViews(stack_v=stack_v, current_a=self.branch_i[self.stack_idx], soc=self.soc(),
                            capacity_ah=self.cell_capacity_as.min(axis=1) / 3600.0,
                            allow_charge=self.bms.allow_charge(),
                            allow_discharge=self.bms.allow_discharge(), silent=self.silent,
@@ -708,6 +708,11 @@ class Twin:
 
     def branch_currents(self) -> dict[str, float]:
         return {b: self.shunt_current(b) for b in self.layout.branches}
+
+    def rc_stored_energy_j(self) -> float:
+        """Energy held in the RC pairs' capacitances (C = tau / R): 1/2 C v^2."""
+        c1, c2 = self.tau1 / self.r1, self.tau2 / self.r2
+        return float(np.sum(0.5 * c1 * self.v_rc1 ** 2 + 0.5 * c2 * self.v_rc2 ** 2))
 
     def stored_energy_j(self) -> float:
         """Chemical energy above empty, integrated over each cell's OCV curve."""

@@ -128,11 +128,11 @@ def test_energy_balance_over_a_cycle():
     twin.load_input(False)
     twin.advance(3600, max_step=10.0)
     e = twin.energy
-    stored_change = twin.stored_energy_j() - start_energy
+    stored_change = twin.stored_energy_j() + twin.rc_stored_energy_j() - start_energy
     losses = e.joule + e.rc_loss + e.clamp + e.coulombic_loss + e.balancing
     assert e.supply_in > 1e6 and e.load_out > 1e6
     balance = e.supply_in - e.load_out - losses - stored_change
-    assert abs(balance) < 0.005 * e.supply_in, (e, stored_change)
+    assert abs(balance) < 0.002 * e.supply_in, (e, stored_change)
     assert losses > 0
 
 
@@ -225,7 +225,7 @@ def test_busbar_rise_at_rated_current_is_modest_for_30x5():
     twin = build_twin("4s4p")
     twin.set_load(200)
     twin.load_input(True)
-    twin.advance(3 * 3600, max_step=10.0)
+    twin.advance(2700, max_step=10.0)  # ~3 busbar time constants; the bank is at 50 % SOC
     rises = [twin.thermocouple(n) - 25.0 for n in twin.thermal.names if "bus." in n]
     assert rises and max(rises) < 30.0 and max(rises) > 0.1
 

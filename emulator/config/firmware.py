@@ -22,6 +22,7 @@ class HeartbeatPolicy(FileModel):
     alarm: bool = True
     recover: bool = True
     supervise: bool = True
+    from_power_up: bool = True  # count the timeout from power-up, not only from the first heartbeat
 
 
 class SlavePolicy(FileModel):
@@ -38,6 +39,7 @@ class AdmissionPolicy(FileModel):
 
     max_delta_v_per_module: Positive = 0.5
     settle_s: NonNegative = 2.0
+    max_bank_current_a: Positive = 10.0  # compare voltages only near rest: I*R would bias them
     firmware_mismatch: Literal["exclude", "accept"] = "exclude"
 
 

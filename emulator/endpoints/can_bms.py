@@ -1,0 +1,333 @@
+"""The emulated master BMS on CAN: the twin's master report as Pylontech-compatible frames.
+
+The battery side of DOMAIN.md section 4. Every time the twin's master BMS publishes a report
+(once per firmware ``report_period_s`` of *bench* time) the frames 0x351..0x379 are encoded
+through the same DBC the harness decodes with and sent on a python-can bus; 0x305 frames from
+the inverter side become ``twin.inverter_heartbeat()`` calls under the bench lock.
+
+Why the bench clock drives transmission: the twin runs on a virtual clock (hours in seconds),
+so a wall-clock timer would publish at the wrong rate. The sender is a twin observer, called
+after every internal step; it sends when the master has produced a new report, so frames
+carry exactly what the master decided in that step (a fallback sends again if no new report
+appears within two periods, in case a future master mutates its report in place).
+
+What goes where (the mapping the harness relies on):
+
+- 0x351 limits, 0x355 SOC/SOH, 0x35C enables, 0x372 module counts, 0x35F online capacity,
+  0x379 installed capacity: straight from :class:`emulator.master_bms.MasterReport`.
+- 0x356 voltage: sum over series positions of the mean *stack* voltage of the modules the
+  master still hears (what the BMSs measure, on either side of an open main contactor);
+  current: sum of the module currents of the first series position (+ = charge);
+  temperature: mean module-body temperature of the modules heard.
+- 0x359 alarms: a protection tripped on any module the master still hears
+  (``twin.bms.tripped``, names in ``emulator.bms.PROTECTIONS``, grouped as ALARM_SOURCES);
+  warnings: the same condition present with its debounce timer running (not yet tripped).
+  "BMS internal" carries the master's communication alarm (silent module, lost keep-alive).
+  Byte 4 is the number of modules online.
+- 0x35F firmware version: ``major * 256 + minor`` of the firmware profile's version
+  ("2.1.0" -> 0x0201); the patch number and a pre-release tag do not fit in a u16 and are not
+  carried. Battery model: a number given at construction (default 0); the protocol has no
+  text field for it.
+- 0x373: min/max cell voltage in mV and min/max module temperature in K (integer kelvin).
+- Force-charge and full-charge requests (0x35C bits 5, 4, 3) are not modelled: always 0.
+
+A silent BMS (``silent = True``) sends nothing while still listening, so the harness's
+silence detection can be exercised.
+
+Run as a process (``python -m emulator.endpoints.can_bms --dut 1s4p_diagonal``) it serves the
+twin over a socketcand server on loopback and follows wall time: the cross-process transport.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import can
+import cantools
+import numpy as np
+from cantools.database.can import Database
+
+from emulator.bench import EmulatedBench
+from emulator.bms import PROTECTIONS
+from emulator.twin import Twin
+
+KEEPALIVE_ID = 0x305
+PN_MARKER = (0x50, 0x4E)  # 'P', 'N' in 0x359 bytes 5-6
+# 0x359 alarm/warning bit (DBC signal suffix) <- module BMS protections that raise it.
+ALARM_SOURCES: dict[str, tuple[str, ...]] = {
+    "OverVoltage": ("cell_overvoltage",),
+    "UnderVoltage": ("cell_undervoltage",),
+    "OverTemp": ("charge_over_temperature", "discharge_over_temperature"),
+    "UnderTemp": ("charge_under_temperature", "discharge_under_temperature"),
+    "DischargeOverCurrent": ("discharge_overcurrent", "short_circuit"),
+    "ChargeOverCurrent": ("charge_overcurrent",),
+}
+
+
+def dbc_path() -> Path:
+    """The protocol's DBC, shipped with the instruments package: one file for both ends.
+
+    ``emulator`` and ``instruments`` are sibling packages in the source tree and when
+    installed, so the file is found beside us without importing the harness side.
+    """
+    return Path(__file__).resolve().parents[2] / "instruments" / "dbc" / "pylontech_lv.dbc"
+
+
+def load_dbc(path: str | Path | None = None) -> Database:
+    db = cantools.database.load_file(str(path or dbc_path()), strict=True)
+    assert isinstance(db, Database)
+    return db
+
+
+def firmware_code(version: str) -> int:
+    """``major * 256 + minor`` of a dotted version ("2.2.0-rc1" -> 0x0202); 0 if unparsable."""
+    match = re.match(r"\s*v?(\d+)\.(\d+)", version)
+    if not match:
+        return 0
+    return min(int(match.group(1)), 255) * 256 + min(int(match.group(2)), 255)
+
+
+def manufacturer_code(name: str) -> int:
+    """Eight ASCII bytes, space padded, as the little-endian integer the DBC signal holds."""
+    text = name.encode("ascii", "replace")[:8].ljust(8, b" ")
+    return int.from_bytes(text, "little")
+
+
+def _cell_voltages(twin: Twin) -> np.ndarray:
+    """Cell voltages (modules x cells) as the module BMS boards last sampled them.
+
+    Prefers a public ``Twin.cell_voltages()`` if the twin offers one; otherwise reads the
+    inputs the twin last gave its BMS boards (the same numbers, not yet public).
+    """
+    getter = getattr(twin, "cell_voltages", None)
+    if callable(getter):
+        return np.asarray(getter())
+    return np.asarray(twin._bms_inputs.cell_v)
+
+
+def _bank_voltage_current(twin: Twin, heard: np.ndarray) -> tuple[float, float]:
+    """Bank voltage (sum over series positions of the mean stack voltage of modules heard)
+    and bank current (sum over the first series position's modules, + = charge)."""
+    position = twin.master.series_index
+    stack = np.array([twin.module_stack_voltage(m) for m in twin.modules])
+    voltage = 0.0
+    for s in range(twin.master.series):
+        members = position == s
+        use = members & heard if (members & heard).any() else members
+        voltage += float(stack[use].mean())
+    current = sum(twin.module_current(m) for m, s in zip(twin.modules, position) if s == 0)
+    return voltage, float(current)
+
+
+def protocol_values(twin: Twin, model_code: int = 0) -> dict[int, dict[str, float]]:
+    """Physical values of every battery -> inverter frame, by CAN ID (see the module doc)."""
+    r = twin.master.report
+    fw = twin.spec.firmware
+    heard = np.array([m not in r.offline for m in twin.modules])
+    if not heard.any():
+        heard[:] = True  # nobody answers: report the last thing every board measured
+    voltage, current = _bank_voltage_current(twin, heard)
+    temps = np.array([twin.thermocouple(m) for m in twin.modules])[heard]
+    cells = _cell_voltages(twin)[heard]
+    tripped = twin.bms.tripped[:, heard].any(axis=1)
+    pending = (twin.bms.timer[:, heard] > 0).any(axis=1) & ~tripped
+    alarms_warnings: dict[str, float] = {}
+    for bit, sources in ALARM_SOURCES.items():
+        rows = [PROTECTIONS.index(name) for name in sources]
+        alarms_warnings[f"Alarm_{bit}"] = int(tripped[rows].any())
+        alarms_warnings[f"Warning_{bit}"] = int(pending[rows].any())
+    alarms_warnings["Alarm_BmsInternal"] = int(r.comm_alarm)
+    alarms_warnings["Warning_BmsInternal"] = int(r.heartbeat_lost or bool(r.offline))
+    alarms_warnings.update(ModuleCount=r.modules_online, MarkerP=PN_MARKER[0], MarkerN=PN_MARKER[1])
+    return {
+        0x351: {"ChargeVoltageLimit": r.charge_voltage_limit_v, "ChargeCurrentLimit": r.charge_current_limit_a,
+                "DischargeCurrentLimit": abs(r.discharge_current_limit_a),
+                "DischargeVoltageLimit": r.discharge_voltage_limit_v},
+        0x355: {"SOC": r.soc_pct, "SOH": r.soh_pct},
+        0x356: {"Voltage": voltage, "Current": current, "Temperature": float(temps.mean())},
+        0x359: alarms_warnings,
+        0x35C: {"ChargeEnable": int(r.charge_enable), "DischargeEnable": int(r.discharge_enable),
+                "ForceCharge1": 0, "ForceCharge2": 0, "FullChargeRequest": 0},
+        0x35E: {"ManufacturerName": manufacturer_code(fw.manufacturer)},
+        0x35F: {"BatteryModel": model_code, "FirmwareVersion": firmware_code(fw.version),
+                "OnlineCapacity": r.online_capacity_ah},
+        0x372: {"ModulesOnline": r.modules_online, "ModulesBlockingCharge": r.blocking_charge,
+                "ModulesBlockingDischarge": r.blocking_discharge, "ModulesOffline": r.modules_offline},
+        0x373: {"MinCellVoltage": float(cells.min()) * 1000, "MaxCellVoltage": float(cells.max()) * 1000,
+                "MinTemperature": float(temps.min()) + 273.15, "MaxTemperature": float(temps.max()) + 273.15},
+        0x379: {"InstalledCapacity": r.installed_capacity_ah},
+    }
+
+
+class FrameEncoder:
+    """Encodes physical values through the DBC, clamped to each signal's range.
+
+    Clamping (rather than cantools' strict range error) keeps a twin in an extreme state --
+    a 4000 A short, a module at 400 K -- on the bus with a saturated value instead of silent.
+    """
+
+    def __init__(self, db: Database):
+        self.messages = {m.frame_id: m for m in db.messages if "BMS" in m.senders}
+
+    def encode(self, values: dict[int, dict[str, float]], timestamp: float) -> list[can.Message]:
+        frames = []
+        for frame_id, signals in values.items():
+            message = self.messages[frame_id]
+            clamped = {}
+            for signal in message.signals:
+                value = signals[signal.name]
+                low = signal.minimum if signal.minimum is not None else value
+                high = signal.maximum if signal.maximum is not None else value
+                clamped[signal.name] = min(max(value, low), high)
+            data = message.encode(clamped, scaling=True, padding=False, strict=False)
+            frames.append(can.Message(arbitration_id=frame_id, data=data, is_extended_id=False,
+                                      timestamp=timestamp))
+        return frames
+
+
+class EmulatedCanBms:
+    """The twin's master BMS as a CAN node on a python-can bus (any interface).
+
+    ``bus`` is opened by the caller (``can.Bus(interface="virtual", channel=...,
+    preserve_timestamps=True)`` keeps the bench-time stamps this node puts on its frames).
+    Counters (``frames_sent``, ``heartbeats_received``, ``send_errors``) let a caller on a
+    virtual clock wait until every frame of a step has been delivered.
+    """
+
+    def __init__(self, bench: EmulatedBench, bus: can.BusABC, db: Database | None = None,
+                 model_code: int = 0):
+        self.bench = bench
+        self.bus = bus
+        self.encoder = FrameEncoder(db or load_dbc())
+        self.model_code = model_code
+        self.silent = False
+        self.frames_sent = 0
+        self.reports_sent = 0
+        self.heartbeats_received = 0
+        self.frames_ignored = 0
+        self.send_errors = 0
+        self.last_values: dict[int, dict[str, float]] = {}
+        self._last_report: object = None
+        self._last_sent_at = -np.inf
+        self._stop = threading.Event()
+        self._rx: threading.Thread | None = None
+
+    @property
+    def period_s(self) -> float:
+        return self.bench.twin.spec.firmware.report_period_s
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self) -> "EmulatedCanBms":
+        """Listen for the keep-alive and publish on every new master report from now on."""
+        twin = self.bench.twin
+        with self.bench.lock:
+            if self._observe not in twin.observers:
+                twin.observers.append(self._observe)
+            if twin.step_count:  # the master has reported already: publish it now
+                self.publish()
+        self._stop.clear()
+        self._rx = threading.Thread(target=self._receive, name="emulated-can-bms-rx", daemon=True)
+        self._rx.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.bench.lock:
+            if self._observe in self.bench.twin.observers:
+                self.bench.twin.observers.remove(self._observe)
+        if self._rx is not None:
+            self._rx.join(timeout=2.0)
+            self._rx = None
+
+    def __enter__(self) -> "EmulatedCanBms":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- transmit -------------------------------------------------------------------------------
+    def _observe(self, twin: Twin, dt: float) -> None:
+        """Twin observer (bench lock held): publish each new master report once."""
+        report = twin.master.report
+        if report is not self._last_report or twin.clock.now - self._last_sent_at >= 2 * self.period_s:
+            self.publish()
+
+    def publish(self) -> None:
+        """Encode and send the whole frame set for the current report (unless silent)."""
+        twin = self.bench.twin
+        self._last_report = twin.master.report
+        self._last_sent_at = twin.clock.now
+        if self.silent:
+            return
+        values = protocol_values(twin, self.model_code)
+        self.last_values = values
+        for frame in self.encoder.encode(values, twin.clock.now):
+            try:
+                self.bus.send(frame)
+                self.frames_sent += 1
+            except can.CanError:
+                self.send_errors += 1  # a full or broken bus must not stop the twin
+        self.reports_sent += 1
+
+    # -- receive --------------------------------------------------------------------------------
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self.bus.recv(timeout=0.05)
+            except (can.CanError, OSError, ValueError):
+                self._stop.wait(0.05)  # bus gone or failing: keep the thread, stay quiet
+                continue
+            if msg is None:
+                continue
+            if (msg.arbitration_id == KEEPALIVE_ID and not msg.is_extended_id
+                    and not msg.is_error_frame and not msg.is_remote_frame):
+                with self.bench.lock:
+                    self.bench.twin.inverter_heartbeat()
+                    self.heartbeats_received += 1  # any payload counts (DOMAIN.md section 4)
+            else:
+                self.frames_ignored += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a twin's BMS over socketcand on loopback, following wall time, until stdin closes.
+
+    Prints one JSON line ``{"host", "port", "channel"}`` once listening, so a parent process
+    can connect python-can's ``socketcand`` interface to it.
+    """
+    import argparse
+    import json
+    import sys
+    import uuid
+
+    from emulator.endpoints.socketcand_server import SocketcandServer
+    from emulator.twin import build_twin
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dut", default="1s4p_diagonal")
+    parser.add_argument("--scenario", default=None)
+    parser.add_argument("--speed", type=float, default=1.0, help="bench seconds per wall second")
+    parser.add_argument("--channel", default=f"bankhil-{uuid.uuid4().hex[:8]}")
+    args = parser.parse_args(argv)
+    bench = EmulatedBench(build_twin(args.dut, args.scenario))
+    bus = can.Bus(interface="virtual", channel=args.channel, preserve_timestamps=True)
+    bms = EmulatedCanBms(bench, bus).start()
+    server = SocketcandServer(interface="virtual", channels={args.channel})
+    host, port = server.start()
+    print(json.dumps({"host": host, "port": port, "channel": args.channel}), flush=True)
+    runner = threading.Thread(target=bench.run_realtime, kwargs={"speed": args.speed}, daemon=True)
+    runner.start()
+    try:
+        sys.stdin.read()  # the parent closes our stdin (or dies) to stop us
+    finally:
+        bench.stop()
+        runner.join(timeout=2.0)
+        bms.stop()
+        server.stop()
+        bus.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

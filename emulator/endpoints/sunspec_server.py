@@ -1,0 +1,864 @@
+"""The emulated master BMS on Modbus/TCP: the twin as a SunSpec register map (DOMAIN.md section 4).
+
+What an inverter (or the harness, playing one) finds at 40000: ``"SunS"``, model 1 (common),
+802 (battery base), 803 (lithium-ion bank), one 804 per string, one 805 per module, then the
+end marker. The registers are laid out from pysunspec2's own JSON model definitions -- point
+order, sizes, scale-factor points, enum and bitfield symbols, unimplemented markers -- so a
+SunSpec client (pysunspec2's or the harness's) reads them as it would a real battery, and no
+offset is typed by hand here.
+
+Why values are rendered on demand rather than on a bench-time timer: nothing can observe the
+registers except by reading them, and rendering a 16-module bank costs about a millisecond, so
+a per-second render inside the twin's step loop would only slow long emulations. Each read
+renders the map from the twin under the bench lock (or, if another thread holds the lock for
+longer than ``lock_timeout_s``, serves the last rendering); ``Hb`` is the whole seconds of
+bench time, so it still counts once per bench second, and the master's own report changes
+once per ``report_period_s`` as the firmware publishes it.
+
+What goes where (the mapping the harness relies on; the same definitions as the CAN
+endpoint, so both BMS clients see one bank):
+
+- 802 ``V``: sum over series positions of the mean cell-stack voltage of the modules the master
+  still hears; ``A``: sum of the module currents of the first series position (+ = charge);
+  ``AChaMax``/``ADisChaMax``/``VMax``/``VMin``: the master's charge/discharge current and voltage
+  limits; ``SoC``/``SoH``: the master's report; ``AHRtg``: the capacity the master counts
+  online (an inverter reading a reduced AHRtg is 004's "module not accepted"), ``WHRtg`` that
+  times the nominal bank voltage; ``State``: CONNECTED while the main contactor is closed;
+  ``Hb``: whole seconds of bench time; ``CtrlHb``/``SetOp``/``SetInvState``: what the
+  controller last wrote.
+- ``Evt1``: a protection tripped on a module the master hears sets its ``*_ALARM`` bit, the same
+  condition with its debounce timer running sets the ``*_WARNING`` bit; the master's
+  communication alarm sets COMMUNICATION_ERROR; a module pending admission sets
+  VOLTAGE_IMBALANCE_WARNING; a welded or stuck contactor CONTACTOR_ERROR; a blown fuse or a
+  failed-short FET OTHER_ALARM; unequal currents in parallel CURRENT_IMBALANCE_WARNING and a
+  module temperature spread TEMPERATURE_IMBALANCE_WARNING (thresholds: :class:`EventThresholds`).
+- 803/804/805: per-bank, per-string and per-module figures. In a bank of series *groups* there
+  are no physical strings: parallel index Y is reported as the string of modules s1pY..sNpY
+  (their stack voltages still add up to the bank's). A module the master no longer hears has
+  its measured points unimplemented (the master has no data), its identity points kept.
+
+Writes: a change of ``CtrlHb`` is an inverter heartbeat (``twin.inverter_heartbeat()``);
+``SetOp`` CONNECT/DISCONNECT closes/opens the main contactor. Every other register is read-only
+(pymodbus answers ILLEGAL_ADDRESS). ``silent = True`` stops answering (requests are read and
+dropped) so silence detection can be exercised; :meth:`SunSpecServer.override` forces raw
+register values for malformed-data tests.
+
+Run as a process (``python -m emulator.endpoints.sunspec_server --dut 1s4p_diagonal``) it
+serves the twin on loopback following wall time and prints ``{"host", "port", "device_id"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import math
+import re
+import struct
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sunspec2
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+from sunspec2 import mb as sunspec_mb
+
+from emulator.bench import EmulatedBench
+from emulator.bms import PROTECTIONS
+from emulator.twin import Twin
+
+BASE_ADDRESS = 40000
+SUNS_MARKER = (0x5375, 0x6E53)        # "SunS"
+END_MODEL_ID = 0xFFFF
+MODELS_DIR = Path(sunspec2.__file__).parent / "models" / "json"
+
+# Scale factors (value = raw * 10^sf), chosen so the largest bank a DUT file allows (16S16P)
+# still fits its register: 0.1 V, 0.1 A, 1 mV per cell, 0.1 % SoC, 0.1 Ah, 10 Wh.
+SCALE_FACTORS: dict[str, int] = {
+    "AHRtg_SF": -1, "WHRtg_SF": 1, "WChaDisChaMax_SF": 1, "SoC_SF": -1, "SoH_SF": -1,
+    "V_SF": -1, "CellV_SF": -3, "A_SF": -1, "AMax_SF": -1, "W_SF": 1, "ModTmp_SF": -1,
+    "Tmp_SF": -1,
+}
+# Implemented range of each integer type: the unimplemented markers lie outside it, so a
+# value that saturates can never be mistaken for "not implemented".
+_RANGES: dict[str, tuple[int, int]] = {
+    "int16": (-0x7FFF, 0x7FFF), "uint16": (0, 0xFFFE), "count": (0, 0xFFFE),
+    "enum16": (0, 0xFFFE), "bitfield16": (0, 0x7FFF), "int32": (-0x7FFFFFFF, 0x7FFFFFFF),
+    "uint32": (0, 0xFFFFFFFE), "enum32": (0, 0xFFFFFFFE), "bitfield32": (0, 0x7FFFFFFF),
+    "sunssf": (-10, 10),
+}
+_POSITION = re.compile(r"^s(\d+)p(\d+)$")
+
+# Evt1 symbol stem <- module BMS protections that raise it (names in emulator.bms.PROTECTIONS).
+EVENT_SOURCES: dict[str, tuple[str, ...]] = {
+    "OVER_VOLT": ("cell_overvoltage",),
+    "UNDER_VOLT": ("cell_undervoltage",),
+    "OVER_TEMP": ("charge_over_temperature", "discharge_over_temperature"),
+    "UNDER_TEMP": ("charge_under_temperature", "discharge_under_temperature"),
+    "OVER_CHARGE_CURRENT": ("charge_overcurrent",),
+    "OVER_DISCHARGE_CURRENT": ("discharge_overcurrent", "short_circuit"),
+}
+
+
+# =============================================================================== model layout
+@lru_cache(maxsize=None)
+def model_definition(model_id: int) -> dict[str, Any]:
+    """pysunspec2's JSON definition of a model, read from the installed package.
+
+    Read from the package directory directly: ``sunspec2.device.get_model_def`` searches the
+    current directory first, so a stray ``model_802.json`` there would change the map.
+    """
+    path = MODELS_DIR / f"model_{model_id}.json"
+    with path.open(encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def repeating_group(model_id: int) -> str | None:
+    """Name of the model's repeating group (the models served here have at most one)."""
+    groups = model_definition(model_id)["group"].get("groups", [])
+    return groups[0]["name"] if groups else None
+
+
+def _point_size(pdef: Mapping[str, Any]) -> int:
+    size = pdef.get("size")
+    return int(size) if size is not None else int(sunspec_mb.point_type_info[pdef["type"]].len)
+
+
+def _to_registers(data: bytes) -> list[int]:
+    return list(struct.unpack(f">{len(data) // 2}H", data))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One point of one model instance: where it sits and how its value is scaled."""
+
+    key: str                  # "SoC", or "string.2.StrSoC" in instance 2 of a repeating group
+    pdef: Mapping[str, Any]
+    offset: int               # registers from the model's ID point
+    size: int
+    sf_key: str | None        # the scale-factor point's key (group first, then model, as SunSpec)
+    sf_fixed: int | None      # a literal scale factor in the definition
+
+
+class ModelImage:
+    """The registers of one model instance, with its points addressable by name.
+
+    ``counts`` gives the number of instances of the repeating group; a count held in a point
+    (803's NStr, 804's NMod) is written into that point so the map is self-consistent.
+    """
+
+    def __init__(self, model_id: int, count: int = 0):
+        self.model_id = model_id
+        self.address = 0
+        self.slots: dict[str, Slot] = {}
+        gdef = model_definition(model_id)["group"]
+        top = {p["name"] for p in gdef["points"]}
+        offset = self._lay_out(gdef["points"], "", top, set(), 0)
+        for sub in gdef.get("groups", []):
+            names = {p["name"] for p in sub["points"]}
+            for index in range(1, count + 1):
+                offset = self._lay_out(sub["points"], f"{sub['name']}.{index}.", top, names, offset)
+        self.length = offset
+        self.registers = [0] * offset
+        for slot in self.slots.values():
+            self._store(slot, None)
+        self.set("ID", model_id)
+        self.set("L", offset - 2)
+        for sub in gdef.get("groups", []):
+            if not str(sub.get("count", "")).isdigit():
+                self.set(str(sub["count"]), count)
+        for name in top:
+            if name.endswith("_SF") and name in SCALE_FACTORS:
+                self.set(name, SCALE_FACTORS[name])
+
+    def _lay_out(self, points: list[dict[str, Any]], prefix: str, top: set[str], local: set[str],
+                 offset: int) -> int:
+        for pdef in points:
+            sf = pdef.get("sf")
+            sf_key = sf_fixed = None
+            if isinstance(sf, int) or (isinstance(sf, str) and re.fullmatch(r"-?\d+", sf)):
+                sf_fixed = int(sf)
+            elif sf is not None:
+                sf_key = prefix + sf if sf in local else sf
+                if sf not in local and sf not in top:
+                    raise ValueError(f"model {self.model_id}: scale factor {sf} of {pdef['name']} not found")
+            size = _point_size(pdef)
+            key = prefix + pdef["name"]
+            self.slots[key] = Slot(key, pdef, offset, size, sf_key, sf_fixed)
+            offset += size
+        return offset
+
+    # -- values ---------------------------------------------------------------------------------
+    def address_of(self, key: str) -> int:
+        return self.address + self.slots[key].offset
+
+    def set(self, key: str, value: Any) -> None:
+        """Store a value: engineering units (scaled by the point's scale factor), a symbol name
+        for an enum, a set of symbol names for a bitfield, text for a string; None or NaN for
+        "not implemented"."""
+        slot = self.slots[key]
+        self._store(slot, self._raw(slot, value))
+
+    def _scale(self, slot: Slot) -> int:
+        if slot.sf_fixed is not None:
+            return slot.sf_fixed
+        assert slot.sf_key is not None
+        sf = struct.unpack(">h", struct.pack(">H", self.registers[self.slots[slot.sf_key].offset]))[0]
+        if sf == sunspec_mb.SUNS_UNIMPL_SUNSSF:
+            raise ValueError(f"model {self.model_id}: {slot.key} needs {slot.sf_key}, which is not set")
+        return sf
+
+    def _raw(self, slot: Slot, value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        ptype = slot.pdef["type"]
+        if ptype == "string":
+            return str(value)
+        symbols = {s["name"]: int(s["value"]) for s in slot.pdef.get("symbols", [])}
+        if isinstance(value, str):
+            return symbols[value]
+        if ptype.startswith("bitfield") and not isinstance(value, (int, np.integer)):
+            return sum(1 << symbols[name] for name in set(value))
+        if slot.sf_key is not None or slot.sf_fixed is not None:
+            value = float(value) / 10.0 ** self._scale(slot)
+        low, high = _RANGES.get(ptype, (-(2 ** 63), 2 ** 64))
+        return min(max(int(round(float(value))), low), high)
+
+    def _store(self, slot: Slot, raw: Any) -> None:
+        ptype, nbytes = slot.pdef["type"], slot.size * 2
+        if raw is None:
+            data = sunspec_mb.create_unimpl_value(ptype, len=nbytes)
+        elif ptype == "string":
+            data = raw.encode("ascii", "replace")[:nbytes].ljust(nbytes, b"\0")
+        else:
+            data = sunspec_mb.point_type_info[ptype].to_data(raw, nbytes)
+        self.registers[slot.offset:slot.offset + slot.size] = _to_registers(data)
+
+
+# =============================================================================== the bank
+@dataclass(frozen=True)
+class EventThresholds:
+    """The emulated master's own warning thresholds (firmware behaviour, not test limits)."""
+
+    current_imbalance_a: float = 10.0          # spread of parallel currents above this ...
+    current_imbalance_fraction: float = 0.2    # ... plus this fraction of their mean magnitude
+    temperature_imbalance_k: float = 10.0      # module temperature spread
+
+
+@dataclass
+class ControllerState:
+    """What the controller (inverter) last wrote, and how often it kept the battery alive."""
+
+    ctrl_hb: int = 0
+    set_op: str = "CONNECT"
+    set_inv_state: str = "INVERTER_STOPPED"
+    heartbeats: int = 0
+    writes: int = 0
+
+
+@dataclass
+class _Readings:
+    """One consistent reading of the bank as its BMSs report it (arrays by module)."""
+
+    heard: np.ndarray
+    stack_v: np.ndarray
+    current_a: np.ndarray
+    temperature_c: np.ndarray
+    soc_pct: np.ndarray
+    soh_pct: np.ndarray
+    cell_v: np.ndarray
+    balancing: np.ndarray
+    tripped: np.ndarray        # protection x module
+    pending: np.ndarray        # protection x module: condition present, debounce running
+
+
+def _cell_voltages(twin: Twin) -> np.ndarray:
+    """Cell voltages (modules x cells) as the module BMS boards last sampled them.
+
+    Prefers a public ``Twin.cell_voltages()`` if the twin offers one; otherwise the inputs the
+    twin last gave its BMS boards (the same numbers, not yet public).
+    """
+    getter = getattr(twin, "cell_voltages", None)
+    if callable(getter):
+        return np.asarray(getter())
+    return np.asarray(twin._bms_inputs.cell_v)
+
+
+class BankMap:
+    """The whole SunSpec map of one twin: layout once, values on :meth:`render`."""
+
+    def __init__(self, twin: Twin, thresholds: EventThresholds | None = None):
+        self.twin = twin
+        self.thresholds = thresholds or EventThresholds()
+        spec = twin.spec
+        positions = [tuple(int(x) for x in _POSITION.match(m).groups()) for m in twin.modules]  # type: ignore[union-attr]
+        self.series = max(s for s, _ in positions)
+        self.parallel = max(p for _, p in positions)
+        # strings[p-1] = module indices of s1pY..sNpY in series order
+        self.strings = [[twin.module_index[f"s{s}p{p}"] for s in range(1, self.series + 1)]
+                        for p in range(1, self.parallel + 1)]
+        self.series_of = np.array([s - 1 for s, _ in positions])
+        cells = spec.module_type.cells_in_series
+        self.common = ModelImage(1)
+        self.battery = ModelImage(802)
+        self.bank = ModelImage(803, self.parallel)
+        self.string_models = [ModelImage(804, self.series) for _ in self.strings]
+        self.module_models = [ModelImage(805, cells) for _ in twin.modules]
+        self.models = [self.common, self.battery, self.bank, *self.string_models, *self.module_models]
+        address = BASE_ADDRESS + 2
+        for image in self.models:
+            image.address = address
+            address += image.length
+        self.end_address = address
+        if address + 2 > 0x10000:
+            raise ValueError(f"the SunSpec map of {len(twin.modules)} modules ends at {address + 2}, "
+                             "beyond the Modbus address space")
+        self._set_identity()
+
+    @property
+    def length(self) -> int:
+        return self.end_address + 2 - BASE_ADDRESS
+
+    def writable(self) -> dict[int, str]:
+        """Register address -> 802 point name, for the points a controller may write."""
+        return {self.battery.address_of(k): k for k in ("CtrlHb", "SetOp", "SetInvState", "AlmRst")}
+
+    def _set_identity(self) -> None:
+        twin, spec = self.twin, self.twin.spec
+        self.common.set("Mn", spec.firmware.manufacturer)
+        self.common.set("Md", spec.module_type.model)
+        self.common.set("Opt", f"{spec.dut.name} {self.series}S{self.parallel}P")
+        self.common.set("Vr", spec.firmware.version)
+        self.common.set("SN", self.serial)
+        self.battery.set("Typ", "LITHIUM_ION")
+        self.battery.set("LocRemCtl", "REMOTE")
+        for k, module in enumerate(twin.modules):
+            image = self.module_models[k]
+            s, p = (int(x) for x in _POSITION.match(module).groups())  # type: ignore[union-attr]
+            image.set("StrIdx", p)
+            image.set("ModIdx", s)
+            image.set("NCell", spec.module_type.cells_in_series)
+            image.set("SN", twin.serials[module])
+        for p, image in enumerate(self.string_models, start=1):
+            image.set("Idx", p)
+
+    @property
+    def serial(self) -> str:
+        """The bank reports the serial of the module its master BMS sits in: the first one."""
+        return self.twin.serials[self.twin.modules[0]]
+
+    # -- reading the twin -----------------------------------------------------------------------
+    def _read(self) -> _Readings:
+        twin = self.twin
+        report = twin.master.report
+        heard = np.array([m not in report.offline for m in twin.modules])
+        capacity = twin.cell_capacity_as.min(axis=1) / 3600.0
+        return _Readings(
+            heard=heard,
+            stack_v=np.array([twin.module_stack_voltage(m) for m in twin.modules]),
+            current_a=np.array([twin.module_current(m) for m in twin.modules]),
+            temperature_c=np.array([twin.thermocouple(m) for m in twin.modules]),
+            soc_pct=twin.soc() * 100.0,
+            soh_pct=capacity / twin.spec.module_type.capacity_ah * 100.0,
+            cell_v=_cell_voltages(twin),
+            balancing=np.asarray(twin.bms.balancing, dtype=bool),
+            tripped=np.asarray(twin.bms.tripped, dtype=bool),
+            pending=(np.asarray(twin.bms.timer) > 0) & ~np.asarray(twin.bms.tripped, dtype=bool),
+        )
+
+    def _bank_voltage(self, r: _Readings) -> float:
+        use = r.heard if r.heard.any() else np.ones_like(r.heard)
+        total = 0.0
+        for s in range(self.series):
+            members = self.series_of == s
+            chosen = members & use if (members & use).any() else members
+            total += float(r.stack_v[chosen].mean())
+        return total
+
+    def _events(self, r: _Readings, modules: np.ndarray) -> set[str]:
+        """Evt1 symbol names raised by the given modules' BMS boards (bank-wide events apart)."""
+        rows = {name: j for j, name in enumerate(PROTECTIONS)}
+        use = modules & r.heard
+        events = set()
+        for stem, sources in EVENT_SOURCES.items():
+            idx = [rows[name] for name in sources]
+            if r.tripped[idx][:, use].any():
+                events.add(f"{stem}_ALARM")
+            elif r.pending[idx][:, use].any():
+                events.add(f"{stem}_WARNING")
+        temps = r.temperature_c[use]
+        if temps.size > 1 and float(temps.max() - temps.min()) > self.thresholds.temperature_imbalance_k:
+            events.add("TEMPERATURE_IMBALANCE_WARNING")
+        return events
+
+    def _bank_events(self, r: _Readings) -> set[str]:
+        twin, report = self.twin, self.twin.master.report
+        events = self._events(r, np.ones(len(twin.modules), dtype=bool))
+        if report.comm_alarm:
+            events.add("COMMUNICATION_ERROR")
+        if report.modules_pending:
+            events.add("VOLTAGE_IMBALANCE_WARNING")
+        if any(twin.contactor_welded.values()) or any(v is not None for v in twin.contactor_stuck.values()):
+            events.add("CONTACTOR_ERROR")
+        if any(twin.fuse_blown.values()) or any(twin.fet_state(m) == "failed_short" for m in twin.modules):
+            events.add("OTHER_ALARM")
+        th = self.thresholds
+        for s in range(self.series):
+            amps = r.current_a[self.series_of == s]
+            if amps.size > 1:
+                spread = float(amps.max() - amps.min())
+                if spread > th.current_imbalance_a + th.current_imbalance_fraction * abs(float(amps.mean())):
+                    events.add("CURRENT_IMBALANCE_WARNING")
+        return events
+
+    # -- rendering ------------------------------------------------------------------------------
+    def render(self, state: ControllerState) -> list[int]:
+        """The whole map, 40000 to the end marker, from the twin's present state."""
+        r = self._read()
+        self._render_battery(r, state)
+        self._render_bank(r)
+        for p, image in enumerate(self.string_models):
+            self._render_string(r, image, np.array(self.strings[p]))
+        for k, image in enumerate(self.module_models):
+            self._render_module(r, image, k)
+        registers = list(SUNS_MARKER)
+        for image in self.models:
+            registers.extend(image.registers)
+        registers.extend([END_MODEL_ID, 0])
+        return registers
+
+    @staticmethod
+    def _cell_stats(cells: np.ndarray) -> tuple[float, int, float, int, float]:
+        """(max, index of max, min, index of min, mean) of a (rows x cells) array, by row index."""
+        hi, lo = np.unravel_index(np.argmax(cells), cells.shape), np.unravel_index(np.argmin(cells), cells.shape)
+        return float(cells[hi]), int(hi[0]), float(cells[lo]), int(lo[0]), float(cells.mean())
+
+    def _render_battery(self, r: _Readings, state: ControllerState) -> None:
+        twin, rep, b = self.twin, self.twin.master.report, self.battery
+        mt = twin.spec.module_type
+        nominal_v = self.series * mt.nominal_voltage_v
+        volts = self._bank_voltage(r)
+        amps = float(r.current_a[self.series_of == 0].sum())
+        b.set("AHRtg", rep.online_capacity_ah)
+        b.set("WHRtg", rep.online_capacity_ah * nominal_v)
+        b.set("WChaRteMax", mt.bms.limits.charge_current_a * self.parallel * nominal_v)
+        b.set("WDisChaRteMax", mt.bms.limits.discharge_current_a * self.parallel * nominal_v)
+        b.set("SoC", rep.soc_pct)
+        b.set("SoH", rep.soh_pct)
+        if rep.soc_pct >= 99.5:
+            status = "FULL"
+        elif rep.soc_pct <= 0.5:
+            status = "EMPTY"
+        else:
+            status = "CHARGING" if amps > 0.5 else "DISCHARGING" if amps < -0.5 else "HOLDING"
+        b.set("ChaSt", status)
+        b.set("Hb", int(twin.clock.now) & 0xFFFF)
+        b.set("CtrlHb", state.ctrl_hb)
+        b.set("AlmRst", 0)
+        b.set("State", "CONNECTED" if twin.contactor_closed["main"] else "DISCONNECTED")
+        b.set("Evt1", self._bank_events(r))
+        for name in ("Evt2", "EvtVnd1", "EvtVnd2"):
+            b.set(name, 0)
+        b.set("V", volts)
+        b.set("VMax", rep.charge_voltage_limit_v)
+        b.set("VMin", rep.discharge_voltage_limit_v)
+        heard = np.flatnonzero(r.heard) if r.heard.any() else np.arange(len(twin.modules))
+        vmax, kmax, vmin, kmin, vavg = self._cell_stats(r.cell_v[heard])
+        b.set("CellVMax", vmax)
+        b.set("CellVMin", vmin)
+        b.set("CellVAvg", vavg)
+        for point, k in (("CellVMax", heard[kmax]), ("CellVMin", heard[kmin])):
+            s, p = (int(x) for x in _POSITION.match(twin.modules[k]).groups())  # type: ignore[union-attr]
+            b.set(f"{point}Str", p)
+            b.set(f"{point}Mod", s)
+        b.set("A", amps)
+        b.set("AChaMax", rep.charge_current_limit_a)
+        b.set("ADisChaMax", abs(rep.discharge_current_limit_a))
+        b.set("W", volts * amps)
+        b.set("ReqInvState", "NO REQUEST")
+        b.set("SetOp", state.set_op)
+        b.set("SetInvState", state.set_inv_state)
+
+    def _string_contactors(self, members: np.ndarray) -> list[str]:
+        twin = self.twin
+        branches = {twin.layout.branch_of_module[twin.modules[k]] for k in members}
+        return [c for c in twin.layout.contactors if c in branches]
+
+    def _string_status(self, members: np.ndarray) -> tuple[set[str], str, int, bool]:
+        """(St bits, ConFail symbol, ConSt mask, contactors closed) of one string."""
+        twin = self.twin
+        contactors = self._string_contactors(members)
+        closed = [twin.contactor_closed[c] for c in contactors]
+        bits = set()
+        if bool(twin.master.accepted[members].all()):
+            bits.add("STRING_ENABLED")
+        if all(closed):
+            bits.add("CONTACTOR_STATUS")
+        if any(twin.fuse_blown.get(c, False) for c in contactors):
+            failure = "FUSE_OPEN"
+        elif any(twin.contactor_welded[c] or twin.contactor_stuck[c] is not None for c in contactors):
+            failure = "CONTACTOR_FAILURE"
+        else:
+            failure = "NO_FAILURE"
+        mask = sum(1 << i for i, is_closed in enumerate(closed[:31]) if is_closed)
+        return bits, failure, mask, all(closed)
+
+    def _render_bank(self, r: _Readings) -> None:
+        bank, twin = self.bank, self.twin
+        connected = 0
+        string_v, string_a = [], []
+        for p, members in enumerate(self.strings, start=1):
+            members = np.array(members)
+            use = members[r.heard[members]]
+            bits, failure, mask, closed = self._string_status(members)
+            connected += int(closed)
+            prefix = f"string.{p}."
+            bank.set(prefix + "StrNMod", len(members))
+            bank.set(prefix + "StrSt", bits)
+            bank.set(prefix + "StrConFail", failure)
+            bank.set(prefix + "StrConSt", mask)
+            bank.set(prefix + "StrEvt1", self._events(r, np.isin(np.arange(len(twin.modules)), members)))
+            bank.set(prefix + "StrEvt2", 0)
+            volts = float(r.stack_v[members].sum())
+            amps = float(r.current_a[members].mean())
+            string_v.append(volts)
+            string_a.append(amps)
+            if use.size == 0:
+                for name in ("StrSoC", "StrSoH", "StrA", "StrCellVMax", "StrCellVMaxMod", "StrCellVMin",
+                             "StrCellVMinMod", "StrCellVAvg", "StrModTmpMax", "StrModTmpMaxMod",
+                             "StrModTmpMin", "StrModTmpMinMod", "StrModTmpAvg"):
+                    bank.set(prefix + name, None)
+                continue
+            vmax, kmax, vmin, kmin, vavg = self._cell_stats(r.cell_v[use])
+            temps = r.temperature_c[use]
+            bank.set(prefix + "StrSoC", float(r.soc_pct[use].mean()))
+            bank.set(prefix + "StrSoH", float(r.soh_pct[use].mean()))
+            bank.set(prefix + "StrA", amps)
+            bank.set(prefix + "StrCellVMax", vmax)
+            bank.set(prefix + "StrCellVMaxMod", int(self.series_of[use[kmax]]) + 1)
+            bank.set(prefix + "StrCellVMin", vmin)
+            bank.set(prefix + "StrCellVMinMod", int(self.series_of[use[kmin]]) + 1)
+            bank.set(prefix + "StrCellVAvg", vavg)
+            bank.set(prefix + "StrModTmpMax", float(temps.max()))
+            bank.set(prefix + "StrModTmpMaxMod", int(self.series_of[use[int(np.argmax(temps))]]) + 1)
+            bank.set(prefix + "StrModTmpMin", float(temps.min()))
+            bank.set(prefix + "StrModTmpMinMod", int(self.series_of[use[int(np.argmin(temps))]]) + 1)
+            bank.set(prefix + "StrModTmpAvg", float(temps.mean()))
+        bank.set("NStrCon", connected)
+        heard = np.flatnonzero(r.heard)
+        if heard.size:
+            temps = r.temperature_c[heard]
+            hot, cold = heard[int(np.argmax(temps))], heard[int(np.argmin(temps))]
+            for point, k in (("ModTmpMax", hot), ("ModTmpMin", cold)):
+                s, p = (int(x) for x in _POSITION.match(twin.modules[k]).groups())  # type: ignore[union-attr]
+                bank.set(point, float(r.temperature_c[k]))
+                bank.set(point + "Str", p)
+                bank.set(point + "Mod", s)
+            bank.set("ModTmpAvg", float(temps.mean()))
+            bank.set("NCellBal", int(r.balancing[heard].sum()))
+        volts_a, amps_a = np.array(string_v), np.array(string_a)
+        bank.set("StrVMax", float(volts_a.max()))
+        bank.set("StrVMaxStr", int(np.argmax(volts_a)) + 1)
+        bank.set("StrVMin", float(volts_a.min()))
+        bank.set("StrVMinStr", int(np.argmin(volts_a)) + 1)
+        bank.set("StrVAvg", float(volts_a.mean()))
+        bank.set("StrAMax", float(amps_a.max()))
+        bank.set("StrAMaxStr", int(np.argmax(amps_a)) + 1)
+        bank.set("StrAMin", float(amps_a.min()))
+        bank.set("StrAMinStr", int(np.argmin(amps_a)) + 1)
+        bank.set("StrAAvg", float(amps_a.mean()))
+
+    def _render_string(self, r: _Readings, image: ModelImage, members: np.ndarray) -> None:
+        twin = self.twin
+        bits, failure, mask, _ = self._string_status(members)
+        image.set("NMod", len(members))
+        image.set("St", bits)
+        image.set("ConFail", failure)
+        image.set("ConSt", mask)
+        image.set("Evt1", self._events(r, np.isin(np.arange(len(twin.modules)), members)))
+        image.set("Evt2", 0)
+        image.set("V", float(r.stack_v[members].sum()))
+        image.set("A", float(r.current_a[members].mean()))
+        use = members[r.heard[members]]
+        image.set("NCellBal", int(r.balancing[use].sum()))
+        if use.size:
+            vmax, kmax, vmin, kmin, vavg = self._cell_stats(r.cell_v[use])
+            temps = r.temperature_c[use]
+            values: dict[str, Any] = {
+                "SoC": float(r.soc_pct[use].mean()), "SoH": float(r.soh_pct[use].mean()),
+                "CellVMax": vmax, "CellVMaxMod": int(self.series_of[use[kmax]]) + 1,
+                "CellVMin": vmin, "CellVMinMod": int(self.series_of[use[kmin]]) + 1, "CellVAvg": vavg,
+                "ModTmpMax": float(temps.max()), "ModTmpMaxMod": int(self.series_of[use[int(np.argmax(temps))]]) + 1,
+                "ModTmpMin": float(temps.min()), "ModTmpMinMod": int(self.series_of[use[int(np.argmin(temps))]]) + 1,
+                "ModTmpAvg": float(temps.mean())}
+        else:
+            values = dict.fromkeys(("SoC", "SoH", "CellVMax", "CellVMaxMod", "CellVMin", "CellVMinMod",
+                                    "CellVAvg", "ModTmpMax", "ModTmpMaxMod", "ModTmpMin", "ModTmpMinMod",
+                                    "ModTmpAvg"))
+        for name, value in values.items():
+            image.set(name, value)
+        group = repeating_group(804)
+        cells = twin.spec.module_type.cells_in_series
+        for index, k in enumerate(members, start=1):
+            prefix = f"{group}.{index}."
+            heard = bool(r.heard[k])
+            image.set(prefix + "ModNCell", cells)
+            cell_v = r.cell_v[k]
+            per_module = {
+                "ModSoC": r.soc_pct[k], "ModSoH": r.soh_pct[k],
+                "ModCellVMax": cell_v.max(), "ModCellVMaxCell": int(np.argmax(cell_v)) + 1,
+                "ModCellVMin": cell_v.min(), "ModCellVMinCell": int(np.argmin(cell_v)) + 1,
+                "ModCellVAvg": cell_v.mean(), "ModCellTmpMax": r.temperature_c[k], "ModCellTmpMaxCell": 1,
+                "ModCellTmpMin": r.temperature_c[k], "ModCellTmpMinCell": 1, "ModCellTmpAvg": r.temperature_c[k]}
+            for name, value in per_module.items():
+                image.set(prefix + name, float(value) if heard else None)
+
+    def _render_module(self, r: _Readings, image: ModelImage, k: int) -> None:
+        heard = bool(r.heard[k])
+        cell_v, temp = r.cell_v[k], float(r.temperature_c[k])
+        values: dict[str, Any] = {
+            "SoC": r.soc_pct[k], "SoH": r.soh_pct[k], "V": r.stack_v[k],
+            "CellVMax": cell_v.max(), "CellVMaxCell": int(np.argmax(cell_v)) + 1,
+            "CellVMin": cell_v.min(), "CellVMinCell": int(np.argmin(cell_v)) + 1, "CellVAvg": cell_v.mean(),
+            "CellTmpMax": temp, "CellTmpMaxCell": 1, "CellTmpMin": temp, "CellTmpMinCell": 1,
+            "CellTmpAvg": temp, "NCellBal": int(r.balancing[k].sum())}
+        for name, value in values.items():
+            image.set(name, float(value) if heard else None)
+        group = repeating_group(805)
+        for c in range(len(cell_v)):
+            prefix = f"{group}.{c + 1}."
+            image.set(prefix + "CellV", float(cell_v[c]) if heard else None)
+            image.set(prefix + "CellTmp", temp if heard else None)
+            image.set(prefix + "CellSt", {"CELL_IS_BALANCING"} if r.balancing[k, c] else 0)
+
+
+# =============================================================================== the server
+@dataclass
+class _Served:
+    image: list[int] = field(default_factory=list)
+    overrides: dict[int, int] = field(default_factory=dict)
+
+
+class SunSpecServer:
+    """A Modbus/TCP server on loopback serving one twin's SunSpec map (see the module doc).
+
+    ``port=0`` binds a free port; :attr:`port` is the bound one once :meth:`start` returns.
+    The server runs its own asyncio loop on a daemon thread, so callers stay synchronous.
+    """
+
+    WRITE_CODES = frozenset({5, 6, 15, 16, 22, 23})
+
+    def __init__(self, bench: EmulatedBench, host: str = "127.0.0.1", port: int = 0, device_id: int = 1,
+                 thresholds: EventThresholds | None = None, lock_timeout_s: float = 0.5):
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"the emulated SunSpec server binds loopback only, not {host}")
+        self.bench = bench
+        self.host = host
+        self.port = port
+        self.device_id = device_id
+        self.lock_timeout_s = lock_timeout_s
+        self.map = BankMap(bench.twin, thresholds)
+        self.map.common.set("DA", device_id)
+        self.state = ControllerState(set_op="CONNECT" if bench.twin.contactor_closed["main"] else "DISCONNECT")
+        self.silent = False
+        self.requests = 0
+        self.stale_reads = 0
+        self._served = _Served()
+        self._writable = self.map.writable()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        with bench.lock:
+            self._served.image = self.map.render(self.state)
+
+    @property
+    def heartbeats_received(self) -> int:
+        """CtrlHb writes that changed its value (each one an inverter heartbeat)."""
+        return self.state.heartbeats
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self) -> "SunSpecServer":
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._run, name=f"sunspec-server-{self.host}:{self.port}",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=10.0)
+        if self._error is not None:
+            raise RuntimeError(f"SunSpec server on {self.host}:{self.port} failed to start: {self._error}")
+        if not self._ready.is_set():
+            raise RuntimeError(f"SunSpec server on {self.host}:{self.port} did not start within 10 s")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def __enter__(self) -> "SunSpecServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to start(); the thread must not die silently
+            self._error = exc
+            self._ready.set()
+
+    def _simdata(self) -> list[SimData]:
+        """The map as SimData blocks: read-only runs, with the writable 802 points between."""
+        image, blocks, start = self._served.image, [], 0
+        for address in sorted(self._writable) + [BASE_ADDRESS + len(image)]:
+            offset = address - BASE_ADDRESS
+            if offset > start:
+                blocks.append(SimData(BASE_ADDRESS + start, values=image[start:offset],
+                                      datatype=DataType.REGISTERS, readonly=True))
+            if offset < len(image):
+                blocks.append(SimData(address, values=[image[offset]], datatype=DataType.REGISTERS))
+            start = offset + 1
+        return blocks
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        device = SimDevice(self.device_id, simdata=self._simdata(), action=self._action)
+        server = ModbusTcpServer(device, address=(self.host, self.port), trace_packet=self._trace_packet)
+        await server.serve_forever(background=True)
+        sockets = getattr(server.transport, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else self.port
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await server.shutdown()
+
+    # -- requests -------------------------------------------------------------------------------
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """Drop every reply while silent: the request was read, nothing comes back."""
+        return b"" if sending and self.silent else data
+
+    async def _action(self, function_code: int, start_address: int, address: int, count: int,
+                      registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+        """pymodbus calls this before it serves a request: refresh the registers or apply a write."""
+        self.requests += 1
+        if self.silent:
+            return None
+        if function_code in self.WRITE_CODES and set_values is not None:
+            return await asyncio.to_thread(self._write, address, [int(v) for v in set_values])
+        image = await asyncio.to_thread(self._refresh)
+        registers[:len(image)] = image
+        return None
+
+    def _refresh(self) -> list[int]:
+        served = self._served
+        if self.bench.lock.acquire(timeout=self.lock_timeout_s):
+            try:
+                served.image = self.map.render(self.state)
+            finally:
+                self.bench.lock.release()
+        else:
+            self.stale_reads += 1
+        image = served.image
+        if served.overrides:
+            image = list(image)
+            for address, value in served.overrides.items():
+                image[address - BASE_ADDRESS] = value
+        return image
+
+    def _write(self, address: int, values: list[int]) -> ExcCodes | None:
+        """Apply a controller's write to the twin (under the bench lock); all or nothing."""
+        battery = self.map.battery
+        points = [(self._writable.get(address + i), v) for i, v in enumerate(values)]
+        if any(name is None for name, _ in points):
+            return ExcCodes.ILLEGAL_ADDRESS
+        symbols = {name: {int(s["value"]): s["name"] for s in battery.slots[name].pdef.get("symbols", [])}
+                   for name in ("SetOp", "SetInvState")}
+        for name, value in points:
+            if name in symbols and value not in symbols[name]:
+                return ExcCodes.ILLEGAL_VALUE
+            if name == "AlmRst" and value not in (0, 1):
+                return ExcCodes.ILLEGAL_VALUE
+        if not self.bench.lock.acquire(timeout=self.lock_timeout_s):
+            return ExcCodes.DEVICE_BUSY
+        try:
+            twin = self.bench.twin
+            for name, value in points:
+                if name == "CtrlHb":
+                    if value != self.state.ctrl_hb:
+                        twin.inverter_heartbeat()
+                        self.state.heartbeats += 1
+                    self.state.ctrl_hb = value
+                elif name == "SetOp":
+                    self.state.set_op = symbols["SetOp"][value]
+                    twin.set_contactor("main", self.state.set_op == "CONNECT")
+                elif name == "SetInvState":
+                    self.state.set_inv_state = symbols["SetInvState"][value]
+            self.state.writes += 1
+        finally:
+            self.bench.lock.release()
+        return None
+
+    # -- fault injection ------------------------------------------------------------------------
+    def address_of(self, model_id: int, point: str, instance: int = 1) -> int:
+        """Register address of a point in the ``instance``-th model with this ID (1-based)."""
+        images = [image for image in self.map.models if image.model_id == model_id]
+        return images[instance - 1].address_of(point)
+
+    def override(self, address: int, value: int) -> None:
+        """Serve ``value`` at ``address`` whatever the twin says (malformed-data tests)."""
+        if not BASE_ADDRESS <= address < BASE_ADDRESS + self.map.length:
+            raise ValueError(f"address {address} is outside the map {BASE_ADDRESS}..{BASE_ADDRESS + self.map.length - 1}")
+        self._served.overrides[address] = value & 0xFFFF
+
+    def clear_overrides(self) -> None:
+        self._served.overrides.clear()
+
+
+def serve(bench: EmulatedBench, host: str = "127.0.0.1", port: int = 0, device_id: int = 1) -> SunSpecServer:
+    """Start a SunSpec server for ``bench`` (the one function the harness's emulated station uses)."""
+    return SunSpecServer(bench, host=host, port=port, device_id=device_id).start()
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """Serve a twin's BMS as SunSpec over Modbus/TCP on loopback, following wall time, until
+    stdin closes. Prints one JSON line ``{"host", "port", "device_id"}`` once listening."""
+    import argparse
+    import sys
+
+    from emulator.twin import build_twin
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dut", default="1s4p_diagonal")
+    parser.add_argument("--scenario", default=None)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--device-id", type=int, default=1)
+    parser.add_argument("--speed", type=float, default=1.0, help="bench seconds per wall second")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    bench = EmulatedBench(build_twin(args.dut, args.scenario))
+    server = serve(bench, port=args.port, device_id=args.device_id)
+    print(json.dumps({"host": server.host, "port": server.port, "device_id": server.device_id}), flush=True)
+    runner = threading.Thread(target=bench.run_realtime, kwargs={"speed": args.speed}, daemon=True)
+    runner.start()
+    try:
+        sys.stdin.read()
+    finally:
+        bench.stop()
+        runner.join(timeout=2.0)
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

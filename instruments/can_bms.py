@@ -1,0 +1,401 @@
+"""The Bms role over CAN: the harness plays the inverter on a Pylontech-compatible bus.
+
+Any python-can interface a station names works (``virtual`` in one process, ``socketcand``
+across processes, ``socketcan``/``pcan``/... on a real bench): interface, channel and every
+other keyword (host, port, bitrate, ...) pass straight to ``can.Bus``.
+
+Frames are decoded with ``instruments/dbc/pylontech_lv.dbc`` (DOMAIN.md section 4). What the
+client keeps and why:
+
+- the latest decoded values per frame ID and the time each ID (and anything at all) was last
+  heard, on the *bench* clock given as ``clock`` (default ``time.monotonic``), so silence is
+  timed in the same seconds the checks wait in, virtual or wall;
+- a candump-format log (``can.CanutilsLogWriter``; read back with ``can.LogReader`` when the
+  file name ends in ``.log``) of every frame both ways, stamped with that clock, so the CAN
+  log lines up with the measurements it explains;
+- counts of malformed frames by reason, because a flaky BMS must show up as data, never as a
+  crashed harness: ``unknown_id`` (extended IDs and IDs not in the DBC), ``wrong_dlc``
+  (length differs from the DBC; 0x305 from another inverter may have any length),
+  ``undecodable`` (cantools fails, a value outside its DBC range, 0x359 without its 'P','N'
+  marker, 0x35E not printable ASCII), ``error_frame`` and ``remote_frame``. A malformed frame
+  is logged and counted and never becomes telemetry.
+
+The keep-alive (0x305, eight zero bytes) goes out every ``period_s`` of the clock from a
+background thread; ``heartbeat(False)`` stops it, ``heartbeat(True)`` resumes at once.
+
+``safe_state()`` de-energises nothing (a BMS client has no output) and never raises. What it
+does with the keep-alive is the ``safe_state_heartbeat`` policy:
+``"keep"`` (default) leaves it as it is, so the bank's comm-loss behaviour does not change
+while the supervisor opens contactors; ``"resume"`` restores it, so a bank left in comm-loss
+by a failed test recovers; ``"stop"`` ends it, as an inverter going away would, so a real
+BMS derates or opens on its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import can
+import cantools
+from cantools.database.can import Database
+
+from instruments.roles import Bms, BmsLimits, BmsStatus, BmsTelemetry, InstrumentError
+
+DBC_PATH = Path(__file__).resolve().parent / "dbc" / "pylontech_lv.dbc"
+KEEPALIVE_ID = 0x305
+PN_MARKER = (0x50, 0x4E)
+# 0x359 signal suffix -> the name the role reports in BmsStatus.alarms / .warnings
+ALARM_NAMES = {"OverVoltage": "over_voltage", "UnderVoltage": "under_voltage",
+               "OverTemp": "over_temperature", "UnderTemp": "under_temperature",
+               "DischargeOverCurrent": "discharge_over_current",
+               "ChargeOverCurrent": "charge_over_current", "BmsInternal": "bms_internal"}
+MALFORMED_REASONS = ("unknown_id", "wrong_dlc", "undecodable", "error_frame", "remote_frame")
+SafeStateHeartbeat = Literal["keep", "resume", "stop"]
+Clock = Callable[[], float]
+
+
+def parse_resource(resource: str) -> dict[str, Any]:
+    """A station ``resource:`` string to ``can.Bus`` keywords.
+
+    ``INTERFACE://CHANNEL[?key=value&...]``, or for socketcand
+    ``socketcand://HOST:PORT/CHANNEL``; numeric query values become ints
+    (``socketcan://can0?bitrate=500000``, ``virtual://bank0``).
+    """
+    url = urllib.parse.urlsplit(resource)
+    if not url.scheme or not (url.netloc or url.path):
+        raise ValueError(f"CAN resource {resource!r}: expected INTERFACE://CHANNEL[?key=value]")
+    kwargs: dict[str, Any] = {"interface": url.scheme}
+    if url.scheme == "socketcand":
+        kwargs.update(host=url.hostname, port=url.port, channel=url.path.lstrip("/"))
+    else:
+        kwargs["channel"] = url.netloc + url.path
+    for key, value in urllib.parse.parse_qsl(url.query):
+        kwargs[key] = int(value) if value.lstrip("-").isdigit() else value
+    return kwargs
+
+
+class _Decoder:
+    """DBC lookup and validation for one frame: the hot path, kept free of locks and I/O."""
+
+    def __init__(self, db: Database):
+        self.messages = {m.frame_id: m for m in db.messages}
+        # only signals whose DBC range is narrower than their raw range need a check
+        self.ranges: dict[int, list[tuple[str, float, float]]] = {}
+        for m in db.messages:
+            checks = []
+            for s in m.signals:
+                raw_max = (1 << s.length) - 1 if not s.is_signed else (1 << (s.length - 1)) - 1
+                raw_min = 0 if not s.is_signed else -(1 << (s.length - 1))
+                full = (raw_min * s.scale + s.offset, raw_max * s.scale + s.offset)
+                low = s.minimum if s.minimum is not None else full[0]
+                high = s.maximum if s.maximum is not None else full[1]
+                if low > full[0] + 1e-9 or high < full[1] - 1e-9:
+                    checks.append((s.name, low, high))
+            self.ranges[m.frame_id] = checks
+
+    def decode(self, msg: can.Message) -> tuple[str | None, dict[str, Any] | None]:
+        """(malformed reason or None, decoded signals or None)."""
+        if msg.is_error_frame:
+            return "error_frame", None
+        if msg.is_remote_frame:
+            return "remote_frame", None
+        spec = None if msg.is_extended_id else self.messages.get(msg.arbitration_id)
+        if spec is None:
+            return "unknown_id", None
+        frame_id = msg.arbitration_id
+        data = bytes(msg.data)
+        if frame_id == KEEPALIVE_ID:
+            return None, {}
+        if len(data) != spec.length:
+            return "wrong_dlc", None
+        try:
+            values = spec.decode(data, decode_choices=False)
+        except Exception:  # cantools raises several types; all mean the same here
+            return "undecodable", None
+        assert isinstance(values, dict)
+        for name, low, high in self.ranges[frame_id]:
+            if not low - 1e-9 <= values[name] <= high + 1e-9:
+                return "undecodable", None
+        if frame_id == 0x359 and (values["MarkerP"], values["MarkerN"]) != PN_MARKER:
+            return "undecodable", None
+        if frame_id == 0x35E and not data.rstrip(b"\0 ").decode("ascii", "replace").isprintable():
+            return "undecodable", None
+        return None, values
+
+
+class CanBms(Bms):
+    """A Pylontech-compatible battery as the inverter sees it, over any python-can bus."""
+
+    name = "bms"
+
+    def __init__(self, interface: str, channel: str | None = None, *, period_s: float = 1.0,
+                 clock: Clock = time.monotonic, log_path: str | Path | None = None,
+                 dbc_path: str | Path | None = None, heartbeat_on: bool = True,
+                 safe_state_heartbeat: SafeStateHeartbeat = "keep",
+                 stale_after_s: float | None = None, wait_s: float = 1.0,
+                 poll_s: float = 0.005, name: str = "bms", **bus_kwargs: Any):
+        if safe_state_heartbeat not in ("keep", "resume", "stop"):
+            raise ValueError(f"safe_state_heartbeat {safe_state_heartbeat!r}: keep, resume or stop")
+        self.name = name
+        self.resource = f"{interface}:{channel}" + "".join(f" {k}={v}" for k, v in sorted(bus_kwargs.items()))
+        self.period_s = period_s
+        self.safe_state_heartbeat = safe_state_heartbeat
+        self.stale_after_s = stale_after_s
+        self.wait_s = wait_s
+        self._clock = clock
+        self._poll_s = poll_s
+        db = cantools.database.load_file(str(dbc_path or DBC_PATH), strict=True)
+        assert isinstance(db, Database)
+        self.db = db
+        self._decoder = _Decoder(db)
+        self._state_lock = threading.Lock()
+        self._latest: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._heard_at: dict[int, float] = {}
+        self._last_heard: float | None = None
+        self._opened_at = clock()
+        self.malformed: Counter[str] = Counter()
+        self.frames_received = 0
+        self.frames_sent = 0
+        self.keepalives_sent = 0
+        self.bus_errors = 0
+        self.last_bus_error = ""
+        self._log_lock = threading.Lock()
+        self._log: can.CanutilsLogWriter | None = None
+        self.log_path = Path(log_path) if log_path else None
+        try:
+            self._bus = can.Bus(interface=interface, channel=channel, **bus_kwargs)
+        except Exception as exc:
+            raise InstrumentError(self.name, self.resource, "open", str(exc)) from exc
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            label = str(channel or interface).replace(" ", "_") or "can0"
+            self._log = can.CanutilsLogWriter(self.log_path, channel=label)
+        self._heartbeat_on = heartbeat_on
+        self._next_keepalive = clock()
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._threads = [threading.Thread(target=self._receive_loop, name=f"{name}-rx", daemon=True),
+                         threading.Thread(target=self._keepalive_loop, name=f"{name}-keepalive", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    @classmethod
+    def from_resource(cls, resource: str, **kwargs: Any) -> "CanBms":
+        """Open from a station ``resource:`` string (see :func:`parse_resource`)."""
+        return cls(**{**parse_resource(resource), **kwargs})
+
+    # ================================================================== receive
+    def process(self, msg: can.Message) -> str | None:
+        """Log, classify, decode and store one received frame; returns the malformed reason.
+
+        The receive thread's whole path, public so a benchmark can time it without a bus.
+        """
+        now = self._clock()
+        msg.timestamp, msg.is_rx = now, True
+        self._write_log(msg)
+        reason, values = self._decoder.decode(msg)
+        with self._state_lock:
+            self.frames_received += 1
+            if not msg.is_error_frame and (msg.arbitration_id != KEEPALIVE_ID or msg.is_extended_id):
+                self._last_heard = now  # anything the battery side sent, even garbage, is a sign of life
+            if reason is not None:
+                self.malformed[reason] += 1
+            elif msg.arbitration_id != KEEPALIVE_ID:
+                self._latest[msg.arbitration_id] = (now, values)  # type: ignore[assignment]
+                self._heard_at[msg.arbitration_id] = now
+        return reason
+
+    def _receive_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                msg = self._bus.recv(timeout=0.05)
+            except Exception as exc:  # a failing bus is reported through bus_errors, never raised
+                self._bus_error(exc)
+                self._closing.wait(0.05)
+                continue
+            if msg is not None:
+                try:
+                    self.process(msg)
+                except Exception as exc:  # pragma: no cover - the decoder catches its own
+                    self._bus_error(exc)
+
+    def _bus_error(self, exc: BaseException) -> None:
+        with self._state_lock:
+            self.bus_errors += 1
+            self.last_bus_error = f"{type(exc).__name__}: {exc}"
+
+    def _write_log(self, msg: can.Message) -> None:
+        if self._log is not None:
+            with self._log_lock:
+                if self._log is not None:
+                    self._log.on_message_received(msg)
+
+    # ================================================================== keep-alive
+    def _keepalive_loop(self) -> None:
+        while not self._closing.is_set():
+            if self.keepalive_pending():
+                self._send_keepalive()
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+
+    def keepalive_pending(self) -> bool:
+        """A keep-alive is due on the clock and not yet sent (lets a virtual-clock caller sync)."""
+        with self._state_lock:
+            return self._heartbeat_on and self._clock() >= self._next_keepalive
+
+    def _send_keepalive(self) -> None:
+        now = self._clock()
+        msg = can.Message(arbitration_id=KEEPALIVE_ID, data=bytes(8), is_extended_id=False,
+                          timestamp=now, is_rx=False)
+        try:
+            self._bus.send(msg)
+            sent = True
+        except Exception as exc:  # counted in bus_errors; the next one is tried on schedule
+            self._bus_error(exc)
+            sent = False
+        if sent:
+            self._write_log(msg)
+        with self._state_lock:
+            self.frames_sent += sent
+            self.keepalives_sent += sent
+            # keep the cadence; after a clock jump (virtual time) restart it from now
+            nxt = self._next_keepalive + self.period_s
+            self._next_keepalive = nxt if nxt > now else now + self.period_s
+
+    def heartbeat(self, on: bool) -> None:
+        with self._state_lock:
+            if on and not self._heartbeat_on:
+                self._next_keepalive = self._clock()
+            self._heartbeat_on = bool(on)
+        self._wake.set()
+
+    @property
+    def heartbeat_on(self) -> bool:
+        return self._heartbeat_on
+
+    # ================================================================== state
+    def seconds_since_heard(self, frame_id: int | None = None) -> float:
+        """Clock seconds since the battery sent anything (or ``frame_id`` decoded cleanly);
+        counted from opening if never heard."""
+        with self._state_lock:
+            last = self._last_heard if frame_id is None else self._heard_at.get(frame_id)
+        return self._clock() - (self._opened_at if last is None else last)
+
+    def malformed_counts(self) -> dict[str, int]:
+        with self._state_lock:
+            return {reason: self.malformed.get(reason, 0) for reason in MALFORMED_REASONS}
+
+    def decoded(self, frame_id: int) -> dict[str, Any] | None:
+        """The latest cleanly decoded signals of one frame (physical units), or None."""
+        with self._state_lock:
+            entry = self._latest.get(frame_id)
+        return dict(entry[1]) if entry else None
+
+    def _need(self, frame_id: int, what: str, wait: bool = False) -> dict[str, Any]:
+        deadline = time.monotonic() + (self.wait_s if wait else 0.0)
+        while True:
+            with self._state_lock:
+                entry = self._latest.get(frame_id)
+            if entry is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        if entry is None:
+            raise InstrumentError(self.name, self.resource, what, f"no 0x{frame_id:03X} frame received yet")
+        age = self._clock() - entry[0]
+        if self.stale_after_s is not None and age > self.stale_after_s:
+            raise InstrumentError(self.name, self.resource, what,
+                                  f"0x{frame_id:03X} is {age:.1f} s old (stale after {self.stale_after_s} s)")
+        return entry[1]
+
+    # ================================================================== role
+    def firmware(self) -> str:
+        """``major.minor`` from 0x35F (the protocol carries no patch or pre-release tag)."""
+        code = int(self._need(0x35F, "firmware", wait=True)["FirmwareVersion"])
+        return f"{code >> 8}.{code & 0xFF}"
+
+    def manufacturer(self) -> str:
+        raw = int(self._need(0x35E, "identity", wait=True)["ManufacturerName"])
+        return raw.to_bytes(8, "little").decode("ascii", "replace").strip(" \0")
+
+    def identity(self) -> str:
+        return f"{self.manufacturer()} BMS, firmware {self.firmware()}"
+
+    def telemetry(self) -> BmsTelemetry:
+        soc = self._need(0x355, "telemetry")
+        meas = self._need(0x356, "telemetry")
+        cells = self.decoded(0x373)
+        return BmsTelemetry(voltage_v=float(meas["Voltage"]), current_a=float(meas["Current"]),
+                            temperature_c=float(meas["Temperature"]), soc_pct=float(soc["SOC"]),
+                            soh_pct=float(soc["SOH"]),
+                            min_cell_v=float(cells["MinCellVoltage"]) / 1000 if cells else None,
+                            max_cell_v=float(cells["MaxCellVoltage"]) / 1000 if cells else None)
+
+    def cell_temperatures_c(self) -> tuple[float, float]:
+        """(min, max) module temperature from 0x373, converted from integer kelvin."""
+        cells = self._need(0x373, "cell_temperatures")
+        return float(cells["MinTemperature"]) - 273.15, float(cells["MaxTemperature"]) - 273.15
+
+    def limits(self) -> BmsLimits:
+        v = self._need(0x351, "limits")
+        return BmsLimits(charge_voltage_v=float(v["ChargeVoltageLimit"]),
+                         charge_current_a=float(v["ChargeCurrentLimit"]),
+                         discharge_current_a=abs(float(v["DischargeCurrentLimit"])),
+                         discharge_voltage_v=float(v["DischargeVoltageLimit"]))
+
+    def status(self) -> BmsStatus:
+        """Alarms and warnings (0x359, required), module counts, capacities and enables
+        (0x372, 0x35F, 0x379, 0x35C: None until heard)."""
+        flags = self._need(0x359, "status")
+        counts, info = self.decoded(0x372), self.decoded(0x35F)
+        installed, requests = self.decoded(0x379), self.decoded(0x35C)
+        return BmsStatus(
+            alarms={name for bit, name in ALARM_NAMES.items() if flags[f"Alarm_{bit}"]},
+            warnings={name for bit, name in ALARM_NAMES.items() if flags[f"Warning_{bit}"]},
+            modules_online=int(counts["ModulesOnline"]) if counts else None,
+            modules_offline=int(counts["ModulesOffline"]) if counts else None,
+            installed_capacity_ah=float(installed["InstalledCapacity"]) if installed else None,
+            online_capacity_ah=float(info["OnlineCapacity"]) if info else None,
+            charge_enable=bool(requests["ChargeEnable"]) if requests else None,
+            discharge_enable=bool(requests["DischargeEnable"]) if requests else None)
+
+    def safe_state(self) -> None:
+        try:
+            if self.safe_state_heartbeat == "resume":
+                self.heartbeat(True)
+            elif self.safe_state_heartbeat == "stop":
+                self.heartbeat(False)
+        except Exception:  # noqa: BLE001 - safe_state must never raise
+            pass
+
+    def flush_log(self) -> None:
+        with self._log_lock:
+            if self._log is not None:
+                self._log.file.flush()
+
+    def close(self) -> None:
+        """Stop the threads, release the bus, close the log. Safe to call twice."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        try:
+            self._bus.shutdown()
+        except Exception:  # noqa: BLE001 - closing a failed bus must not raise
+            pass
+        with self._log_lock:
+            if self._log is not None:
+                self._log.stop()
+                self._log = None
+
+    def __enter__(self) -> "CanBms":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
