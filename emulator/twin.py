@@ -324,16 +324,15 @@ class Twin:
         return self.cell_soc.mean(axis=1)
 
     def fet_state(self, module: str) -> str:
+        """The BMS switch as its board commands it (on, charge_off, discharge_off, off), or
+        ``avalanche`` while a MOSFET clamps, or ``failed_short`` once avalanche killed it."""
         k = self.module_index[module]
         region = int(self.fet_region[k])
-        if region == FET_ON:
-            if not self.bms.allow_charge()[k] and not self.bms.allow_discharge()[k]:
-                return "off"
-            if not self.bms.allow_charge()[k]:
-                return "charge_off"
-            if not self.bms.allow_discharge()[k]:
-                return "discharge_off"
-        return FET_STATE_NAMES[region]
+        if region in (FET_FAILED, FET_CLAMP_POS, FET_CLAMP_NEG):
+            return FET_STATE_NAMES[region]
+        charge, discharge = bool(self.bms.allow_charge()[k]), bool(self.bms.allow_discharge()[k])
+        return {(True, True): "on", (False, True): "charge_off",
+                (True, False): "discharge_off", (False, False): "off"}[(charge, discharge)]
 
     # ================================================================== time
     def advance(self, seconds: float, max_step: float = 1.0) -> None:

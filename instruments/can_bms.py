@@ -79,6 +79,11 @@ def parse_resource(resource: str) -> dict[str, Any]:
     return kwargs
 
 
+def _num(value: float) -> float:
+    """A decoded value without binary-scaling noise (14.200000000000001 -> 14.2)."""
+    return round(float(value), 6)
+
+
 class _Decoder:
     """DBC lookup and validation for one frame: the hot path, kept free of locks and I/O."""
 
@@ -329,23 +334,23 @@ class CanBms(Bms):
         soc = self._need(0x355, "telemetry")
         meas = self._need(0x356, "telemetry")
         cells = self.decoded(0x373)
-        return BmsTelemetry(voltage_v=float(meas["Voltage"]), current_a=float(meas["Current"]),
-                            temperature_c=float(meas["Temperature"]), soc_pct=float(soc["SOC"]),
-                            soh_pct=float(soc["SOH"]),
-                            min_cell_v=float(cells["MinCellVoltage"]) / 1000 if cells else None,
-                            max_cell_v=float(cells["MaxCellVoltage"]) / 1000 if cells else None)
+        return BmsTelemetry(voltage_v=_num(meas["Voltage"]), current_a=_num(meas["Current"]),
+                            temperature_c=_num(meas["Temperature"]), soc_pct=_num(soc["SOC"]),
+                            soh_pct=_num(soc["SOH"]),
+                            min_cell_v=_num(cells["MinCellVoltage"] / 1000) if cells else None,
+                            max_cell_v=_num(cells["MaxCellVoltage"] / 1000) if cells else None)
 
     def cell_temperatures_c(self) -> tuple[float, float]:
         """(min, max) module temperature from 0x373, converted from integer kelvin."""
         cells = self._need(0x373, "cell_temperatures")
-        return float(cells["MinTemperature"]) - 273.15, float(cells["MaxTemperature"]) - 273.15
+        return _num(cells["MinTemperature"] - 273.15), _num(cells["MaxTemperature"] - 273.15)
 
     def limits(self) -> BmsLimits:
         v = self._need(0x351, "limits")
-        return BmsLimits(charge_voltage_v=float(v["ChargeVoltageLimit"]),
-                         charge_current_a=float(v["ChargeCurrentLimit"]),
-                         discharge_current_a=abs(float(v["DischargeCurrentLimit"])),
-                         discharge_voltage_v=float(v["DischargeVoltageLimit"]))
+        return BmsLimits(charge_voltage_v=_num(v["ChargeVoltageLimit"]),
+                         charge_current_a=_num(v["ChargeCurrentLimit"]),
+                         discharge_current_a=abs(_num(v["DischargeCurrentLimit"])),
+                         discharge_voltage_v=_num(v["DischargeVoltageLimit"]))
 
     def status(self) -> BmsStatus:
         """Alarms and warnings (0x359, required), module counts, capacities and enables
@@ -358,8 +363,8 @@ class CanBms(Bms):
             warnings={name for bit, name in ALARM_NAMES.items() if flags[f"Warning_{bit}"]},
             modules_online=int(counts["ModulesOnline"]) if counts else None,
             modules_offline=int(counts["ModulesOffline"]) if counts else None,
-            installed_capacity_ah=float(installed["InstalledCapacity"]) if installed else None,
-            online_capacity_ah=float(info["OnlineCapacity"]) if info else None,
+            installed_capacity_ah=_num(installed["InstalledCapacity"]) if installed else None,
+            online_capacity_ah=_num(info["OnlineCapacity"]) if info else None,
             charge_enable=bool(requests["ChargeEnable"]) if requests else None,
             discharge_enable=bool(requests["DischargeEnable"]) if requests else None)
 

@@ -136,7 +136,7 @@ def _to_registers(data: bytes) -> list[int]:
 
 @dataclass(frozen=True)
 class Slot:
-    """One point of one model instance: where it sits and how its value is scaled."""
+    """One point of one model instance: where it sits, how it is encoded and scaled."""
 
     key: str                  # "SoC", or "string.2.StrSoC" in instance 2 of a repeating group
     pdef: Mapping[str, Any]
@@ -144,19 +144,26 @@ class Slot:
     size: int
     sf_key: str | None        # the scale-factor point's key (group first, then model, as SunSpec)
     sf_fixed: int | None      # a literal scale factor in the definition
+    symbols: Mapping[str, int]
+    unimplemented: tuple[int, ...]
+
+    @property
+    def type(self) -> str:
+        return str(self.pdef["type"])
 
 
 class ModelImage:
     """The registers of one model instance, with its points addressable by name.
 
-    ``counts`` gives the number of instances of the repeating group; a count held in a point
-    (803's NStr, 804's NMod) is written into that point so the map is self-consistent.
+    ``count`` is the number of instances of the model's repeating group; a count held in a
+    point (803's NStr, 804's NMod) is written into that point so the map is self-consistent.
     """
 
     def __init__(self, model_id: int, count: int = 0):
         self.model_id = model_id
         self.address = 0
         self.slots: dict[str, Slot] = {}
+        self._sf: dict[str, int] = {}
         gdef = model_definition(model_id)["group"]
         top = {p["name"] for p in gdef["points"]}
         offset = self._lay_out(gdef["points"], "", top, set(), 0)
@@ -174,7 +181,7 @@ class ModelImage:
             if not str(sub.get("count", "")).isdigit():
                 self.set(str(sub["count"]), count)
         for name in top:
-            if name.endswith("_SF") and name in SCALE_FACTORS:
+            if name in SCALE_FACTORS:
                 self.set(name, SCALE_FACTORS[name])
 
     def _lay_out(self, points: list[dict[str, Any]], prefix: str, top: set[str], local: set[str],
@@ -185,12 +192,14 @@ class ModelImage:
             if isinstance(sf, int) or (isinstance(sf, str) and re.fullmatch(r"-?\d+", sf)):
                 sf_fixed = int(sf)
             elif sf is not None:
-                sf_key = prefix + sf if sf in local else sf
                 if sf not in local and sf not in top:
                     raise ValueError(f"model {self.model_id}: scale factor {sf} of {pdef['name']} not found")
+                sf_key = prefix + sf if sf in local else sf
             size = _point_size(pdef)
             key = prefix + pdef["name"]
-            self.slots[key] = Slot(key, pdef, offset, size, sf_key, sf_fixed)
+            symbols = {str(s["name"]): int(s["value"]) for s in pdef.get("symbols", [])}
+            unimpl = tuple(_to_registers(sunspec_mb.create_unimpl_value(pdef["type"], len=size * 2)))
+            self.slots[key] = Slot(key, pdef, offset, size, sf_key, sf_fixed, symbols, unimpl)
             offset += size
         return offset
 
@@ -203,42 +212,50 @@ class ModelImage:
         for an enum, a set of symbol names for a bitfield, text for a string; None or NaN for
         "not implemented"."""
         slot = self.slots[key]
+        if slot.type == "sunssf":
+            self._sf.clear()
         self._store(slot, self._raw(slot, value))
 
     def _scale(self, slot: Slot) -> int:
         if slot.sf_fixed is not None:
             return slot.sf_fixed
         assert slot.sf_key is not None
-        sf = struct.unpack(">h", struct.pack(">H", self.registers[self.slots[slot.sf_key].offset]))[0]
-        if sf == sunspec_mb.SUNS_UNIMPL_SUNSSF:
-            raise ValueError(f"model {self.model_id}: {slot.key} needs {slot.sf_key}, which is not set")
+        sf = self._sf.get(slot.sf_key)
+        if sf is None:
+            raw = self.registers[self.slots[slot.sf_key].offset]
+            sf = raw - 0x10000 if raw & 0x8000 else raw
+            if sf == sunspec_mb.SUNS_UNIMPL_SUNSSF:
+                raise ValueError(f"model {self.model_id}: {slot.key} needs {slot.sf_key}, which is not set")
+            self._sf[slot.sf_key] = sf
         return sf
 
     def _raw(self, slot: Slot, value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
-        ptype = slot.pdef["type"]
+        ptype = slot.type
         if ptype == "string":
             return str(value)
-        symbols = {s["name"]: int(s["value"]) for s in slot.pdef.get("symbols", [])}
         if isinstance(value, str):
-            return symbols[value]
-        if ptype.startswith("bitfield") and not isinstance(value, (int, np.integer)):
-            return sum(1 << symbols[name] for name in set(value))
+            return slot.symbols[value]
+        if isinstance(value, (set, frozenset, list, tuple)):
+            return sum(1 << slot.symbols[name] for name in set(value))
         if slot.sf_key is not None or slot.sf_fixed is not None:
             value = float(value) / 10.0 ** self._scale(slot)
-        low, high = _RANGES.get(ptype, (-(2 ** 63), 2 ** 64))
+        low, high = _RANGES.get(ptype, (-(2 ** 63), 2 ** 64 - 1))
         return min(max(int(round(float(value))), low), high)
 
     def _store(self, slot: Slot, raw: Any) -> None:
-        ptype, nbytes = slot.pdef["type"], slot.size * 2
+        """Big-endian registers of the raw value (SunSpec: high word first)."""
+        start, size = slot.offset, slot.size
         if raw is None:
-            data = sunspec_mb.create_unimpl_value(ptype, len=nbytes)
-        elif ptype == "string":
-            data = raw.encode("ascii", "replace")[:nbytes].ljust(nbytes, b"\0")
+            self.registers[start:start + size] = slot.unimplemented
+        elif slot.type == "string":
+            data = raw.encode("ascii", "replace")[:size * 2].ljust(size * 2, b"\0")
+            self.registers[start:start + size] = _to_registers(data)
         else:
-            data = sunspec_mb.point_type_info[ptype].to_data(raw, nbytes)
-        self.registers[slot.offset:slot.offset + slot.size] = _to_registers(data)
+            unsigned = raw & ((1 << (16 * size)) - 1)
+            for i in range(size):
+                self.registers[start + i] = (unsigned >> (16 * (size - 1 - i))) & 0xFFFF
 
 
 # =============================================================================== the bank

@@ -1,0 +1,51 @@
+"""ITECH IT8500+ DC electronic load in constant-current mode."""
+
+from __future__ import annotations
+
+from instruments.roles import ElectronicLoad
+from instruments.scpi import ON_OFF, WORD, ScpiInstrument, control, measurement, non_negative, one_of
+
+
+class ItechIt8500(ScpiInstrument, ElectronicLoad):
+    """Constant-current load; ``rating`` key ``current_a``.
+
+    ``set_current`` puts the load in CC mode (``FUNC CURR``) the first time, since a load
+    left in another mode by a previous user would read the setpoint as volts or ohms.
+    """
+
+    mode = control("FUNC?", "FUNC {}", "Regulation mode", codec=WORD,
+                   validator=one_of("CURR", "VOLT", "RES", "POW"))
+    current = control("CURR?", "CURR {}", "Constant-current setpoint, A", validator=non_negative,
+                      rating="current_a")
+    enabled = control("INP?", "INP {}", "Input on", codec=ON_OFF)
+    measured_voltage = measurement("MEAS:VOLT?", "Voltage at the input, V")
+    measured_current = measurement("MEAS:CURR?", "Current into the input, A")
+
+    _constant_current = False
+
+    def set_current(self, amps: float) -> None:
+        command = type(self).current.command_for(self, amps)  # refused before anything is sent
+        if not self._constant_current:
+            self.mode = "CURR"
+            self._constant_current = True
+        self.write(command)
+
+    def input(self, on: bool) -> None:
+        self.enabled = bool(on)
+
+    def is_on(self) -> bool:
+        return bool(self.enabled)
+
+    def measure_voltage(self) -> float:
+        return float(self.measured_voltage)
+
+    def measure_current(self) -> float:
+        return float(self.measured_current)
+
+    def reset(self) -> None:
+        super().reset()
+        self._constant_current = False
+
+    def safe_state(self) -> None:
+        """Input off (harmless when it already is)."""
+        self.enabled = False
