@@ -44,9 +44,23 @@ def _add_simulate(subparsers: argparse._SubParsersAction, common: argparse.Argum
     parser.set_defaults(handler=simulate.command)
 
 
-# name -> function adding the subcommand; later: run, emulate, report, compare
+def _add_emulate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from emulator import emulate  # starts the emulator through its one entry point
+
+    parser = subparsers.add_parser(
+        "emulate", parents=[common],
+        help="serve an emulated bench (SCPI, CAN, Modbus/SunSpec) on loopback until stopped",
+        description="Start the twin of a DUT with emulated instruments and BMS buses on "
+                    "127.0.0.1, print their endpoints, optionally write a station file pointing "
+                    "at them, and follow wall time (times --speed) until Ctrl-C or SIGTERM.")
+    emulate.add_arguments(parser)
+    parser.set_defaults(handler=emulate.run)
+
+
+# name -> function adding the subcommand; later: run, report, compare
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = {
     "simulate": _add_simulate,
+    "emulate": _add_emulate,
 }
 
 

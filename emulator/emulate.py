@@ -1,0 +1,191 @@
+"""Start a whole emulated bench: the twin, its wiring and every endpoint, on loopback.
+
+:func:`start_emulated_station` is the one function through which anything outside the emulator
+(the harness, ``hil emulate``) starts it. It returns the running endpoints and a *station
+description* -- instruments with their driver names and VISA resources, the CAN bus and the
+Modbus server, and the channel map -- in the same shape as a station file for a real bench, so
+the same drivers connect to it. ``hil emulate`` writes that description to a YAML file and
+follows wall time until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import can
+import yaml
+
+from emulator.bench import EmulatedBench, Input, Wiring
+from emulator.config.loading import load_bank_spec
+from emulator.endpoints.can_bms import EmulatedCanBms
+from emulator.endpoints.scpi_instruments import start_scpi_endpoints, stop_scpi_endpoints
+from emulator.endpoints.socketcand_server import SocketcandServer
+from emulator.endpoints.sunspec_server import SunSpecServer
+from emulator.twin import Twin
+
+DRIVERS = {"supply": "keysight_n5700", "load": "itech_it8500", "scanner": "keysight_daq970a",
+           "actuator": "keysight_daq970a", "acir": "hioki_bt3562"}
+DMM_DRIVER = "keysight_34465a"
+EMULATED_CALIBRATION_DUE = "2099-12-31"
+
+
+def _ratings(twin: Twin) -> dict[str, dict[str, float]]:
+    """Instrument ratings sized to the bank, as a lab would pick its supply and load."""
+    rating = twin.bank_rating()
+    volts = max(20.0, rating["voltage_v"] * 1.25)
+    amps = max(100.0, twin.spec.dut.parallel * twin.spec.module_type.bms.limits.discharge_current_a * 1.2)
+    return {"supply": {"voltage_v": round(volts, 1), "current_a": round(amps, 1)},
+            "load": {"voltage_v": round(volts * 1.2, 1), "current_a": round(amps * 2.0, 1)}}
+
+
+def _input_yaml(source: Input) -> dict[str, Any]:
+    if source.kind == "voltage":
+        return {"kind": "voltage", "plus": source.plus, "minus": source.minus}
+    if source.kind == "shunt":
+        return {"kind": "shunt", "branch": source.branch, "shunt_ohm": source.shunt_ohm}
+    return {"kind": "thermocouple", "point": source.point}
+
+
+def channel_map(wiring: Wiring) -> dict[str, Any]:
+    return {"scanner": {ch: _input_yaml(src) for ch, src in wiring.scanner.items()},
+            "actuator": dict(wiring.actuator),
+            "dmm": {name: _input_yaml(src) for name, src in wiring.dmm.items()},
+            "acir_module": wiring.acir_module}
+
+
+@dataclass
+class EmulatedStation:
+    """A running emulated bench: stop() closes every endpoint (safe state first)."""
+
+    bench: EmulatedBench
+    station: dict[str, Any]
+    scpi: dict[str, Any]
+    can_bus: can.BusABC
+    can_bms: EmulatedCanBms
+    socketcand: SocketcandServer
+    sunspec: SunSpecServer
+    _runner: threading.Thread | None = None
+    _stopped: bool = field(default=False)
+
+    def run_realtime(self, speed: float = 1.0) -> None:
+        """Follow wall time in a background thread until stop()."""
+        self._runner = threading.Thread(target=self.bench.run_realtime, kwargs={"speed": speed},
+                                        name="bench-clock", daemon=True)
+        self._runner.start()
+
+    def outputs_off(self) -> None:
+        with self.bench.lock:
+            twin = self.bench.twin
+            twin.load_input(False)
+            twin.supply_output(False)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.bench.stop()
+        if self._runner is not None:
+            self._runner.join(timeout=2.0)
+        self.outputs_off()
+        for closer in (lambda: stop_scpi_endpoints(self.scpi), self.can_bms.stop,
+                       self.socketcand.stop, self.sunspec.stop, self.can_bus.shutdown):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - closing must go on for every endpoint
+                pass
+
+
+def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, seed: int = 0,
+                           host: str = "127.0.0.1") -> EmulatedStation:
+    """Build the twin, start its SCPI, CAN (virtual + socketcand) and SunSpec endpoints."""
+    spec = load_bank_spec(dut, scenario)
+    twin = Twin(spec, seed=seed)
+    bench = EmulatedBench(twin)
+    channel = f"bankhil-{uuid.uuid4().hex[:8]}"
+    scpi = start_scpi_endpoints(bench)
+    bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
+    can_bms = EmulatedCanBms(bench, bus).start()
+    socketcand = SocketcandServer(interface="virtual", channels={channel})
+    can_host, can_port = socketcand.start()
+    sunspec = SunSpecServer(bench, host=host, port=0).start()
+    ratings = _ratings(twin)
+    instruments: dict[str, Any] = {}
+    for role, (_, resource) in scpi.items():
+        entry = {"driver": DRIVERS.get(role, DMM_DRIVER), "resource": resource,
+                 "calibration_due": EMULATED_CALIBRATION_DUE}
+        if role in ratings:
+            entry["rating"] = ratings[role]
+        instruments[role] = entry
+    station = {
+        "name": f"emulated-{spec.dut.name}",
+        "emulated": True,
+        "dut": str(spec.dut_path),
+        "scenario": str(spec.scenario_path) if spec.scenario_path else None,
+        "instruments": instruments,
+        "bms": {
+            "can": {"interface": "socketcand", "host": can_host, "port": can_port,
+                    "channel": channel, "bitrate": 500000},
+            "modbus": {"host": host, "port": sunspec.port, "device_id": 1},
+        },
+        "channels": channel_map(bench.wiring),
+    }
+    return EmulatedStation(bench, station, scpi, bus, can_bms, socketcand, sunspec)
+
+
+def write_station(station: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ("# Written by `hil emulate`: a station pointing at an emulated bench on loopback.\n"
+              "# Valid only while that process runs.\n")
+    path.write_text(header + yaml.safe_dump(station, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dut", required=True, help="DUT file or stem in fixtures/duts/")
+    parser.add_argument("--scenario", default=None, help="fault scenario file or stem")
+    parser.add_argument("--speed", type=float, default=1.0, help="bench seconds per wall second")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-station", default=None, metavar="PATH",
+                        help="write a station file pointing at the endpoints")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the emulated bench until Ctrl-C or SIGTERM; outputs off on the way out."""
+    if args.speed <= 0:
+        print("hil emulate: --speed must be > 0", file=sys.stderr)
+        return 2
+    station = start_emulated_station(args.dut, args.scenario, seed=args.seed)
+    stop = threading.Event()
+
+    def _terminate(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.write_station:
+            path = write_station(station.station, args.write_station)
+            print(f"station file: {path}", flush=True)
+        print(yaml.safe_dump({"endpoints": {
+            "instruments": {role: entry["resource"] for role, entry in station.station["instruments"].items()},
+            "can": station.station["bms"]["can"], "modbus": station.station["bms"]["modbus"]}},
+            sort_keys=False), flush=True)
+        print(f"emulating {station.station['name']} at {args.speed:g}x real time; Ctrl-C to stop",
+              flush=True)
+        station.run_realtime(args.speed)
+        while not stop.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        station.stop()
+        signal.signal(signal.SIGTERM, previous)
+        print("stopped: load and supply off, endpoints closed", flush=True)
+    return 0
