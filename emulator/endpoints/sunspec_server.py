@@ -8,12 +8,13 @@ SunSpec client (pysunspec2's or the harness's) reads them as it would a real bat
 offset is typed by hand here.
 
 Why values are rendered on demand rather than on a bench-time timer: nothing can observe the
-registers except by reading them, and rendering a 16-module bank costs about a millisecond, so
-a per-second render inside the twin's step loop would only slow long emulations. Each read
-renders the map from the twin under the bench lock (or, if another thread holds the lock for
-longer than ``lock_timeout_s``, serves the last rendering); ``Hb`` is the whole seconds of
-bench time, so it still counts once per bench second, and the master's own report changes
-once per ``report_period_s`` as the firmware publishes it.
+registers except by reading them, and rendering a 16-module bank costs a few milliseconds, so
+a per-second render inside the twin's step loop would only slow long emulations. A read
+renders the map from the twin under the bench lock if the bench has moved or been commanded
+since the last rendering (so the dozen requests of a full scan cost one rendering), or, if
+another thread holds the lock for longer than ``lock_timeout_s``, serves the last rendering.
+``Hb`` is the whole seconds of bench time, so it still counts once per bench second, and the
+master's own report changes once per ``report_period_s`` as its firmware publishes it.
 
 What goes where (the mapping the harness relies on; the same definitions as the CAN
 endpoint, so both BMS clients see one bank):
@@ -39,9 +40,10 @@ endpoint, so both BMS clients see one bank):
 
 Writes: a change of ``CtrlHb`` is an inverter heartbeat (``twin.inverter_heartbeat()``);
 ``SetOp`` CONNECT/DISCONNECT closes/opens the main contactor. Every other register is read-only
-(pymodbus answers ILLEGAL_ADDRESS). ``silent = True`` stops answering (requests are read and
-dropped) so silence detection can be exercised; :meth:`SunSpecServer.override` forces raw
-register values for malformed-data tests.
+(pymodbus answers ILLEGAL_ADDRESS); a request for another unit ID gets no answer.
+``silent = True`` stops answering (requests are read and dropped) so silence detection can
+be exercised; :meth:`SunSpecServer.override` forces raw register values for malformed-data
+tests.
 
 Run as a process (``python -m emulator.endpoints.sunspec_server --dut 1s4p_diagonal``) it
 serves the twin on loopback following wall time and prints ``{"host", "port", "device_id"}``.
@@ -65,6 +67,7 @@ from typing import Any
 import numpy as np
 import sunspec2
 from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from sunspec2 import mb as sunspec_mb
@@ -78,8 +81,9 @@ SUNS_MARKER = (0x5375, 0x6E53)        # "SunS"
 END_MODEL_ID = 0xFFFF
 MODELS_DIR = Path(sunspec2.__file__).parent / "models" / "json"
 
-# Scale factors (value = raw * 10^sf), chosen so the largest bank a DUT file allows (16S16P)
-# still fits its register: 0.1 V, 0.1 A, 1 mV per cell, 0.1 % SoC, 0.1 Ah, 10 Wh.
+# Scale factors (value = raw * 10^sf): 0.1 V, 0.1 A, 1 mV per cell, 0.1 % SoC, 0.1 Ah, 10 Wh,
+# 0.1 C. A bank of 4 x 16 rack modules (the firmware profiles' max_series x max_parallel) fits;
+# a larger figure saturates at the type's limit, it never turns into an unimplemented marker.
 SCALE_FACTORS: dict[str, int] = {
     "AHRtg_SF": -1, "WHRtg_SF": 1, "WChaDisChaMax_SF": 1, "SoC_SF": -1, "SoH_SF": -1,
     "V_SF": -1, "CellV_SF": -3, "A_SF": -1, "AMax_SF": -1, "W_SF": 1, "ModTmp_SF": -1,
@@ -94,6 +98,14 @@ _RANGES: dict[str, tuple[int, int]] = {
     "sunssf": (-10, 10),
 }
 _POSITION = re.compile(r"^s(\d+)p(\d+)$")
+
+
+def _position(module: str) -> tuple[int, int]:
+    """(series position X, parallel index Y) of a module named sXpY."""
+    match = _POSITION.match(module)
+    if match is None:
+        raise ValueError(f"module name '{module}' is not a position like s1p2")
+    return int(match.group(1)), int(match.group(2))
 
 # Evt1 symbol stem <- module BMS protections that raise it (names in emulator.bms.PROTECTIONS).
 EVENT_SOURCES: dict[str, tuple[str, ...]] = {
@@ -289,10 +301,11 @@ class _Readings:
     temperature_c: np.ndarray
     soc_pct: np.ndarray
     soh_pct: np.ndarray
-    cell_v: np.ndarray
-    balancing: np.ndarray
+    cell_v: np.ndarray         # module x cell
+    balancing: np.ndarray      # module x cell
     tripped: np.ndarray        # protection x module
     pending: np.ndarray        # protection x module: condition present, debounce running
+    modules: list[dict[str, Any]] = field(default_factory=list)  # 805 values by module
 
 
 def _cell_voltages(twin: Twin) -> np.ndarray:
@@ -307,6 +320,14 @@ def _cell_voltages(twin: Twin) -> np.ndarray:
     return np.asarray(twin._bms_inputs.cell_v)
 
 
+# 805 point -> the same figure's name in 804's per-module group
+_MODULE_IN_STRING = {name: "Mod" + name for name in (
+    "SoC", "SoH", "CellVMax", "CellVMaxCell", "CellVMin", "CellVMinCell", "CellVAvg", "CellTmpMax",
+    "CellTmpMaxCell", "CellTmpMin", "CellTmpMinCell", "CellTmpAvg")}
+_GROUP_FIGURES = ("SoC", "SoH", "CellVMax", "CellVMaxMod", "CellVMin", "CellVMinMod", "CellVAvg",
+                  "ModTmpMax", "ModTmpMaxMod", "ModTmpMin", "ModTmpMinMod", "ModTmpAvg")
+
+
 class BankMap:
     """The whole SunSpec map of one twin: layout once, values on :meth:`render`."""
 
@@ -314,13 +335,14 @@ class BankMap:
         self.twin = twin
         self.thresholds = thresholds or EventThresholds()
         spec = twin.spec
-        positions = [tuple(int(x) for x in _POSITION.match(m).groups()) for m in twin.modules]  # type: ignore[union-attr]
-        self.series = max(s for s, _ in positions)
-        self.parallel = max(p for _, p in positions)
+        self.position = [_position(m) for m in twin.modules]   # (series X, parallel Y) of sXpY
+        self.series = max(s for s, _ in self.position)
+        self.parallel = max(p for _, p in self.position)
         # strings[p-1] = module indices of s1pY..sNpY in series order
-        self.strings = [[twin.module_index[f"s{s}p{p}"] for s in range(1, self.series + 1)]
+        self.strings = [np.array([twin.module_index[f"s{s}p{p}"] for s in range(1, self.series + 1)])
                         for p in range(1, self.parallel + 1)]
-        self.series_of = np.array([s - 1 for s, _ in positions])
+        self.series_of = np.array([s - 1 for s, _ in self.position])
+        self._rows = {name: j for j, name in enumerate(PROTECTIONS)}
         cells = spec.module_type.cells_in_series
         self.common = ModelImage(1)
         self.battery = ModelImage(802)
@@ -342,6 +364,11 @@ class BankMap:
     def length(self) -> int:
         return self.end_address + 2 - BASE_ADDRESS
 
+    @property
+    def serial(self) -> str:
+        """The bank reports the serial of the module its master BMS sits in: the first one."""
+        return self.twin.serials[self.twin.modules[0]]
+
     def writable(self) -> dict[int, str]:
         """Register address -> 802 point name, for the points a controller may write."""
         return {self.battery.address_of(k): k for k in ("CtrlHb", "SetOp", "SetInvState", "AlmRst")}
@@ -355,41 +382,56 @@ class BankMap:
         self.common.set("SN", self.serial)
         self.battery.set("Typ", "LITHIUM_ION")
         self.battery.set("LocRemCtl", "REMOTE")
+        for name in ("Evt2", "EvtVnd1", "EvtVnd2"):
+            self.battery.set(name, 0)
         for k, module in enumerate(twin.modules):
             image = self.module_models[k]
-            s, p = (int(x) for x in _POSITION.match(module).groups())  # type: ignore[union-attr]
+            s, p = self.position[k]
             image.set("StrIdx", p)
             image.set("ModIdx", s)
             image.set("NCell", spec.module_type.cells_in_series)
             image.set("SN", twin.serials[module])
         for p, image in enumerate(self.string_models, start=1):
             image.set("Idx", p)
-
-    @property
-    def serial(self) -> str:
-        """The bank reports the serial of the module its master BMS sits in: the first one."""
-        return self.twin.serials[self.twin.modules[0]]
+            image.set("Evt2", 0)
+            for index in range(1, self.series + 1):
+                image.set(f"{repeating_group(804)}.{index}.ModNCell", spec.module_type.cells_in_series)
+        for p in range(1, self.parallel + 1):
+            self.bank.set(f"string.{p}.StrNMod", self.series)
+            self.bank.set(f"string.{p}.StrEvt2", 0)
 
     # -- reading the twin -----------------------------------------------------------------------
     def _read(self) -> _Readings:
         twin = self.twin
         report = twin.master.report
-        heard = np.array([m not in report.offline for m in twin.modules])
-        capacity = twin.cell_capacity_as.min(axis=1) / 3600.0
-        return _Readings(
-            heard=heard,
+        tripped = np.asarray(twin.bms.tripped, dtype=bool)
+        r = _Readings(
+            heard=np.array([m not in report.offline for m in twin.modules]),
             stack_v=np.array([twin.module_stack_voltage(m) for m in twin.modules]),
             current_a=np.array([twin.module_current(m) for m in twin.modules]),
             temperature_c=np.array([twin.thermocouple(m) for m in twin.modules]),
             soc_pct=twin.soc() * 100.0,
-            soh_pct=capacity / twin.spec.module_type.capacity_ah * 100.0,
+            soh_pct=twin.cell_capacity_as.min(axis=1) / 3600.0 / twin.spec.module_type.capacity_ah * 100.0,
             cell_v=_cell_voltages(twin),
             balancing=np.asarray(twin.bms.balancing, dtype=bool),
-            tripped=np.asarray(twin.bms.tripped, dtype=bool),
-            pending=(np.asarray(twin.bms.timer) > 0) & ~np.asarray(twin.bms.tripped, dtype=bool),
+            tripped=tripped,
+            pending=(np.asarray(twin.bms.timer) > 0) & ~tripped,
         )
+        # one vectorised pass for every per-module figure, then plain Python values
+        columns = {
+            "SoC": r.soc_pct, "SoH": r.soh_pct, "V": r.stack_v,
+            "CellVMax": r.cell_v.max(axis=1), "CellVMaxCell": r.cell_v.argmax(axis=1) + 1,
+            "CellVMin": r.cell_v.min(axis=1), "CellVMinCell": r.cell_v.argmin(axis=1) + 1,
+            "CellVAvg": r.cell_v.mean(axis=1), "CellTmpMax": r.temperature_c,
+            "CellTmpMaxCell": np.ones(len(r.heard), dtype=int), "CellTmpMin": r.temperature_c,
+            "CellTmpMinCell": np.ones(len(r.heard), dtype=int), "CellTmpAvg": r.temperature_c,
+            "NCellBal": r.balancing.sum(axis=1)}
+        lists = {name: values.tolist() for name, values in columns.items()}
+        r.modules = [{name: lists[name][k] for name in columns} for k in range(len(r.heard))]
+        return r
 
     def _bank_voltage(self, r: _Readings) -> float:
+        """Sum over series positions of the mean stack voltage of the modules heard."""
         use = r.heard if r.heard.any() else np.ones_like(r.heard)
         total = 0.0
         for s in range(self.series):
@@ -398,16 +440,34 @@ class BankMap:
             total += float(r.stack_v[chosen].mean())
         return total
 
-    def _events(self, r: _Readings, modules: np.ndarray) -> set[str]:
-        """Evt1 symbol names raised by the given modules' BMS boards (bank-wide events apart)."""
-        rows = {name: j for j, name in enumerate(PROTECTIONS)}
-        use = modules & r.heard
+    def _group_figures(self, r: _Readings, members: np.ndarray) -> dict[str, Any]:
+        """SoC, SoH, cell and module-temperature statistics of the heard modules among
+        ``members`` (module positions counted along the string); None each if none is heard."""
+        use = members[r.heard[members]]
+        if use.size == 0:
+            return dict.fromkeys(_GROUP_FIGURES)
+        cells, temps = r.cell_v[use], r.temperature_c[use]
+        hi = int(np.argmax(cells)) // cells.shape[1]
+        lo = int(np.argmin(cells)) // cells.shape[1]
+        hot, cold = int(np.argmax(temps)), int(np.argmin(temps))
+        return {
+            "SoC": float(r.soc_pct[use].mean()), "SoH": float(r.soh_pct[use].mean()),
+            "CellVMax": float(cells.max()), "CellVMaxMod": self.position[use[hi]][0],
+            "CellVMin": float(cells.min()), "CellVMinMod": self.position[use[lo]][0],
+            "CellVAvg": float(cells.mean()),
+            "ModTmpMax": float(temps[hot]), "ModTmpMaxMod": self.position[use[hot]][0],
+            "ModTmpMin": float(temps[cold]), "ModTmpMinMod": self.position[use[cold]][0],
+            "ModTmpAvg": float(temps.mean())}
+
+    def _events(self, r: _Readings, members: np.ndarray) -> set[str]:
+        """Evt1 symbols raised by the BMS boards of the heard modules among ``members``."""
+        use = members[r.heard[members]]
         events = set()
         for stem, sources in EVENT_SOURCES.items():
-            idx = [rows[name] for name in sources]
-            if r.tripped[idx][:, use].any():
+            rows = [self._rows[name] for name in sources]
+            if r.tripped[rows][:, use].any():
                 events.add(f"{stem}_ALARM")
-            elif r.pending[idx][:, use].any():
+            elif r.pending[rows][:, use].any():
                 events.add(f"{stem}_WARNING")
         temps = r.temperature_c[use]
         if temps.size > 1 and float(temps.max() - temps.min()) > self.thresholds.temperature_imbalance_k:
@@ -415,8 +475,8 @@ class BankMap:
         return events
 
     def _bank_events(self, r: _Readings) -> set[str]:
-        twin, report = self.twin, self.twin.master.report
-        events = self._events(r, np.ones(len(twin.modules), dtype=bool))
+        twin, report, th = self.twin, self.twin.master.report, self.thresholds
+        events = self._events(r, np.arange(len(twin.modules)))
         if report.comm_alarm:
             events.add("COMMUNICATION_ERROR")
         if report.modules_pending:
@@ -425,7 +485,6 @@ class BankMap:
             events.add("CONTACTOR_ERROR")
         if any(twin.fuse_blown.values()) or any(twin.fet_state(m) == "failed_short" for m in twin.modules):
             events.add("OTHER_ALARM")
-        th = self.thresholds
         for s in range(self.series):
             amps = r.current_a[self.series_of == s]
             if amps.size > 1:
@@ -434,83 +493,11 @@ class BankMap:
                     events.add("CURRENT_IMBALANCE_WARNING")
         return events
 
-    # -- rendering ------------------------------------------------------------------------------
-    def render(self, state: ControllerState) -> list[int]:
-        """The whole map, 40000 to the end marker, from the twin's present state."""
-        r = self._read()
-        self._render_battery(r, state)
-        self._render_bank(r)
-        for p, image in enumerate(self.string_models):
-            self._render_string(r, image, np.array(self.strings[p]))
-        for k, image in enumerate(self.module_models):
-            self._render_module(r, image, k)
-        registers = list(SUNS_MARKER)
-        for image in self.models:
-            registers.extend(image.registers)
-        registers.extend([END_MODEL_ID, 0])
-        return registers
-
-    @staticmethod
-    def _cell_stats(cells: np.ndarray) -> tuple[float, int, float, int, float]:
-        """(max, index of max, min, index of min, mean) of a (rows x cells) array, by row index."""
-        hi, lo = np.unravel_index(np.argmax(cells), cells.shape), np.unravel_index(np.argmin(cells), cells.shape)
-        return float(cells[hi]), int(hi[0]), float(cells[lo]), int(lo[0]), float(cells.mean())
-
-    def _render_battery(self, r: _Readings, state: ControllerState) -> None:
-        twin, rep, b = self.twin, self.twin.master.report, self.battery
-        mt = twin.spec.module_type
-        nominal_v = self.series * mt.nominal_voltage_v
-        volts = self._bank_voltage(r)
-        amps = float(r.current_a[self.series_of == 0].sum())
-        b.set("AHRtg", rep.online_capacity_ah)
-        b.set("WHRtg", rep.online_capacity_ah * nominal_v)
-        b.set("WChaRteMax", mt.bms.limits.charge_current_a * self.parallel * nominal_v)
-        b.set("WDisChaRteMax", mt.bms.limits.discharge_current_a * self.parallel * nominal_v)
-        b.set("SoC", rep.soc_pct)
-        b.set("SoH", rep.soh_pct)
-        if rep.soc_pct >= 99.5:
-            status = "FULL"
-        elif rep.soc_pct <= 0.5:
-            status = "EMPTY"
-        else:
-            status = "CHARGING" if amps > 0.5 else "DISCHARGING" if amps < -0.5 else "HOLDING"
-        b.set("ChaSt", status)
-        b.set("Hb", int(twin.clock.now) & 0xFFFF)
-        b.set("CtrlHb", state.ctrl_hb)
-        b.set("AlmRst", 0)
-        b.set("State", "CONNECTED" if twin.contactor_closed["main"] else "DISCONNECTED")
-        b.set("Evt1", self._bank_events(r))
-        for name in ("Evt2", "EvtVnd1", "EvtVnd2"):
-            b.set(name, 0)
-        b.set("V", volts)
-        b.set("VMax", rep.charge_voltage_limit_v)
-        b.set("VMin", rep.discharge_voltage_limit_v)
-        heard = np.flatnonzero(r.heard) if r.heard.any() else np.arange(len(twin.modules))
-        vmax, kmax, vmin, kmin, vavg = self._cell_stats(r.cell_v[heard])
-        b.set("CellVMax", vmax)
-        b.set("CellVMin", vmin)
-        b.set("CellVAvg", vavg)
-        for point, k in (("CellVMax", heard[kmax]), ("CellVMin", heard[kmin])):
-            s, p = (int(x) for x in _POSITION.match(twin.modules[k]).groups())  # type: ignore[union-attr]
-            b.set(f"{point}Str", p)
-            b.set(f"{point}Mod", s)
-        b.set("A", amps)
-        b.set("AChaMax", rep.charge_current_limit_a)
-        b.set("ADisChaMax", abs(rep.discharge_current_limit_a))
-        b.set("W", volts * amps)
-        b.set("ReqInvState", "NO REQUEST")
-        b.set("SetOp", state.set_op)
-        b.set("SetInvState", state.set_inv_state)
-
-    def _string_contactors(self, members: np.ndarray) -> list[str]:
+    def _string_status(self, members: np.ndarray) -> tuple[set[str], str, int, bool]:
+        """(St bits, ConFail symbol, ConSt mask, all contactors closed) of one string."""
         twin = self.twin
         branches = {twin.layout.branch_of_module[twin.modules[k]] for k in members}
-        return [c for c in twin.layout.contactors if c in branches]
-
-    def _string_status(self, members: np.ndarray) -> tuple[set[str], str, int, bool]:
-        """(St bits, ConFail symbol, ConSt mask, contactors closed) of one string."""
-        twin = self.twin
-        contactors = self._string_contactors(members)
+        contactors = [c for c in twin.layout.contactors if c in branches]
         closed = [twin.contactor_closed[c] for c in contactors]
         bits = set()
         if bool(twin.master.accepted[members].all()):
@@ -526,139 +513,137 @@ class BankMap:
         mask = sum(1 << i for i, is_closed in enumerate(closed[:31]) if is_closed)
         return bits, failure, mask, all(closed)
 
-    def _render_bank(self, r: _Readings) -> None:
-        bank, twin = self.bank, self.twin
+    # -- rendering ------------------------------------------------------------------------------
+    def render(self, state: ControllerState) -> list[int]:
+        """The whole map, 40000 to the end marker, from the twin's present state."""
+        r = self._read()
+        self._render_battery(r, state)
         connected = 0
-        string_v, string_a = [], []
         for p, members in enumerate(self.strings, start=1):
-            members = np.array(members)
-            use = members[r.heard[members]]
-            bits, failure, mask, closed = self._string_status(members)
-            connected += int(closed)
-            prefix = f"string.{p}."
-            bank.set(prefix + "StrNMod", len(members))
-            bank.set(prefix + "StrSt", bits)
-            bank.set(prefix + "StrConFail", failure)
-            bank.set(prefix + "StrConSt", mask)
-            bank.set(prefix + "StrEvt1", self._events(r, np.isin(np.arange(len(twin.modules)), members)))
-            bank.set(prefix + "StrEvt2", 0)
-            volts = float(r.stack_v[members].sum())
-            amps = float(r.current_a[members].mean())
-            string_v.append(volts)
-            string_a.append(amps)
-            if use.size == 0:
-                for name in ("StrSoC", "StrSoH", "StrA", "StrCellVMax", "StrCellVMaxMod", "StrCellVMin",
-                             "StrCellVMinMod", "StrCellVAvg", "StrModTmpMax", "StrModTmpMaxMod",
-                             "StrModTmpMin", "StrModTmpMinMod", "StrModTmpAvg"):
-                    bank.set(prefix + name, None)
-                continue
-            vmax, kmax, vmin, kmin, vavg = self._cell_stats(r.cell_v[use])
-            temps = r.temperature_c[use]
-            bank.set(prefix + "StrSoC", float(r.soc_pct[use].mean()))
-            bank.set(prefix + "StrSoH", float(r.soh_pct[use].mean()))
-            bank.set(prefix + "StrA", amps)
-            bank.set(prefix + "StrCellVMax", vmax)
-            bank.set(prefix + "StrCellVMaxMod", int(self.series_of[use[kmax]]) + 1)
-            bank.set(prefix + "StrCellVMin", vmin)
-            bank.set(prefix + "StrCellVMinMod", int(self.series_of[use[kmin]]) + 1)
-            bank.set(prefix + "StrCellVAvg", vavg)
-            bank.set(prefix + "StrModTmpMax", float(temps.max()))
-            bank.set(prefix + "StrModTmpMaxMod", int(self.series_of[use[int(np.argmax(temps))]]) + 1)
-            bank.set(prefix + "StrModTmpMin", float(temps.min()))
-            bank.set(prefix + "StrModTmpMinMod", int(self.series_of[use[int(np.argmin(temps))]]) + 1)
-            bank.set(prefix + "StrModTmpAvg", float(temps.mean()))
+            status = self._string_status(members)
+            events = self._events(r, members)
+            figures = self._group_figures(r, members)
+            volts, amps = float(r.stack_v[members].sum()), float(r.current_a[members].mean())
+            connected += int(status[3])
+            self._render_string_in_bank(r, p, status, events, figures, amps)
+            self._render_string(r, self.string_models[p - 1], members, status, events, figures, volts, amps)
+        self._render_bank(r, connected)
+        for k, image in enumerate(self.module_models):
+            self._render_module(r, image, k)
+        registers = list(SUNS_MARKER)
+        for image in self.models:
+            registers.extend(image.registers)
+        registers.extend([END_MODEL_ID, 0])
+        return registers
+
+    def _render_battery(self, r: _Readings, state: ControllerState) -> None:
+        twin, rep, b = self.twin, self.twin.master.report, self.battery
+        mt = twin.spec.module_type
+        nominal_v = self.series * mt.nominal_voltage_v
+        volts = self._bank_voltage(r)
+        amps = float(r.current_a[self.series_of == 0].sum())
+        if rep.soc_pct >= 99.5:
+            status = "FULL"
+        elif rep.soc_pct <= 0.5:
+            status = "EMPTY"
+        else:
+            status = "CHARGING" if amps > 0.5 else "DISCHARGING" if amps < -0.5 else "HOLDING"
+        heard = np.flatnonzero(r.heard) if r.heard.any() else np.arange(len(r.heard))
+        cells = r.cell_v[heard]
+        hi = heard[int(np.argmax(cells)) // cells.shape[1]]
+        lo = heard[int(np.argmin(cells)) // cells.shape[1]]
+        values: dict[str, Any] = {
+            "AHRtg": rep.online_capacity_ah, "WHRtg": rep.online_capacity_ah * nominal_v,
+            "WChaRteMax": mt.bms.limits.charge_current_a * self.parallel * nominal_v,
+            "WDisChaRteMax": mt.bms.limits.discharge_current_a * self.parallel * nominal_v,
+            "SoC": rep.soc_pct, "SoH": rep.soh_pct, "ChaSt": status,
+            "Hb": int(twin.clock.now) & 0xFFFF, "CtrlHb": state.ctrl_hb, "AlmRst": 0,
+            "State": "CONNECTED" if twin.contactor_closed["main"] else "DISCONNECTED",
+            "Evt1": self._bank_events(r), "V": volts,
+            "VMax": rep.charge_voltage_limit_v, "VMin": rep.discharge_voltage_limit_v,
+            "CellVMax": float(cells.max()), "CellVMaxStr": self.position[hi][1],
+            "CellVMaxMod": self.position[hi][0],
+            "CellVMin": float(cells.min()), "CellVMinStr": self.position[lo][1],
+            "CellVMinMod": self.position[lo][0],
+            "CellVAvg": float(cells.mean()), "A": amps,
+            "AChaMax": rep.charge_current_limit_a, "ADisChaMax": abs(rep.discharge_current_limit_a),
+            "W": volts * amps, "ReqInvState": "NO REQUEST", "SetOp": state.set_op,
+            "SetInvState": state.set_inv_state}
+        for name, value in values.items():
+            b.set(name, value)
+
+    def _render_string_in_bank(self, r: _Readings, p: int, status: tuple[set[str], str, int, bool],
+                               events: set[str], figures: dict[str, Any], amps: float) -> None:
+        bank, prefix = self.bank, f"string.{p}."
+        bits, failure, mask, _ = status
+        bank.set(prefix + "StrSt", bits)
+        bank.set(prefix + "StrConFail", failure)
+        bank.set(prefix + "StrConSt", mask)
+        bank.set(prefix + "StrEvt1", events)
+        bank.set(prefix + "StrA", amps if figures["SoC"] is not None else None)
+        for name, value in figures.items():
+            bank.set(prefix + "Str" + name, value)
+
+    def _render_bank(self, r: _Readings, connected: int) -> None:
+        bank = self.bank
         bank.set("NStrCon", connected)
         heard = np.flatnonzero(r.heard)
         if heard.size:
             temps = r.temperature_c[heard]
             hot, cold = heard[int(np.argmax(temps))], heard[int(np.argmin(temps))]
             for point, k in (("ModTmpMax", hot), ("ModTmpMin", cold)):
-                s, p = (int(x) for x in _POSITION.match(twin.modules[k]).groups())  # type: ignore[union-attr]
                 bank.set(point, float(r.temperature_c[k]))
-                bank.set(point + "Str", p)
-                bank.set(point + "Mod", s)
+                bank.set(point + "Str", self.position[k][1])
+                bank.set(point + "Mod", self.position[k][0])
             bank.set("ModTmpAvg", float(temps.mean()))
             bank.set("NCellBal", int(r.balancing[heard].sum()))
-        volts_a, amps_a = np.array(string_v), np.array(string_a)
-        bank.set("StrVMax", float(volts_a.max()))
-        bank.set("StrVMaxStr", int(np.argmax(volts_a)) + 1)
-        bank.set("StrVMin", float(volts_a.min()))
-        bank.set("StrVMinStr", int(np.argmin(volts_a)) + 1)
-        bank.set("StrVAvg", float(volts_a.mean()))
-        bank.set("StrAMax", float(amps_a.max()))
-        bank.set("StrAMaxStr", int(np.argmax(amps_a)) + 1)
-        bank.set("StrAMin", float(amps_a.min()))
-        bank.set("StrAMinStr", int(np.argmin(amps_a)) + 1)
-        bank.set("StrAAvg", float(amps_a.mean()))
+        volts = np.array([r.stack_v[m].sum() for m in self.strings])
+        amps = np.array([r.current_a[m].mean() for m in self.strings])
+        for name, values in (("StrV", volts), ("StrA", amps)):
+            bank.set(name + "Max", float(values.max()))
+            bank.set(name + "MaxStr", int(np.argmax(values)) + 1)
+            bank.set(name + "Min", float(values.min()))
+            bank.set(name + "MinStr", int(np.argmin(values)) + 1)
+            bank.set(name + "Avg", float(values.mean()))
 
-    def _render_string(self, r: _Readings, image: ModelImage, members: np.ndarray) -> None:
-        twin = self.twin
-        bits, failure, mask, _ = self._string_status(members)
-        image.set("NMod", len(members))
+    def _render_string(self, r: _Readings, image: ModelImage, members: np.ndarray,
+                       status: tuple[set[str], str, int, bool], events: set[str],
+                       figures: dict[str, Any], volts: float, amps: float) -> None:
+        bits, failure, mask, _ = status
         image.set("St", bits)
         image.set("ConFail", failure)
         image.set("ConSt", mask)
-        image.set("Evt1", self._events(r, np.isin(np.arange(len(twin.modules)), members)))
-        image.set("Evt2", 0)
-        image.set("V", float(r.stack_v[members].sum()))
-        image.set("A", float(r.current_a[members].mean()))
-        use = members[r.heard[members]]
-        image.set("NCellBal", int(r.balancing[use].sum()))
-        if use.size:
-            vmax, kmax, vmin, kmin, vavg = self._cell_stats(r.cell_v[use])
-            temps = r.temperature_c[use]
-            values: dict[str, Any] = {
-                "SoC": float(r.soc_pct[use].mean()), "SoH": float(r.soh_pct[use].mean()),
-                "CellVMax": vmax, "CellVMaxMod": int(self.series_of[use[kmax]]) + 1,
-                "CellVMin": vmin, "CellVMinMod": int(self.series_of[use[kmin]]) + 1, "CellVAvg": vavg,
-                "ModTmpMax": float(temps.max()), "ModTmpMaxMod": int(self.series_of[use[int(np.argmax(temps))]]) + 1,
-                "ModTmpMin": float(temps.min()), "ModTmpMinMod": int(self.series_of[use[int(np.argmin(temps))]]) + 1,
-                "ModTmpAvg": float(temps.mean())}
-        else:
-            values = dict.fromkeys(("SoC", "SoH", "CellVMax", "CellVMaxMod", "CellVMin", "CellVMinMod",
-                                    "CellVAvg", "ModTmpMax", "ModTmpMaxMod", "ModTmpMin", "ModTmpMinMod",
-                                    "ModTmpAvg"))
-        for name, value in values.items():
+        image.set("Evt1", events)
+        image.set("V", volts)
+        image.set("A", amps)
+        image.set("NCellBal", int(r.balancing[members[r.heard[members]]].sum()))
+        for name, value in figures.items():
             image.set(name, value)
         group = repeating_group(804)
-        cells = twin.spec.module_type.cells_in_series
         for index, k in enumerate(members, start=1):
-            prefix = f"{group}.{index}."
-            heard = bool(r.heard[k])
-            image.set(prefix + "ModNCell", cells)
-            cell_v = r.cell_v[k]
-            per_module = {
-                "ModSoC": r.soc_pct[k], "ModSoH": r.soh_pct[k],
-                "ModCellVMax": cell_v.max(), "ModCellVMaxCell": int(np.argmax(cell_v)) + 1,
-                "ModCellVMin": cell_v.min(), "ModCellVMinCell": int(np.argmin(cell_v)) + 1,
-                "ModCellVAvg": cell_v.mean(), "ModCellTmpMax": r.temperature_c[k], "ModCellTmpMaxCell": 1,
-                "ModCellTmpMin": r.temperature_c[k], "ModCellTmpMinCell": 1, "ModCellTmpAvg": r.temperature_c[k]}
-            for name, value in per_module.items():
-                image.set(prefix + name, float(value) if heard else None)
+            heard, values = bool(r.heard[k]), r.modules[k]
+            for name, in_string in _MODULE_IN_STRING.items():
+                image.set(f"{group}.{index}.{in_string}", values[name] if heard else None)
 
     def _render_module(self, r: _Readings, image: ModelImage, k: int) -> None:
-        heard = bool(r.heard[k])
-        cell_v, temp = r.cell_v[k], float(r.temperature_c[k])
-        values: dict[str, Any] = {
-            "SoC": r.soc_pct[k], "SoH": r.soh_pct[k], "V": r.stack_v[k],
-            "CellVMax": cell_v.max(), "CellVMaxCell": int(np.argmax(cell_v)) + 1,
-            "CellVMin": cell_v.min(), "CellVMinCell": int(np.argmin(cell_v)) + 1, "CellVAvg": cell_v.mean(),
-            "CellTmpMax": temp, "CellTmpMaxCell": 1, "CellTmpMin": temp, "CellTmpMinCell": 1,
-            "CellTmpAvg": temp, "NCellBal": int(r.balancing[k].sum())}
+        heard, values = bool(r.heard[k]), r.modules[k]
         for name, value in values.items():
-            image.set(name, float(value) if heard else None)
+            image.set(name, value if heard else None)
         group = repeating_group(805)
-        for c in range(len(cell_v)):
-            prefix = f"{group}.{c + 1}."
-            image.set(prefix + "CellV", float(cell_v[c]) if heard else None)
-            image.set(prefix + "CellTmp", temp if heard else None)
-            image.set(prefix + "CellSt", {"CELL_IS_BALANCING"} if r.balancing[k, c] else 0)
+        cell_v, balancing, temp = r.cell_v[k].tolist(), r.balancing[k].tolist(), values["CellTmpAvg"]
+        for c, volts in enumerate(cell_v, start=1):
+            image.set(f"{group}.{c}.CellV", volts if heard else None)
+            image.set(f"{group}.{c}.CellTmp", temp if heard else None)
+            image.set(f"{group}.{c}.CellSt", {"CELL_IS_BALANCING"} if balancing[c - 1] else 0)
 
 
 # =============================================================================== the server
 @dataclass
 class _Served:
+    """What the server answers with: the last rendering, its cache key, forced registers."""
+
     image: list[int] = field(default_factory=list)
+    key: tuple[float, int, int, int] | None = None
     overrides: dict[int, int] = field(default_factory=dict)
 
 
@@ -682,10 +667,12 @@ class SunSpecServer:
         self.lock_timeout_s = lock_timeout_s
         self.map = BankMap(bench.twin, thresholds)
         self.map.common.set("DA", device_id)
-        self.state = ControllerState(set_op="CONNECT" if bench.twin.contactor_closed["main"] else "DISCONNECT")
+        closed = bench.twin.contactor_closed["main"]
+        self.state = ControllerState(set_op="CONNECT" if closed else "DISCONNECT")
         self.silent = False
         self.requests = 0
         self.stale_reads = 0
+        self.foreign_requests = 0
         self._served = _Served()
         self._writable = self.map.writable()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -751,7 +738,8 @@ class SunSpecServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         device = SimDevice(self.device_id, simdata=self._simdata(), action=self._action)
-        server = ModbusTcpServer(device, address=(self.host, self.port), trace_packet=self._trace_packet)
+        server = ModbusTcpServer(device, address=(self.host, self.port), trace_packet=self._trace_packet,
+                                 trace_pdu=self._trace_pdu)
         await server.serve_forever(background=True)
         sockets = getattr(server.transport, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.port
@@ -766,6 +754,17 @@ class SunSpecServer:
         """Drop every reply while silent: the request was read, nothing comes back."""
         return b"" if sending and self.silent else data
 
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
+        """Ignore requests for another unit ID, as a device on a shared line does.
+
+        (pymodbus 3.16's SimCore would instead fail with a KeyError and answer DEVICE_FAILURE,
+        which points a user at the battery rather than at the station's device_id.)
+        """
+        if not sending and pdu.dev_id != self.device_id:
+            self.foreign_requests += 1
+            return None
+        return pdu
+
     async def _action(self, function_code: int, start_address: int, address: int, count: int,
                       registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
         """pymodbus calls this before it serves a request: refresh the registers or apply a write."""
@@ -779,10 +778,13 @@ class SunSpecServer:
         return None
 
     def _refresh(self) -> list[int]:
-        served = self._served
+        """The map as of now (rendered again only if the bench moved or was commanded since)."""
+        served, twin = self._served, self.bench.twin
         if self.bench.lock.acquire(timeout=self.lock_timeout_s):
             try:
-                served.image = self.map.render(self.state)
+                key = (twin.clock.now, twin.step_count, len(twin.events), self.state.writes)
+                if key != served.key:
+                    served.image, served.key = self.map.render(self.state), key
             finally:
                 self.bench.lock.release()
         else:
@@ -836,7 +838,8 @@ class SunSpecServer:
     def override(self, address: int, value: int) -> None:
         """Serve ``value`` at ``address`` whatever the twin says (malformed-data tests)."""
         if not BASE_ADDRESS <= address < BASE_ADDRESS + self.map.length:
-            raise ValueError(f"address {address} is outside the map {BASE_ADDRESS}..{BASE_ADDRESS + self.map.length - 1}")
+            last = BASE_ADDRESS + self.map.length - 1
+            raise ValueError(f"address {address} is outside the map {BASE_ADDRESS}..{last}")
         self._served.overrides[address] = value & 0xFFFF
 
     def clear_overrides(self) -> None:

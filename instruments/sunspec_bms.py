@@ -1,0 +1,563 @@
+"""The battery's BMS over Modbus/TCP with SunSpec models: the harness plays the inverter.
+
+Discovery follows the SunSpec rule (DOMAIN.md section 4): ``"SunS"`` at 40000, else 0, else
+50000, then the chain of (ID, length) blocks up to ID 0xFFFF. Each model is decoded from
+pysunspec2's shipped JSON definitions (point order, sizes, scale factors, symbols), so a
+standard map needs no per-device table; values are raw x 10^SF.
+
+Why the transport is pymodbus and not pysunspec2's client: the harness needs one connection
+shared by the keep-alive thread and the checks, bounded time-outs, and every failure as an
+:class:`~instruments.roles.InstrumentError` naming ``host:port`` and the register or model --
+a bad reply must fail the measurement, never crash the run.
+
+What the role's answers are made of:
+
+- telemetry: 802 ``V``, ``A`` (+ = charge), ``SoC``, ``SoH``, ``CellVMin``/``CellVMax``;
+  temperature 803 ``ModTmpAvg`` (NaN if the battery has no 803). V, A and SoC are required;
+- limits: 802 ``VMax`` (charge voltage), ``AChaMax``, ``ADisChaMax``, ``VMin`` (discharge
+  voltage), all required;
+- status: 802 ``Evt1`` bits as names (an ``*_ALARM`` bit or an error/fault bit is an alarm,
+  a ``*_WARNING`` bit a warning; see :data:`EVENT_NAMES`), ``AHRtg`` as the online capacity,
+  modules online/offline from the 805 models (a module whose measured points are all
+  unimplemented is offline), charge/discharge enabled while the current limit is above zero.
+  SunSpec carries no installed capacity: that stays None.
+- liveness: ``Hb`` must change (the battery increments it every second); a reply with ``Hb``
+  unchanged is not a sign of life, a missing reply neither. :meth:`seconds_since_heard` is
+  measured on the ``clock`` given at construction -- the bench clock under emulation, so
+  silence is timed in bench seconds.
+- keep-alive: ``CtrlHb`` written with a new value every ``heartbeat_period_s`` (wall time) on a
+  background thread while :meth:`heartbeat` is on; :meth:`send_heartbeat` writes once, for a
+  caller that drives time itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import sunspec2
+from pymodbus.client import ModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusIOException
+from sunspec2 import mb as sunspec_mb
+
+from instruments.roles import Bms, BmsLimits, BmsStatus, BmsTelemetry, InstrumentError
+
+BASE_ADDRESSES = (40000, 0, 50000)
+SUNS_MARKER = (0x5375, 0x6E53)   # "SunS"
+END_MODEL_ID = 0xFFFF
+MAX_READ = 125                   # registers per Modbus read request
+MAX_MODELS = 512                 # a longer chain is a broken map, not a battery
+MODELS_DIR = Path(sunspec2.__file__).parent / "models" / "json"
+
+# Evt1 symbol stem -> the harness's name for it (the rest are their symbol stem, lower case).
+EVENT_NAMES = {"OVER_TEMP": "over_temperature", "UNDER_TEMP": "under_temperature",
+               "OVER_VOLT": "over_voltage", "UNDER_VOLT": "under_voltage",
+               "OVER_CHARGE_CURRENT": "charge_over_current",
+               "OVER_DISCHARGE_CURRENT": "discharge_over_current"}
+
+
+class Malformed(ValueError):
+    """Data that does not decode as the model says (turned into an InstrumentError)."""
+
+
+# =============================================================================== decoding
+@lru_cache(maxsize=None)
+def model_definition(model_id: int) -> dict[str, Any] | None:
+    """pysunspec2's JSON definition of a model (None if the package does not ship it)."""
+    path = MODELS_DIR / f"model_{model_id}.json"
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@lru_cache(maxsize=None)
+def top_point(model_id: int, name: str) -> tuple[int, Mapping[str, Any]]:
+    """(offset from the model's ID point, definition) of a point of the model's fixed part."""
+    definition = model_definition(model_id)
+    offset = 0
+    for pdef in (definition or {"group": {"points": []}})["group"]["points"]:
+        if pdef["name"] == name:
+            return offset, pdef
+        offset += _size(pdef)
+    raise KeyError(f"model {model_id} has no point {name}")
+
+
+def _size(pdef: Mapping[str, Any]) -> int:
+    size = pdef.get("size")
+    return int(size) if size is not None else int(sunspec_mb.point_type_info[pdef["type"]].len)
+
+
+@dataclass
+class Point:
+    """One decoded point: its register address, raw value (None if unimplemented), definition."""
+
+    name: str
+    address: int
+    raw: Any
+    pdef: Mapping[str, Any]
+
+
+@dataclass
+class Block:
+    """A decoded model, or one instance of a repeating group inside it."""
+
+    model_id: int
+    address: int
+    points: dict[str, Point] = field(default_factory=dict)
+    groups: dict[str, list["Block"]] = field(default_factory=dict)
+    parent: "Block | None" = None
+
+    def where(self, name: str) -> str:
+        point = self.points.get(name)
+        at = f" at {point.address}" if point else ""
+        return f"model {self.model_id} point {name}{at}"
+
+    def scale(self, point: Point) -> int:
+        """The point's scale factor: a literal, or a sunssf point of this group or its model."""
+        sf = point.pdef.get("sf")
+        if sf is None:
+            return 0
+        if isinstance(sf, int) or str(sf).lstrip("-").isdigit():
+            return int(sf)
+        block: Block | None = self
+        while block is not None and sf not in block.points:
+            block = block.parent
+        if block is None or block.points[sf].raw is None:
+            raise Malformed(f"{self.where(point.name)}: scale factor {sf} not implemented")
+        value = int(block.points[sf].raw)
+        if not -10 <= value <= 10:
+            raise Malformed(f"{self.where(point.name)}: scale factor {sf} = {value} out of range")
+        return value
+
+    def value(self, name: str) -> Any:
+        """The engineering value (raw x 10^SF), text, or raw enum/bitfield; None if unimplemented."""
+        point = self.points.get(name)
+        if point is None or point.raw is None:
+            return None
+        if point.pdef["type"] == "string" or point.pdef.get("sf") is None:
+            return point.raw
+        sf = self.scale(point)
+        return round(point.raw * 10.0 ** sf, -sf) if sf < 0 else point.raw * 10.0 ** sf
+
+    def require(self, name: str) -> Any:
+        value = self.value(name)
+        if value is None:
+            point = self.points.get(name)
+            marker = "" if point is None else f" ({_marker(point.pdef)})"
+            raise Malformed(f"{self.where(name)}: not implemented{marker}")
+        return value
+
+    def symbols(self, name: str) -> set[str]:
+        """Names of the bits set in a bitfield point (unknown bits as ``BIT<n>``)."""
+        point = self.points.get(name)
+        if point is None or point.raw is None:
+            return set()
+        names = {int(s["value"]): str(s["name"]) for s in point.pdef.get("symbols", [])}
+        return {names.get(bit, f"BIT{bit}") for bit in range(32) if int(point.raw) >> bit & 1}
+
+    def symbol(self, name: str) -> str | None:
+        point = self.points.get(name)
+        if point is None or point.raw is None:
+            return None
+        names = {int(s["value"]): str(s["name"]) for s in point.pdef.get("symbols", [])}
+        return names.get(int(point.raw), str(point.raw))
+
+
+def _marker(pdef: Mapping[str, Any]) -> str:
+    data = sunspec_mb.create_unimpl_value(pdef["type"], len=_size(pdef) * 2)
+    return "0x" + data.hex().upper() if len(data) <= 4 else "unimplemented"
+
+
+def _decode_points(block: Block, points: list[dict[str, Any]], registers: list[int], offset: int) -> int:
+    for pdef in points:
+        size = _size(pdef)
+        chunk = registers[offset:offset + size]
+        raw = None
+        if len(chunk) == size and pdef["type"] != "pad":
+            info = sunspec_mb.point_type_info[pdef["type"]]
+            try:
+                value = info.data_to(struct.pack(f">{size}H", *chunk))
+            except (UnicodeDecodeError, struct.error) as exc:
+                raise Malformed(f"model {block.model_id} point {pdef['name']} at "
+                                f"{block.address + offset}: {exc}") from exc
+            raw = value if info.is_impl(value) else None
+        block.points[pdef["name"]] = Point(pdef["name"], block.address + offset, raw, pdef)
+        offset += size
+    return offset
+
+
+def decode_model(model_id: int, address: int, registers: list[int]) -> Block:
+    """Decode one model (``registers`` from its ID point to the end of its length).
+
+    Points beyond the length a battery declares read as unimplemented (older revisions are
+    shorter); a repeating group whose declared count does not fit is malformed.
+    """
+    definition = model_definition(model_id)
+    block = Block(model_id, address)
+    if definition is None:
+        return block
+    group = definition["group"]
+    offset = _decode_points(block, group["points"], registers, 0)
+    for sub in group.get("groups", []):
+        sub_len = sum(_size(p) for p in sub["points"])
+        count_spec = sub.get("count", 0)
+        if str(count_spec).isdigit():
+            count = int(count_spec) or max(len(registers) - offset, 0) // sub_len
+        else:
+            count = block.points[count_spec].raw if count_spec in block.points else None
+            if count is None:
+                raise Malformed(f"model {model_id} at {address}: group count {count_spec} not implemented")
+        if offset + count * sub_len > len(registers):
+            raise Malformed(f"model {model_id} at {address}: {count} x {sub['name']} need "
+                            f"{offset + count * sub_len - 2} registers, length is {len(registers) - 2}")
+        instances = []
+        for _ in range(count):
+            instance = Block(model_id, address + offset, parent=block)
+            offset = _decode_points(instance, sub["points"], registers, offset)
+            instances.append(instance)
+        block.groups[sub["name"]] = instances
+    return block
+
+
+def event_names(bits: set[str]) -> tuple[set[str], set[str]]:
+    """(alarms, warnings) from Evt1 symbol names."""
+    alarms, warnings = set(), set()
+    for bit in bits:
+        stem, _, kind = bit.rpartition("_")
+        if kind == "WARNING":
+            warnings.add(EVENT_NAMES.get(stem, stem.lower()))
+        elif kind == "ALARM":
+            alarms.add(EVENT_NAMES.get(stem, stem.lower()))
+        else:
+            alarms.add(bit.lower())
+    return alarms, warnings
+
+
+def _exception_text(reply: Any) -> str:
+    """A Modbus exception response as text: code and name (ILLEGAL_ADDRESS, ...)."""
+    code = getattr(reply, "exception_code", None)
+    try:
+        name = ExcCodes(code).name
+    except ValueError:
+        name = "unknown"
+    return f"exception response {code:#04x} {name}" if isinstance(code, int) else f"error reply {reply}"
+
+
+def _transport_problem(exc: Exception, device_id: int) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModbusIOException):
+        text += f" (no reply: battery silent, or not unit {device_id} at this address)"
+    return text
+
+
+# =============================================================================== the role
+@dataclass(frozen=True)
+class ModelRef:
+    """A model found by discovery: its ID, the address of its ID point and its length."""
+
+    model_id: int
+    address: int
+    length: int
+
+
+class SunSpecBms(Bms):
+    """The Bms role over Modbus/TCP + SunSpec (see the module doc)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 502, device_id: int = 1, *,
+                 name: str = "bms", timeout_s: float = 1.0, heartbeat_period_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 base_addresses: tuple[int, ...] = BASE_ADDRESSES):
+        self.name = name
+        self.host, self.port, self.device_id = host, int(port), int(device_id)
+        self.resource = f"{host}:{self.port}"
+        self.heartbeat_period_s = heartbeat_period_s
+        self.base_addresses = base_addresses
+        self._clock = clock
+        self._client = ModbusTcpClient(host, port=self.port, timeout=timeout_s, retries=0,
+                                       reconnect_delay=0)
+        self._io = threading.RLock()
+        self._models: list[ModelRef] | None = None
+        self._ctrl_hb = 0
+        self._last_hb: int | None = None
+        self._last_heard: float | None = None
+        self._hb_stop = threading.Event()
+        self._hb_thread: threading.Thread | None = None
+        self.heartbeats_sent = 0
+        self.heartbeat_errors = 0
+        self.last_heartbeat_error: InstrumentError | None = None
+
+    @classmethod
+    def from_resource(cls, resource: str, device_id: int = 1, **kwargs: Any) -> "SunSpecBms":
+        """``"host:port"`` (as a station file writes it) -> a client."""
+        host, _, port = resource.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"SunSpec BMS resource '{resource}' is not host:port")
+        return cls(host, int(port), device_id, **kwargs)
+
+    # -- transport ------------------------------------------------------------------------------
+    def _error(self, command: str, problem: str) -> InstrumentError:
+        return InstrumentError(self.name, self.resource, command, problem)
+
+    def _read(self, address: int, count: int, what: str) -> list[int]:
+        """``count`` holding registers from ``address``, in requests of at most 125."""
+        registers: list[int] = []
+        while len(registers) < count:
+            start, size = address + len(registers), min(MAX_READ, count - len(registers))
+            command = f"read {start}+{size} ({what})"
+            with self._io:
+                try:
+                    reply = self._client.read_holding_registers(start, count=size, device_id=self.device_id)
+                except Exception as exc:  # pymodbus raises several kinds; all are a failed read
+                    self._client.close()  # a late answer must not pair with the next request
+                    raise self._error(command, _transport_problem(exc, self.device_id)) from exc
+            if reply.isError():
+                raise self._error(command, _exception_text(reply))
+            got = list(getattr(reply, "registers", []) or [])
+            if len(got) != size:
+                raise self._error(command, f"short read: {len(got)} of {size} registers")
+            registers.extend(got)
+        return registers
+
+    def _write(self, address: int, values: list[int], what: str) -> None:
+        command = f"write {address}={values} ({what})"
+        with self._io:
+            try:
+                if len(values) == 1:
+                    reply = self._client.write_register(address, values[0], device_id=self.device_id)
+                else:
+                    reply = self._client.write_registers(address, values, device_id=self.device_id)
+            except Exception as exc:
+                self._client.close()
+                raise self._error(command, _transport_problem(exc, self.device_id)) from exc
+        if reply.isError():
+            raise self._error(command, _exception_text(reply))
+
+    # -- discovery ------------------------------------------------------------------------------
+    def discover(self) -> list[ModelRef]:
+        """Find the SunSpec map and walk its (ID, length) chain; the result is kept."""
+        with self._io:
+            base, problems = None, []
+            for candidate in self.base_addresses:
+                try:
+                    marker = self._read(candidate, 2, "SunS marker")
+                except InstrumentError as exc:
+                    problems.append(f"{candidate}: {exc.problem}")
+                    continue
+                if tuple(marker) == SUNS_MARKER:
+                    base = candidate
+                    break
+                problems.append(f"{candidate}: {marker[0]:#06x} {marker[1]:#06x} is not 'SunS'")
+            if base is None:
+                raise self._error("discover", "no SunSpec map: " + "; ".join(problems))
+            models, address = [], base + 2
+            while True:
+                model_id, length = self._read(address, 2, "model header")
+                if model_id == END_MODEL_ID:
+                    break
+                if len(models) >= MAX_MODELS or address + 2 + length > 0x10000:
+                    raise self._error("discover", f"broken model chain at {address} (model {model_id}, "
+                                                  f"length {length})")
+                models.append(ModelRef(model_id, address, length))
+                address += 2 + length
+            self._models = models
+            return models
+
+    def models(self) -> list[ModelRef]:
+        return self._models if self._models is not None else self.discover()
+
+    def refs(self, model_id: int) -> list[ModelRef]:
+        return [ref for ref in self.models() if ref.model_id == model_id]
+
+    def read_model(self, ref: ModelRef) -> Block:
+        """Read and decode one model; a header that moved means the map changed (rediscover)."""
+        registers = self._read(ref.address, ref.length + 2, f"model {ref.model_id}")
+        if registers[0] != ref.model_id or registers[1] != ref.length:
+            self._models = None
+            raise self._error(f"read model {ref.model_id} at {ref.address}",
+                              f"header is ({registers[0]}, {registers[1]}), expected "
+                              f"({ref.model_id}, {ref.length}): the map changed")
+        try:
+            return decode_model(ref.model_id, ref.address, registers)
+        except Malformed as exc:
+            raise self._error(f"decode model {ref.model_id} at {ref.address}", str(exc)) from exc
+
+    def model(self, model_id: int, instance: int = 1) -> Block:
+        refs = self.refs(model_id)
+        if len(refs) < instance:
+            raise self._error(f"model {model_id}", f"not in the map (models: "
+                                                   f"{', '.join(str(r.model_id) for r in self.models())})")
+        return self.read_model(refs[instance - 1])
+
+    def _optional(self, model_id: int) -> Block | None:
+        refs = self.refs(model_id)
+        return self.read_model(refs[0]) if refs else None
+
+    @contextmanager
+    def _decoding(self, what: str) -> Iterator[None]:
+        """Data that does not decode (unimplemented where required, bad scale factor) is an
+        InstrumentError naming the model, point and register."""
+        try:
+            yield
+        except Malformed as exc:
+            raise self._error(what, str(exc)) from exc
+
+    def _battery(self) -> Block:
+        block = self.model(802)
+        self._note_heartbeat(block.points["Hb"].raw if "Hb" in block.points else None)
+        return block
+
+    # -- the role -------------------------------------------------------------------------------
+    def identity(self) -> str:
+        common = self.model(1)
+        with self._decoding("identity"):
+            return (f"{common.require('Mn')} {common.require('Md')} SN {common.require('SN')} "
+                    f"firmware {common.value('Vr') or '?'}")
+
+    def firmware(self) -> str:
+        common = self.model(1)
+        with self._decoding("firmware"):
+            return str(common.require("Vr"))
+
+    def serial(self) -> str:
+        common = self.model(1)
+        with self._decoding("serial"):
+            return str(common.require("SN"))
+
+    def telemetry(self) -> BmsTelemetry:
+        battery, bank = self._battery(), self._optional(803)
+        with self._decoding("telemetry"):
+            temperature = None if bank is None else bank.value("ModTmpAvg")
+            if temperature is None and bank is not None:
+                temperature = bank.value("ModTmpMax")
+            soh = battery.value("SoH")
+            return BmsTelemetry(
+                voltage_v=float(battery.require("V")), current_a=float(battery.require("A")),
+                temperature_c=math.nan if temperature is None else float(temperature),
+                soc_pct=float(battery.require("SoC")), soh_pct=math.nan if soh is None else float(soh),
+                min_cell_v=battery.value("CellVMin"), max_cell_v=battery.value("CellVMax"))
+
+    def limits(self) -> BmsLimits:
+        battery = self._battery()
+        with self._decoding("limits"):
+            return BmsLimits(charge_voltage_v=float(battery.require("VMax")),
+                             charge_current_a=float(battery.require("AChaMax")),
+                             discharge_current_a=float(battery.require("ADisChaMax")),
+                             discharge_voltage_v=float(battery.require("VMin")))
+
+    def status(self) -> BmsStatus:
+        battery = self._battery()
+        modules = [self.read_model(ref) for ref in self.refs(805)]
+        with self._decoding("status"):
+            online = sum(1 for m in modules if any(m.value(p) is not None for p in ("V", "SoC", "CellVAvg")))
+            battery.require("Evt1")
+            alarms, warnings = event_names(battery.symbols("Evt1"))
+            charge, discharge = battery.value("AChaMax"), battery.value("ADisChaMax")
+            return BmsStatus(
+                alarms=alarms, warnings=warnings,
+                modules_online=online if modules else None,
+                modules_offline=len(modules) - online if modules else None,
+                installed_capacity_ah=None, online_capacity_ah=battery.value("AHRtg"),
+                charge_enable=None if charge is None else charge > 0,
+                discharge_enable=None if discharge is None else discharge > 0)
+
+    def state(self) -> str | None:
+        """802 State as its symbol name (CONNECTED, DISCONNECTED, ...)."""
+        return self._battery().symbol("State")
+
+    def set_operation(self, connect: bool) -> None:
+        """802 SetOp: ask the battery to connect (close its main contactor) or disconnect."""
+        op = "CONNECT" if connect else "DISCONNECT"
+        offset, pdef = top_point(802, "SetOp")
+        symbols = {str(s["name"]): int(s["value"]) for s in pdef.get("symbols", [])}
+        self._write(self._ref_802().address + offset, [symbols[op]], f"model 802 SetOp {op}")
+
+    def safe_state(self) -> None:
+        """Ask the battery to open its main contactor (SetOp DISCONNECT)."""
+        self.set_operation(False)
+
+    # -- keep-alive and liveness ----------------------------------------------------------------
+    def _ref_802(self) -> ModelRef:
+        refs = self.refs(802)
+        if not refs:
+            raise self._error("model 802", "not in the map")
+        return refs[0]
+
+    def _point_address(self, point: str) -> int:
+        return self._ref_802().address + top_point(802, point)[0]
+
+    def send_heartbeat(self) -> int:
+        """Write the next CtrlHb value once (what the keep-alive thread does each period)."""
+        with self._io:
+            value = (self._ctrl_hb + 1) & 0xFFFF
+            self._write(self._point_address("CtrlHb"), [value], "model 802 CtrlHb")
+            self._ctrl_hb = value
+            self.heartbeats_sent += 1
+            return value
+
+    def heartbeat(self, on: bool) -> None:
+        if on and self._hb_thread is None:
+            self._hb_stop.clear()
+            self._hb_thread = threading.Thread(target=self._keep_alive, daemon=True,
+                                               name=f"sunspec-ctrlhb-{self.resource}")
+            self._hb_thread.start()
+        elif not on and self._hb_thread is not None:
+            self._hb_stop.set()
+            self._hb_thread.join(timeout=5.0)
+            self._hb_thread = None
+
+    @property
+    def heartbeat_on(self) -> bool:
+        return self._hb_thread is not None
+
+    def _keep_alive(self) -> None:
+        """Write CtrlHb, then watch Hb, every period until stopped; failures are counted."""
+        while True:
+            try:
+                self.send_heartbeat()
+                self.poll_heartbeat()
+            except InstrumentError as exc:
+                self.heartbeat_errors += 1
+                self.last_heartbeat_error = exc
+            if self._hb_stop.wait(self.heartbeat_period_s):
+                return
+
+    def _note_heartbeat(self, hb: int | None) -> None:
+        if hb is not None and hb != self._last_hb:
+            self._last_heard = self._clock()
+        self._last_hb = hb
+
+    def poll_heartbeat(self) -> int | None:
+        """Read Hb once and note whether it moved; None (and no sign of life) if no reply."""
+        try:
+            (hb,) = self._read(self._point_address("Hb"), 1, "model 802 Hb")
+        except InstrumentError:
+            return None
+        self._note_heartbeat(hb if hb != 0xFFFF else None)
+        return hb
+
+    def seconds_since_heard(self) -> float:
+        """Clock seconds since Hb was last seen to change (inf if it never was)."""
+        self.poll_heartbeat()
+        return math.inf if self._last_heard is None else self._clock() - self._last_heard
+
+    def close(self) -> None:
+        self.heartbeat(False)
+        with self._io:
+            self._client.close()
+
+    def __enter__(self) -> "SunSpecBms":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
