@@ -107,6 +107,10 @@ class Capture:
     def observe(self, twin: Twin, dt: float) -> None:
         self._sample(twin)
 
+    def cancel(self) -> None:
+        """Abort: keep what was sampled, stop sampling (and stop limiting the twin's step)."""
+        self.count = len(self.samples)
+
     @property
     def done(self) -> bool:
         return len(self.samples) >= self.count

@@ -33,6 +33,7 @@ from emulator.twin import Twin
 DRIVERS = {"supply": "keysight_n5700", "load": "itech_it8500", "scanner": "keysight_daq970a",
            "actuator": "keysight_daq970a", "acir": "hioki_bt3562"}
 DMM_DRIVER = "keysight_34465a"
+LOAD_MAX_A = 240.0  # the emulated IT8500+ family member (IT8516C+) sinks up to 240 A
 EMULATED_CALIBRATION_DUE = "2099-12-31"
 
 
@@ -42,7 +43,7 @@ def _ratings(twin: Twin) -> dict[str, dict[str, float]]:
     volts = max(20.0, rating["voltage_v"] * 1.25)
     amps = max(100.0, twin.spec.dut.parallel * twin.spec.module_type.bms.limits.discharge_current_a * 1.2)
     return {"supply": {"voltage_v": round(volts, 1), "current_a": round(amps, 1)},
-            "load": {"voltage_v": round(volts * 1.2, 1), "current_a": round(amps * 2.0, 1)}}
+            "load": {"voltage_v": round(volts * 1.2, 1), "current_a": min(round(amps * 2.0, 1), LOAD_MAX_A)}}
 
 
 def _input_yaml(source: Input) -> dict[str, Any]:

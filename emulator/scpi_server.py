@@ -239,6 +239,11 @@ class ScpiDevice:
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        cls._build_table()
+
+    @classmethod
+    def _build_table(cls) -> None:
+        """Collect the handlers declared with :func:`scpi` on this class and its bases."""
         table: list[tuple[HeaderPattern, str]] = []
         for klass in reversed(cls.__mro__):
             for attr, func in vars(klass).items():
@@ -299,7 +304,7 @@ class ScpiDevice:
 
     def _resolve(self, header: str, path: list[str]) -> tuple[Handler, list[str]]:
         if not _HEADER_CHARS.match(header):
-            raise ScpiError(-101, header[:40].encode("ascii", "backslashreplace").decode())
+            raise ScpiError(-101, header[:40].encode("unicode_escape").decode("ascii"))
         query = header.endswith("?")
         body = header[:-1] if query else header
         if body.startswith("*"):
@@ -376,6 +381,9 @@ class ScpiDevice:
         """``*RST``: the instrument's power-on settings. Subclasses extend."""
 
 
+ScpiDevice._build_table()
+
+
 # ================================================================================== server
 def _require_loopback(host: str) -> None:
     if not ipaddress.ip_address(host).is_loopback:
@@ -399,9 +407,13 @@ class ScpiServer:
         self._frozen = threading.Event()
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((host, port))
-        self._listener.listen(max_connections)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind((host, port))
+            self._listener.listen(max_connections)
+        except OSError:
+            self._listener.close()
+            raise
         self.host, self.port = self._listener.getsockname()[:2]
         self._wake_r, self._wake_w = socket.socketpair()
         self._connections: set[socket.socket] = set()
@@ -454,7 +466,7 @@ class ScpiServer:
         log.debug("%s: connection from %s", self.name, peer)
         try:
             for line in self._lines(conn):
-                self.history.append(line)
+                self.history.append(line[:200])
                 if self._frozen.is_set():
                     continue
                 reply = self.device.execute(line)

@@ -240,7 +240,7 @@ class Keysight34465a(_BenchDevice):
         capture: Capture | None = getattr(self, "capture", None)
         if capture is not None and not capture.done:
             with self.bench.lock:  # a shortened capture completes and leaves the twin's observers
-                capture.count = len(capture.samples)
+                capture.cancel()
         self.capture = None
 
     def _read(self) -> float:

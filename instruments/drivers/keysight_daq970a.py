@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Iterable
 
-from instruments.roles import Actuator, Scanner
-from instruments.scpi import ScpiInstrument, floats, parse_bool
+from instruments.roles import Actuator, InstrumentError, Scanner
+from instruments.scpi import ScpiInstrument, VisaSession, floats, parse_bool
 
 ACTUATOR_SLOT_CHANNELS = tuple(range(301, 321))  # a DAQM903A in slot 3: 20 relays
 
@@ -41,8 +41,10 @@ class KeysightDaq970a(ScpiInstrument, Scanner, Actuator):
     OPTIONS: ClassVar[dict[str, Any]] = {**ScpiInstrument.OPTIONS, "actuator_channels": None,
                                          "thermocouple_type": "K"}
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, resource: str, name: str, rating: dict[str, float] | None = None,
+                 timeout_s: float = 2.0, visa_library: str = "@py",
+                 options: dict[str, Any] | None = None, *, session: VisaSession | None = None):
+        super().__init__(resource, name, rating, timeout_s, visa_library, options, session=session)
         configured = self.options["actuator_channels"]
         self._driven: set[int] = set(configured if configured is not None else ACTUATOR_SLOT_CHANNELS)
 
@@ -81,6 +83,16 @@ class KeysightDaq970a(ScpiInstrument, Scanner, Actuator):
         return bool(self.query_value(f"ROUT:CLOS? (@{ch})", parse_bool))
 
     def safe_state(self) -> None:
-        """Abort a scan, open every relay this driver drives (harmless when already open)."""
-        self.write("ABOR")
-        self.write(f"ROUT:OPEN {channel_list(self._driven)}")
+        """Open every relay this driver drives, then abort a scan (harmless when already safe).
+
+        Relays first: they are what de-energises the bank. Both are attempted; the first
+        failure is raised after.
+        """
+        failures: list[InstrumentError] = []
+        for command in (f"ROUT:OPEN {channel_list(self._driven)}", "ABOR"):
+            try:
+                self.write(command)
+            except InstrumentError as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
