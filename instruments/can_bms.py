@@ -20,8 +20,11 @@ client keeps and why:
   marker, 0x35E not printable ASCII), ``error_frame`` and ``remote_frame``. A malformed frame
   is logged and counted and never becomes telemetry.
 
-The keep-alive (0x305, eight zero bytes) goes out every ``period_s`` of the clock from a
-background thread; ``heartbeat(False)`` stops it, ``heartbeat(True)`` resumes at once.
+The keep-alive (0x305, eight zero bytes) goes out every ``period_s`` of the clock, from a
+background thread or -- better on a virtual clock, where a thread cannot know when bench time
+will jump -- from the bench clock's periodic duties calling :meth:`CanBms.send_keepalive_if_due`
+(the thread then stands back). ``heartbeat(False)`` stops it, ``heartbeat(True)`` resumes it at
+once.
 
 ``safe_state()`` de-energises nothing (a BMS client has no output) and never raises. What it
 does with the keep-alive is the ``safe_state_heartbeat`` policy:
@@ -128,7 +131,7 @@ class _Decoder:
                 return "undecodable", None
         if frame_id == 0x359 and (values["MarkerP"], values["MarkerN"]) != PN_MARKER:
             return "undecodable", None
-        if frame_id == 0x35E and not data.rstrip(b"\0 ").decode("ascii", "replace").isprintable():
+        if frame_id == 0x35E and not all(32 <= b < 127 for b in data.rstrip(b"\0 ")):
             return "undecodable", None
         return None, values
 
@@ -172,16 +175,20 @@ class CanBms(Bms):
         self._log_lock = threading.Lock()
         self._log: can.CanutilsLogWriter | None = None
         self.log_path = Path(log_path) if log_path else None
-        try:
-            self._bus = can.Bus(interface=interface, channel=channel, **bus_kwargs)
-        except Exception as exc:
-            raise InstrumentError(self.name, self.resource, "open", str(exc)) from exc
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             label = str(channel or interface).replace(" ", "_") or "can0"
             self._log = can.CanutilsLogWriter(self.log_path, channel=label)
+        try:
+            self._bus = can.Bus(interface=interface, channel=channel, **bus_kwargs)
+        except Exception as exc:
+            if self._log is not None:
+                self._log.stop()
+            raise InstrumentError(self.name, self.resource, "open", str(exc)) from exc
         self._heartbeat_on = heartbeat_on
         self._next_keepalive = clock()
+        self._driven_at = -float("inf")
+        self._send_lock = threading.Lock()
         self._closing = threading.Event()
         self._wake = threading.Event()
         self._threads = [threading.Thread(target=self._receive_loop, name=f"{name}-rx", daemon=True),
@@ -243,8 +250,10 @@ class CanBms(Bms):
     # ================================================================== keep-alive
     def _keepalive_loop(self) -> None:
         while not self._closing.is_set():
-            if self.keepalive_pending():
-                self._send_keepalive()
+            with self._state_lock:
+                driven = self._clock() - self._driven_at < 2 * self.period_s
+            if not driven:
+                self._send_if_due()
             self._wake.wait(self._poll_s)
             self._wake.clear()
 
@@ -253,24 +262,41 @@ class CanBms(Bms):
         with self._state_lock:
             return self._heartbeat_on and self._clock() >= self._next_keepalive
 
-    def _send_keepalive(self) -> None:
-        now = self._clock()
-        msg = can.Message(arbitration_id=KEEPALIVE_ID, data=bytes(8), is_extended_id=False,
-                          timestamp=now, is_rx=False)
-        try:
-            self._bus.send(msg)
-            sent = True
-        except Exception as exc:  # counted in bus_errors; the next one is tried on schedule
-            self._bus_error(exc)
-            sent = False
-        if sent:
-            self._write_log(msg)
+    def send_keepalive_if_due(self) -> bool:
+        """Send the keep-alive now if it is due; True if one was sent.
+
+        For a bench clock that runs periodic duties in bench time: called from there, the
+        keep-alive goes out at exactly its bench time, between the emulator's steps, rather
+        than whenever the background thread looks at a virtual clock. While a caller drives
+        it (a call within the last two periods of the clock), the thread stands back; if the
+        calls stop, the thread takes over again.
+        """
         with self._state_lock:
-            self.frames_sent += sent
-            self.keepalives_sent += sent
-            # keep the cadence; after a clock jump (virtual time) restart it from now
-            nxt = self._next_keepalive + self.period_s
-            self._next_keepalive = nxt if nxt > now else now + self.period_s
+            self._driven_at = self._clock()
+        return self._send_if_due()
+
+    def _send_if_due(self) -> bool:
+        with self._send_lock:  # the thread and a clock duty never both send the same one
+            if not self.keepalive_pending():
+                return False
+            now = self._clock()
+            msg = can.Message(arbitration_id=KEEPALIVE_ID, data=bytes(8), is_extended_id=False,
+                              timestamp=now, is_rx=False)
+            try:
+                self._bus.send(msg)
+                sent = True
+            except Exception as exc:  # counted in bus_errors; the next one is tried on schedule
+                self._bus_error(exc)
+                sent = False
+            if sent:
+                self._write_log(msg)
+            with self._state_lock:
+                self.frames_sent += sent
+                self.keepalives_sent += sent
+                # keep the cadence; after a clock jump (virtual time) restart it from now
+                nxt = self._next_keepalive + self.period_s
+                self._next_keepalive = nxt if nxt > now else now + self.period_s
+            return sent
 
     def heartbeat(self, on: bool) -> None:
         with self._state_lock:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import can
@@ -48,20 +48,23 @@ class Rig:
     channel: str
     log_path: Path
     server: SocketcandServer | None = None
+    drive_keepalive: bool = True
     injected: int = 0
-    closers: list = field(default_factory=list)
 
     @property
     def twin(self) -> Twin:
         return self.bench.twin
 
     def settle(self, timeout_s: float = 5.0) -> None:
-        """Wait (wall time) until the bus is quiet: keep-alives due are sent and handled,
-        and every frame the BMS sent (plus anything injected) has been received."""
+        """Wait (wall time) until the bus is quiet: keep-alives due are sent and on the
+        emulator's bus (it takes them in on its next step), and every frame the BMS sent (plus
+        anything injected) has been received."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            forwarded = (self.server.counts.get("frames_from_clients", 0) if self.server
+                         else self.client.keepalives_sent)
             if (not self.client.keepalive_pending()
-                    and self.emu.heartbeats_received == self.client.keepalives_sent
+                    and forwarded >= self.client.keepalives_sent
                     and self.client.frames_received - self.injected >= self.emu.frames_sent):
                 return
             time.sleep(0.0005)
@@ -71,9 +74,12 @@ class Rig:
 
     def run(self, seconds: float, until=None) -> float | None:  # type: ignore[no-untyped-def]
         """Advance bench time in chunks; with ``until``, stop at the first chunk it holds and
-        return that bench time."""
+        return that bench time. Like the harness's bench clock, the keep-alive is driven
+        between chunks (``drive_keepalive``) unless the test wants the client's own thread."""
         for _ in range(round(seconds / CHUNK_S)):
             self.bench.advance(CHUNK_S)
+            if self.drive_keepalive:
+                self.client.send_keepalive_if_due()
             self.settle()
             if until is not None and until():
                 return self.bench.now
@@ -88,7 +94,8 @@ class Rig:
         self.settle()
 
 
-def make_rig(tmp_path: Path, twin: Twin, transport: str = "virtual", **client_kwargs) -> Rig:  # type: ignore[no-untyped-def]
+def make_rig(tmp_path: Path, twin: Twin, transport: str = "virtual", drive_keepalive: bool = True,
+             **client_kwargs) -> Rig:  # type: ignore[no-untyped-def]
     channel = f"bankhil-test-{uuid.uuid4().hex[:8]}"
     bench = EmulatedBench(twin)
     emu_bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
@@ -104,7 +111,7 @@ def make_rig(tmp_path: Path, twin: Twin, transport: str = "virtual", **client_kw
     else:
         client = CanBms("virtual", channel, **kwargs)
     emu.start()
-    return Rig(bench, emu, client, emu_bus, channel, log_path, server)
+    return Rig(bench, emu, client, emu_bus, channel, log_path, server, drive_keepalive)
 
 
 def close_rig(rig: Rig) -> None:
@@ -213,7 +220,8 @@ def test_every_frame_decodes_to_the_twins_values(rig_factory, transport):
     limits = c.limits()
     assert limits.charge_voltage_v == pytest.approx(r.charge_voltage_limit_v, abs=0.05)
     assert limits.charge_current_a == pytest.approx(r.charge_current_limit_a, abs=0.05)
-    assert limits.discharge_current_a == pytest.approx(r.discharge_current_limit_a, abs=0.05) > 0
+    assert limits.discharge_current_a == pytest.approx(r.discharge_current_limit_a, abs=0.05)
+    assert limits.discharge_current_a > 0
     assert limits.discharge_voltage_v == pytest.approx(r.discharge_voltage_limit_v, abs=0.05)
     tel = c.telemetry()
     assert tel.soc_pct == round(r.soc_pct) and tel.soh_pct == round(r.soh_pct)
@@ -243,17 +251,28 @@ def test_every_frame_decodes_to_the_twins_values(rig_factory, transport):
     assert rig.emu.reports_sent in (6, 7) and rig.emu.frames_sent == 10 * rig.emu.reports_sent
 
 
-def test_module_trips_and_a_silent_module_reach_0x359_and_0x372(rig_factory):
-    """A hot module charging trips its charge over-temperature protection: over-temp alarm and
-    one module blocking charge; the silent module scenario: one offline, comm alarm, capacity."""
-    twin = build_twin("1s4p_diagonal", scenario="hot_module")
+def test_module_trips_and_a_silent_module_reach_0x359_and_0x372(rig_factory, tmp_path):
+    """A module at 65 C trips its discharge over-temperature protection (limit 60 C): over-temp
+    warning during the debounce, then the alarm and one module blocking discharge. The silent module scenario: one module offline, comm
+    alarm, its capacity gone from the online total."""
+    scenario = tmp_path / "hot_module_65c.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "hot_module_65c", "description": "middle module at 65 C, above its 60 C discharge limit",
+        "faults": [{"kind": "hot_module", "module": "middle", "extra_heat_w": 0,
+                    "initial_temperature_c": 65}]}))
+    twin = build_twin("1s4p_diagonal", scenario=scenario)
     rig = rig_factory(twin)
-    twin.set_supply(14.0, 40.0)
-    twin.supply_output(True)
-    rig.run(4.0)
+    twin.set_load(40.0)
+    twin.load_input(True)
+    rig.run(1.5)  # inside the protection's 2 s debounce: a warning, not yet an alarm
     status = rig.client.status()
-    assert "over_temperature" in status.alarms
-    assert rig.client.decoded(0x372)["ModulesBlockingCharge"] == twin.master.report.blocking_charge == 1
+    assert (status.alarms, status.warnings) == (set(), {"over_temperature"})
+    rig.run(2.5)
+    status = rig.client.status()
+    assert (status.alarms, status.warnings) == ({"over_temperature"}, set())
+    assert rig.client.decoded(0x372)["ModulesBlockingDischarge"] == twin.master.report.blocking_discharge == 1
+    low, high = rig.client.cell_temperatures_c()
+    assert high == pytest.approx(65, abs=1) and low == pytest.approx(25, abs=1)
 
     twin = build_twin("1s4p_diagonal", scenario="silent_module")  # middle module silent at 20 s
     rig = rig_factory(twin)
@@ -280,6 +299,7 @@ def test_heartbeat_loss_and_recovery_per_firmware(rig_factory, tmp_path, firmwar
     assert c.limits().discharge_current_a > 0 and c.limits().charge_current_a > 0
     c.heartbeat(False)
     rig.settle()
+    rig.emu.poll()  # the last keep-alive sent, taken in now rather than on the next step
     last_heartbeat = twin.master.last_heartbeat
     timeout = twin.spec.firmware.heartbeat.timeout_s
     period = twin.spec.firmware.report_period_s
@@ -298,16 +318,22 @@ def test_heartbeat_loss_and_recovery_per_firmware(rig_factory, tmp_path, firmwar
         assert seen is None and c.limits().discharge_current_a > 0 and c.limits().charge_current_a > 0
         assert "bms_internal" not in c.status().alarms  # the candidate raises no alarm either
     c.heartbeat(True)
-    recovered = rig.run(3 * period, until=lambda: not zeroed() and "bms_internal" not in c.status().alarms)
+    recovered = rig.run(3 * period, until=lambda: not twin.master.report.heartbeat_lost
+                        and not zeroed() and "bms_internal" not in c.status().alarms)
     assert recovered is not None and not twin.master.report.heartbeat_lost
     assert c.limits().discharge_current_a > 0
 
 
-def test_keepalive_cadence_on_the_bench_clock(rig_factory):
-    rig = rig_factory(build_twin("1s1p"), period_s=0.5)
+@pytest.mark.parametrize("driven", [True, False], ids=["clock-duty", "own-thread"])
+def test_keepalive_cadence_on_the_bench_clock(rig_factory, driven):
+    """Every period of bench time, whether a bench-clock duty drives it or the client's thread
+    watches the (virtual) clock; every one reaches the twin's master."""
+    rig = rig_factory(build_twin("1s1p"), period_s=0.5, drive_keepalive=driven)
     rig.run(5.0)
     assert rig.client.keepalives_sent in (10, 11)
+    rig.emu.poll()
     assert rig.emu.heartbeats_received == rig.client.keepalives_sent
+    assert rig.twin.master.last_heartbeat == pytest.approx(rig.bench.now, abs=0.5 + CHUNK_S)
 
 
 # ------------------------------------------------------------------------------ robustness
@@ -322,12 +348,14 @@ def test_malformed_frames_are_counted_never_crash(rig_factory):
         can.Message(arbitration_id=0x123, data=b"\x01\x02", is_extended_id=False),       # unknown ID
         can.Message(arbitration_id=0x351, data=bytes(8), is_extended_id=True),           # unknown (29-bit)
         can.Message(arbitration_id=0x355, data=b"\xff\xff\xff\xff", is_extended_id=False),  # SOC 65535 %
-        can.Message(arbitration_id=0x359, data=b"\xde\xad\xbe\xef\x00\x13\x37", is_extended_id=False),  # no 'PN'
+        can.Message(arbitration_id=0x359, data=b"\xde\xad\xbe\xef\x00\x13\x37",
+                    is_extended_id=False),                                            # no 'PN'
         can.Message(arbitration_id=0x35E, data=b"\x00\x01\x02\x03\x04\x05\x06\x07", is_extended_id=False),
+        can.Message(arbitration_id=0x35E, data="PYLÖN".encode("latin-1").ljust(8), is_extended_id=False),
         can.Message(arbitration_id=0x351, is_remote_frame=True, dlc=8, is_extended_id=False),
         can.Message(arbitration_id=0x0, is_error_frame=True),
     )
-    assert c.malformed_counts() == {"unknown_id": 2, "wrong_dlc": 2, "undecodable": 3,
+    assert c.malformed_counts() == {"unknown_id": 2, "wrong_dlc": 2, "undecodable": 4,
                                     "error_frame": 1, "remote_frame": 1}
     assert c.limits() == before  # garbage never becomes telemetry
     rig.run(2.0)  # and the client keeps decoding
@@ -343,7 +371,8 @@ def test_can_log_reads_back_with_python_can(rig_factory):
     rig.client.close()
     frames = list(can.LogReader(rig.log_path))
     assert len(frames) == received + sent
-    assert sum(not f.is_rx for f in frames) == sent and all(f.arbitration_id == 0x305 for f in frames if not f.is_rx)
+    assert sum(not f.is_rx for f in frames) == sent
+    assert all(f.arbitration_id == 0x305 for f in frames if not f.is_rx)
     assert {f.arbitration_id for f in frames if f.is_rx} == set(BATTERY_IDS) | {0x7FF}
     stamps = [f.timestamp for f in frames]
     assert stamps == sorted(stamps) and stamps[-1] == pytest.approx(3.0, abs=CHUNK_S)  # bench time
@@ -360,6 +389,7 @@ def test_a_silent_bms_is_detected(rig_factory):
     rig.run(6.0)
     assert c.seconds_since_heard() == pytest.approx(6.0, abs=1.0 + CHUNK_S)
     assert c.seconds_since_heard(0x351) == pytest.approx(6.0, abs=1.0 + CHUNK_S)
+    rig.emu.poll()
     assert rig.emu.heartbeats_received == c.keepalives_sent  # silent, not deaf
     stale = CanBms("virtual", rig.channel, clock=lambda: rig.bench.now, stale_after_s=3.0, heartbeat_on=False)
     try:

@@ -3,7 +3,8 @@
 The battery side of DOMAIN.md section 4. Every time the twin's master BMS publishes a report
 (once per firmware ``report_period_s`` of *bench* time) the frames 0x351..0x379 are encoded
 through the same DBC the harness decodes with and sent on a python-can bus; 0x305 frames from
-the inverter side become ``twin.inverter_heartbeat()`` calls under the bench lock.
+the inverter side become ``twin.inverter_heartbeat()`` calls under the bench lock, taken in on
+the bench clock as well (see :class:`EmulatedCanBms`).
 
 Why the bench clock drives transmission: the twin runs on a virtual clock (hours in seconds),
 so a wall-clock timer would publish at the wrong rate. The sender is a twin observer, called
@@ -22,7 +23,8 @@ What goes where (the mapping the harness relies on):
 - 0x359 alarms: a protection tripped on any module the master still hears
   (``twin.bms.tripped``, names in ``emulator.bms.PROTECTIONS``, grouped as ALARM_SOURCES);
   warnings: the same condition present with its debounce timer running (not yet tripped).
-  "BMS internal" carries the master's communication alarm (silent module, lost keep-alive).
+  "BMS internal" carries the master's communication alarm (silent module, lost keep-alive) as
+  the firmware profile raises it; its warning bit is not modelled (always 0).
   Byte 4 is the number of modules online.
 - 0x35F firmware version: ``major * 256 + minor`` of the firmware profile's version
   ("2.1.0" -> 0x0201); the patch number and a pre-release tag do not fit in a u16 and are not
@@ -139,10 +141,11 @@ def protocol_values(twin: Twin, model_code: int = 0) -> dict[int, dict[str, floa
         alarms_warnings[f"Alarm_{bit}"] = int(tripped[rows].any())
         alarms_warnings[f"Warning_{bit}"] = int(pending[rows].any())
     alarms_warnings["Alarm_BmsInternal"] = int(r.comm_alarm)
-    alarms_warnings["Warning_BmsInternal"] = int(r.heartbeat_lost or bool(r.offline))
+    alarms_warnings["Warning_BmsInternal"] = 0  # the profile decides what is signalled: alarm only
     alarms_warnings.update(ModuleCount=r.modules_online, MarkerP=PN_MARKER[0], MarkerN=PN_MARKER[1])
     return {
-        0x351: {"ChargeVoltageLimit": r.charge_voltage_limit_v, "ChargeCurrentLimit": r.charge_current_limit_a,
+        0x351: {"ChargeVoltageLimit": r.charge_voltage_limit_v,
+                "ChargeCurrentLimit": r.charge_current_limit_a,
                 "DischargeCurrentLimit": abs(r.discharge_current_limit_a),
                 "DischargeVoltageLimit": r.discharge_voltage_limit_v},
         0x355: {"SOC": r.soc_pct, "SOH": r.soh_pct},
@@ -192,27 +195,35 @@ class EmulatedCanBms:
 
     ``bus`` is opened by the caller (``can.Bus(interface="virtual", channel=...,
     preserve_timestamps=True)`` keeps the bench-time stamps this node puts on its frames).
+
+    Reception is on the bench clock too: the observer drains the bus after the twin's steps
+    (at most every ``rx_interval_s`` of bench time, so microsecond transients stay cheap) and
+    each 0x305 becomes ``twin.inverter_heartbeat()`` at that bench time. A receive thread
+    would apply a keep-alive whenever it happened to win the bench lock -- a different bench
+    time on every run; draining from the clock gives the same answer every time. A frame
+    that arrives while nobody advances the bench waits, as bench time does.
     Counters (``frames_sent``, ``heartbeats_received``, ``send_errors``) let a caller on a
-    virtual clock wait until every frame of a step has been delivered.
+    virtual clock check that every frame of a step has been delivered.
     """
 
     def __init__(self, bench: EmulatedBench, bus: can.BusABC, db: Database | None = None,
-                 model_code: int = 0):
+                 model_code: int = 0, rx_interval_s: float = 1e-3):
         self.bench = bench
         self.bus = bus
         self.encoder = FrameEncoder(db or load_dbc())
         self.model_code = model_code
+        self.rx_interval_s = rx_interval_s
         self.silent = False
         self.frames_sent = 0
         self.reports_sent = 0
         self.heartbeats_received = 0
         self.frames_ignored = 0
         self.send_errors = 0
+        self.receive_errors = 0
         self.last_values: dict[int, dict[str, float]] = {}
         self._last_report: object = None
         self._last_sent_at = -np.inf
-        self._stop = threading.Event()
-        self._rx: threading.Thread | None = None
+        self._last_drain_at = -np.inf
 
     @property
     def period_s(self) -> float:
@@ -220,26 +231,19 @@ class EmulatedCanBms:
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> "EmulatedCanBms":
-        """Listen for the keep-alive and publish on every new master report from now on."""
+        """Publish every new master report and handle keep-alives from now on."""
         twin = self.bench.twin
         with self.bench.lock:
             if self._observe not in twin.observers:
                 twin.observers.append(self._observe)
             if twin.step_count:  # the master has reported already: publish it now
                 self.publish()
-        self._stop.clear()
-        self._rx = threading.Thread(target=self._receive, name="emulated-can-bms-rx", daemon=True)
-        self._rx.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
         with self.bench.lock:
             if self._observe in self.bench.twin.observers:
                 self.bench.twin.observers.remove(self._observe)
-        if self._rx is not None:
-            self._rx.join(timeout=2.0)
-            self._rx = None
 
     def __enter__(self) -> "EmulatedCanBms":
         return self.start()
@@ -247,13 +251,17 @@ class EmulatedCanBms:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- transmit -------------------------------------------------------------------------------
+    # -- the bench clock ------------------------------------------------------------------------
     def _observe(self, twin: Twin, dt: float) -> None:
-        """Twin observer (bench lock held): publish each new master report once."""
-        report = twin.master.report
-        if report is not self._last_report or twin.clock.now - self._last_sent_at >= 2 * self.period_s:
+        """Twin observer (bench lock held): take in keep-alives, publish each new report once."""
+        now = twin.clock.now
+        if now - self._last_drain_at >= self.rx_interval_s:
+            self._last_drain_at = now
+            self._drain()
+        if twin.master.report is not self._last_report or now - self._last_sent_at >= 2 * self.period_s:
             self.publish()
 
+    # -- transmit -------------------------------------------------------------------------------
     def publish(self) -> None:
         """Encode and send the whole frame set for the current report (unless silent)."""
         twin = self.bench.twin
@@ -272,20 +280,30 @@ class EmulatedCanBms:
         self.reports_sent += 1
 
     # -- receive --------------------------------------------------------------------------------
-    def _receive(self) -> None:
-        while not self._stop.is_set():
+    def poll(self) -> int:
+        """Handle every frame waiting now, at the current bench time; returns how many.
+
+        For a caller that holds the bench still (the observer does this while time moves).
+        """
+        with self.bench.lock:
+            return self._drain()
+
+    def _drain(self) -> int:
+        handled = 0
+        while True:
             try:
-                msg = self.bus.recv(timeout=0.05)
+                msg = self.bus.recv(timeout=0.0)
             except (can.CanError, OSError, ValueError):
-                self._stop.wait(0.05)  # bus gone or failing: keep the thread, stay quiet
-                continue
+                self.receive_errors += 1  # bus gone or failing: the twin goes on regardless
+                return handled
             if msg is None:
-                continue
+                return handled
+            handled += 1
             if (msg.arbitration_id == KEEPALIVE_ID and not msg.is_extended_id
                     and not msg.is_error_frame and not msg.is_remote_frame):
-                with self.bench.lock:
+                with self.bench.lock:  # re-entrant: already held when called from the observer
                     self.bench.twin.inverter_heartbeat()
-                    self.heartbeats_received += 1  # any payload counts (DOMAIN.md section 4)
+                self.heartbeats_received += 1  # any payload counts (DOMAIN.md section 4)
             else:
                 self.frames_ignored += 1
 

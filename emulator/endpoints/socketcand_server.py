@@ -126,7 +126,11 @@ class _Session:
             if self.server.channels is not None and body[0] not in self.server.channels:
                 self.write(f"< error channel {body[0]} not served >")
                 return
-            self.bus = can.Bus(interface=self.server.interface, channel=body[0], **self.server.bus_kwargs)
+            try:
+                self.bus = can.Bus(interface=self.server.interface, channel=body[0], **self.server.bus_kwargs)
+            except Exception as exc:  # noqa: BLE001 - any interface failure is the client's error reply
+                self.write(f"< error cannot open {body[0]}: {type(exc).__name__} >")
+                return
             self.write("< ok >")
         elif verb == "rawmode" and self.bus is not None and not self.raw:
             self.raw = True
