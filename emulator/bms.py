@@ -1,7 +1,8 @@
 """Module BMS boards: protections with thresholds and delays, switch commands, balancing.
 
-All modules of a bank are held in arrays, so one step of every BMS costs a few numpy
-operations whatever the bank size. Each protection is a debounce timer: the condition must
+All modules of a bank are held in arrays, so one step of every BMS is one pass of a compiled
+loop whatever the bank size (the twin runs the same loops inside its step kernels, see
+emulator/kernels.py). Each protection is a debounce timer: the condition must
 hold for its delay before it trips (a real BMS samples and filters the same way); a trip
 blocks charge, discharge or both, raises an alarm bit and is released by its own rule
 (voltage back past the release threshold, temperature back inside the window by its
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emulator import kernels as kn
 from emulator.config.module_type import ModuleType
 
 # Protection names, also the alarm names reported on CAN 0x359 and SunSpec Evt1.
@@ -37,16 +39,24 @@ class BmsInputs:
 
 
 class BmsArray:
-    """The BMS boards of every module of a bank, as (protection x module) arrays."""
+    """The BMS boards of every module of a bank, as (protection x module) arrays.
+
+    ``timer``, ``trip_age``, ``tripped`` and ``trip_count`` are views of packed arrays the
+    compiled kernels update in place (keep them by reference, write them by item).
+    """
 
     def __init__(self, module_type: ModuleType, count: int):
         self.spec = module_type.bms
         self.count = count
         size = (len(PROTECTIONS), count)
-        self.timer = np.zeros(size)
-        self.tripped = np.zeros(size, dtype=bool)
-        self.trip_age = np.zeros(size)
-        self.trip_count = np.zeros(size, dtype=int)
+        self._state_f = np.zeros((2,) + size)               # timer, trip age
+        self._state_b = np.zeros((3,) + size, dtype=bool)   # tripped, trip and release conditions
+        self.timer = self._state_f[kn.BF_TIMER]
+        self.trip_age = self._state_f[kn.BF_AGE]
+        self.tripped = self._state_b[kn.BB_TRIPPED]
+        self._trip = self._state_b[kn.BB_TRIP]
+        self._release = self._state_b[kn.BB_RELEASE]
+        self.trip_count = np.zeros(size, dtype=np.int64)
         self.forced_off = np.zeros(count, dtype=bool)     # service command "open FETs"
         self.admitted = np.ones(count, dtype=bool)        # master's admission
         self.balancing = np.zeros((count, module_type.cells_in_series), dtype=bool)
@@ -62,15 +72,34 @@ class BmsArray:
                                   [np.inf], [np.inf], [np.inf], [np.inf]])
         self.blocks_charge = np.array([[name in BLOCKS_CHARGE] for name in PROTECTIONS])
         self.blocks_discharge = np.array([[name in BLOCKS_DISCHARGE] for name in PROTECTIONS])
-        self._trip = np.zeros(size, dtype=bool)
-        self._release = np.zeros(size, dtype=bool)
+        ct, dt, b = p.charge_temperature, p.discharge_temperature, self.spec.balancing
+        par = np.zeros(kn.P_SIZE)
+        par[kn.P_DELAY:kn.P_DELAY + 9] = self.delay[:, 0]
+        par[kn.P_RECOVERY:kn.P_RECOVERY + 9] = self.recovery[:, 0]
+        par[kn.P_OV], par[kn.P_OV_REL] = p.cell_overvoltage.threshold_v, p.cell_overvoltage.release_v
+        par[kn.P_UV], par[kn.P_UV_REL] = p.cell_undervoltage.threshold_v, p.cell_undervoltage.release_v
+        par[kn.P_OCC] = p.charge_overcurrent.threshold_a
+        par[kn.P_OCD] = p.discharge_overcurrent.threshold_a
+        par[kn.P_SC] = p.short_circuit.threshold_a
+        par[kn.P_CT_MAX], par[kn.P_CT_MIN], par[kn.P_CT_HYS] = ct.max_c, ct.min_c, ct.hysteresis_k
+        par[kn.P_DT_MAX], par[kn.P_DT_MIN], par[kn.P_DT_HYS] = dt.max_c, dt.min_c, dt.hysteresis_k
+        par[kn.P_BAL_START] = b.start_cell_v
+        par[kn.P_BAL_DELTA] = b.delta_mv * 1e-3
+        par[kn.P_BAL_I] = b.current_ma * 1e-3
+        self._par = par
+        # what each switch may do, as the kernels read it (row 0 charge, row 1 discharge)
+        self._allow = np.zeros((2, count), dtype=bool)
         self._refresh()
 
     def _refresh(self) -> None:
+        """Recompute the switch permissions. They are new arrays each time, so a caller
+        holding the previous ones (the master's last report) keeps a consistent snapshot."""
         enabled = ~self.forced_off & self.admitted
         self._allow_charge = ~(self.tripped & self.blocks_charge).any(axis=0) & enabled
         self._allow_discharge = ~(self.tripped & self.blocks_discharge).any(axis=0) & enabled
         self._all_closed = bool(self._allow_charge.all() and self._allow_discharge.all())
+        self._allow[0] = self._allow_charge
+        self._allow[1] = self._allow_discharge
 
     # -- what the switch may do ---------------------------------------------------------------
     def allow_charge(self) -> np.ndarray:
@@ -98,36 +127,13 @@ class BmsArray:
         """Every switch may conduct both ways (the common case the solver can shortcut)."""
         return self._all_closed
 
-    def _current_conditions(self, i: np.ndarray) -> None:
-        p = self.spec.protections
-        self._trip[2] = i > p.charge_overcurrent.threshold_a
-        self._trip[3] = i < -p.discharge_overcurrent.threshold_a
-        self._trip[4] = i < -p.short_circuit.threshold_a
-
-    def _conditions(self, x: BmsInputs) -> None:
-        """Fill the (protection x module) trip and release condition arrays."""
-        p = self.spec.protections
-        vmax, vmin = x.cell_v.max(axis=1), x.cell_v.min(axis=1)
-        t, i = x.temperature_c, x.current_a
-        ct, dt = p.charge_temperature, p.discharge_temperature
-        trip, release = self._trip, self._release
-        trip[0] = vmax > p.cell_overvoltage.threshold_v
-        trip[1] = vmin < p.cell_undervoltage.threshold_v
-        trip[2] = i > p.charge_overcurrent.threshold_a
-        trip[3] = -i > p.discharge_overcurrent.threshold_a
-        trip[4] = -i > p.short_circuit.threshold_a
-        charging = i > 0.5
-        trip[5] = (t > ct.max_c) & charging
-        trip[6] = (t < ct.min_c) & charging
-        trip[7] = t > dt.max_c
-        trip[8] = t < dt.min_c
-        release[0] = vmax < p.cell_overvoltage.release_v
-        release[1] = vmin > p.cell_undervoltage.release_v
-        release[2:5] = False
-        release[5] = t < ct.max_c - ct.hysteresis_k
-        release[6] = t > ct.min_c + ct.hysteresis_k
-        release[7] = t < dt.max_c - dt.hysteresis_k
-        release[8] = t > dt.min_c + dt.hysteresis_k
+    def permissions_changed(self) -> bool:
+        """After a step in which a protection tripped or released: refresh the permissions and
+        say whether any switch may now do something different."""
+        before = (self._allow_charge, self._allow_discharge)
+        self._refresh()
+        return not (np.array_equal(before[0], self._allow_charge)
+                    and np.array_equal(before[1], self._allow_discharge))
 
     def step(self, dt: float, x: BmsInputs, rows: np.ndarray | None = None) -> bool:
         """Advance the debounce timers of ``rows`` (all protections by default) by dt.
@@ -137,50 +143,17 @@ class BmsArray:
         of milliseconds: the twin does the same (FAST_ROWS every step, SLOW_ROWS on the slow
         path). Returns True if any switch permission changed.
         """
-        if rows is FAST_ROWS:
-            self._current_conditions(x.current_a)
-        else:
-            self._conditions(x)
-        sel = slice(None) if rows is None else rows
-        trip, release = self._trip[sel], self._release[sel]
-        tripped, timer = self.tripped[sel], self.timer[sel]
-        changed = False
-        running = trip & ~tripped
-        if running.any():
-            timer = np.where(running, timer + dt, 0.0)
-            fire = running & (timer >= self.delay[sel] - 1e-12)
-            if fire.any():
-                tripped = tripped | fire
-                self.trip_count[sel] += fire
-                age = self.trip_age[sel]
-                age[fire] = 0.0
-                self.trip_age[sel] = age
-                timer[fire] = 0.0
-                changed = True
-            self.timer[sel] = timer
-        elif timer.any():
-            self.timer[sel] = 0.0
-        if tripped.any():
-            age = np.where(tripped, self.trip_age[sel] + dt, 0.0)
-            self.trip_age[sel] = age
-            released = tripped & ((release & (age > dt)) | (age >= self.recovery[sel]))
-            if released.any():
-                tripped = tripped & ~released
-                changed = True
-        self.tripped[sel] = tripped
-        if not changed:
-            return False
-        before = (self._allow_charge, self._allow_discharge)
-        self._refresh()
-        return not (np.array_equal(before[0], self._allow_charge)
-                    and np.array_equal(before[1], self._allow_discharge))
+        fast = rows is FAST_ROWS
+        changed = kn.bms_step(kn.rows_mask(rows), fast, float(dt),
+                              np.ascontiguousarray(x.cell_v, dtype=float),
+                              np.ascontiguousarray(x.current_a, dtype=float),
+                              np.ascontiguousarray(x.temperature_c, dtype=float),
+                              self._state_f, self._state_b, self.trip_count, self._par)
+        return bool(changed) and self.permissions_changed()
 
     def time_to_next_trip(self) -> float:
         """Shortest time until a running debounce timer expires (inf if none runs)."""
-        running = self.timer > 0
-        if not running.any():
-            return np.inf
-        return max(float(np.min(np.where(running, self.delay - self.timer, np.inf))), 0.0)
+        return kn.bms_time_to_next_trip(self._state_f, self._par)
 
     def balance_currents(self, cell_v: np.ndarray, charging: np.ndarray) -> np.ndarray:
         """Passive balancing: bleed cells above the start voltage and above the lowest cell.
@@ -188,9 +161,5 @@ class BmsArray:
         Returns bleed current per cell (A). Balancing runs while charging or at rest, as most
         4S/16S boards do.
         """
-        b = self.spec.balancing
-        lowest = cell_v.min(axis=1, keepdims=True)
-        active = ((cell_v > b.start_cell_v) & (cell_v - lowest > b.delta_mv * 1e-3)
-                  & charging[:, None])
-        self.balancing = active
-        return active * (b.current_ma * 1e-3)
+        return kn.bms_balance(np.ascontiguousarray(cell_v, dtype=float),
+                              np.ascontiguousarray(charging, dtype=bool), self.balancing, self._par)

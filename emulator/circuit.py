@@ -15,7 +15,8 @@ solves, checks the region against the result and solves again.
 Kirchhoff's current law gives  A^T diag(g) A v = A^T s  with A the branch-node incidence
 matrix (ground column removed). The matrix only changes when a conductance does (a switch, a new
 time step, a temperature update), so its LU factors are cached and most steps cost one
-triangular solve.
+triangular solve -- over the factors' nonzeros only, in a compiled kernel
+(emulator/kernels.py) that the twin's step kernel also calls on this solver's arrays.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg.lapack import dgetrf, dgetrs
+
+from emulator import kernels as kn
 
 GROUND = "bank-"
-G_MIN = 1e-9  # S from every node to ground, as SPICE's gmin: keeps floating nodes solvable
+G_MIN = kn.G_MIN  # S from every node to ground, as SPICE's gmin: keeps floating nodes solvable
 
 
 @dataclass
@@ -63,31 +65,35 @@ class Netlist:
 
 
 class MnaSolver:
-    """Solves the nodal equations for given branch (g, s), reusing LU factors while g is unchanged."""
+    """Solves the nodal equations for given branch (g, s), reusing LU factors while g is unchanged.
+
+    The factors, their nonzero pattern and the last solution live in arrays that the twin's
+    step kernel updates in place (``branches`` rows are g, s, branch voltage, branch current
+    and the factored g).
+    """
 
     def __init__(self, netlist: Netlist):
         self.incidence = netlist.incidence()
         self.incidence_t = np.ascontiguousarray(self.incidence.T)
-        self._factored_g: np.ndarray | None = None
-        self._lu: tuple[np.ndarray, np.ndarray] | None = None
-        self.factorisations = 0
+        nodes, count = len(netlist.node_names) - 1, len(netlist.branch_names)
+        self.branch_a = np.array(netlist.branch_a, dtype=np.int64)
+        self.branch_b = np.array(netlist.branch_b, dtype=np.int64)
+        self.branches = np.zeros((kn.B_ROWS, count))
+        self.v_nodes = np.zeros(nodes + 1)           # ground first, always 0
+        self.lu = np.zeros((nodes, nodes))
+        self.lu_meta = np.zeros(kn.lu_meta_size(nodes), dtype=np.int64)
+        self.factored = np.zeros(2, dtype=np.int64)  # [factors valid, factorisations so far]
 
-    def _factor(self, g: np.ndarray) -> None:
-        matrix = self.incidence_t @ (g[:, None] * self.incidence)
-        matrix[np.diag_indices_from(matrix)] += G_MIN
-        lu, piv, info = dgetrf(matrix)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"singular nodal matrix (LAPACK info {info})")
-        self._lu = (lu, piv)
-        self._factored_g = g.copy()
-        self.factorisations += 1
+    @property
+    def factorisations(self) -> int:
+        return int(self.factored[1])
 
     def solve(self, g: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return (node voltages incl. ground, branch voltages v_a - v_b, branch currents)."""
-        if self._factored_g is None or not np.array_equal(g, self._factored_g):
-            self._factor(g)
-        assert self._lu is not None
-        nodes, _ = dgetrs(self._lu[0], self._lu[1], self.incidence_t @ s)
-        branch_v = self.incidence @ nodes
-        branch_i = g * branch_v - s
-        return np.concatenate(([0.0], nodes)), branch_v, branch_i
+        self.branches[kn.B_G] = g
+        self.branches[kn.B_S] = s
+        info = kn.mna_solve(self.branches, self.branch_a, self.branch_b, self.lu, self.lu_meta,
+                            self.v_nodes, self.factored)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"singular nodal matrix (pivot {info})")
+        return self.v_nodes.copy(), self.branches[kn.B_V].copy(), self.branches[kn.B_I].copy()

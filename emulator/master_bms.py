@@ -4,6 +4,13 @@ It decides which modules are *online* (still talking), which are *accepted* (adm
 close enough to join, firmware matching), and reports combined limits and capacity from those
 only. Comm-loss behaviour and what counts in the totals come from the firmware profile, so a
 good release and a candidate with regressions differ only in their files (004).
+
+Each report period :meth:`MasterBms.update` makes the master's decisions (which modules are
+seen, admitted, whether the inverter's heartbeat is lost, whether to open the main contactor)
+and keeps a snapshot of what it saw; the :class:`MasterReport` it publishes is built from that
+snapshot only when someone reads ``report`` (CAN, SunSpec, a test) and is then the same object
+until the next update. A twin running hours of bench time at one-second steps with nobody
+listening so never pays for the lists and sums of a report.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emulator import kernels as kn
 from emulator.config.firmware import FirmwareProfile
 from emulator.config.module_type import ModuleLimits
 
@@ -57,6 +65,20 @@ class MasterReport:
     excluded: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Tick:
+    """What the master saw and decided at one update: enough to build that update's report."""
+
+    now: float
+    views: ModuleViews
+    refused: np.ndarray
+    accepted: np.ndarray
+    online: np.ndarray
+    supervised: bool
+    heartbeat_lost: bool
+    frozen: MasterReport | None
+
+
 class MasterBms:
     def __init__(self, profile: FirmwareProfile, modules: list[str], branch_of: dict[str, str],
                  series: int, module_limits: ModuleLimits):
@@ -73,30 +95,47 @@ class MasterBms:
         self.branch_peer = np.array([int(b[1:].split("p")[0]) - 1 if b.startswith("s") else 0
                                      for b in branches])
         count = len(modules)
+        self._names = np.array(modules)
         self.accepted = np.ones(count, dtype=bool)
         self.ok_since = np.full(count, np.nan)
         self.last_seen = np.zeros(count)
         self.last_heartbeat: float | None = None
         self.deaf_from: float | None = None
-        self.report = MasterReport()
+        self._tick: _Tick | None = None       # the latest update's snapshot
+        self._report: MasterReport | None = None  # its report, once built
+        self._heartbeat_lost = False          # what the latest report says
         self._frozen: MasterReport | None = None
+        self._refused_key: list[str] | None = None
+        self._refused = np.zeros(count, dtype=bool)
         self.open_main_request = False
         self.events: list[tuple[float, str]] = []
+
+    @property
+    def report(self) -> MasterReport:
+        """What the master publishes, as of its latest update (built on first read)."""
+        if self._report is None:
+            self._report = MasterReport() if self._tick is None else self._build_report(self._tick)
+        return self._report
 
     # -- inputs ---------------------------------------------------------------------------------
     def heartbeat(self, now: float) -> None:
         """The inverter's keep-alive arrived (unless the BMS has gone deaf to it)."""
         if self.deaf_from is not None and now >= self.deaf_from:
             return
-        if self.report.heartbeat_lost and self.profile.heartbeat.recover:
+        if self._heartbeat_lost and self.profile.heartbeat.recover:
             self.events.append((now, "heartbeat restored"))
             self.open_main_request = False
         self.last_heartbeat = now
 
     def _firmware_refused(self, views: ModuleViews) -> np.ndarray:
-        if self.profile.admission.firmware_mismatch != "exclude":
-            return np.zeros(len(self.modules), dtype=bool)
-        return np.array([fw != self.profile.version for fw in views.firmware])
+        """Modules excluded for their firmware version (cached while the versions are the same)."""
+        if views.firmware != self._refused_key:
+            self._refused_key = list(views.firmware)
+            if self.profile.admission.firmware_mismatch != "exclude":
+                self._refused = np.zeros(len(self.modules), dtype=bool)
+            else:
+                self._refused = np.array([fw != self.profile.version for fw in views.firmware])
+        return self._refused
 
     def _branch_deltas(self, views: ModuleViews, reference_mask: np.ndarray) -> np.ndarray:
         """Per module: |its branch's voltage - the mean of its peers in reference_mask| per module."""
@@ -121,12 +160,20 @@ class MasterBms:
         self.accepted = ~far[self.branch_index] & ~self._firmware_refused(views)
 
     # -- periodic -------------------------------------------------------------------------------
-    def update(self, now: float, views: ModuleViews) -> MasterReport:
+    def update(self, now: float, views: ModuleViews) -> None:
+        """One report period: who is seen, who is admitted, heartbeat supervision.
+
+        The views must not change afterwards (the twin passes fresh arrays, and the switch
+        permissions, which the BMS replaces rather than edits): the report is built from them
+        when read.
+        """
         prof = self.profile
         refused = self._firmware_refused(views)
-        self.last_seen = np.where(views.silent, self.last_seen, now)
-        waiting = ~self.accepted & ~refused
-        if waiting.any():
+        online = np.empty(len(self.modules), dtype=bool)  # kept by this update's snapshot
+        waiting_any = kn.master_seen(float(now), float(prof.slave.timeout_s), views.silent,
+                                     self.last_seen, self.accepted, refused, online)
+        if waiting_any:
+            waiting = ~self.accepted & ~refused
             # compare the module's own report with its accepted peers' reports, near rest only
             at_rest = abs(float(views.current_a.sum())) / self.series <= prof.admission.max_bank_current_a
             delta = self._branch_deltas(views, self.accepted & ~views.silent)
@@ -137,15 +184,49 @@ class MasterBms:
             for k in np.flatnonzero(admit):
                 self.accepted[k] = True
                 self.events.append((now, f"{self.modules[k]} admitted"))
-        online = now - self.last_seen < prof.slave.timeout_s
-        counted_cap = self.accepted & (online | (not prof.slave.drop_capacity))
-        counted_lim = self.accepted & (online | (not prof.slave.drop_limits))
-        names = np.array(self.modules)
+        supervised, lost = self._supervise_heartbeat(now)
+        self._tick = _Tick(now, views, refused, self.accepted.copy(), online, supervised, lost,
+                           self._frozen)
+        self._report = None
+        self._heartbeat_lost = lost
+
+    def _supervise_heartbeat(self, now: float) -> tuple[bool, bool]:
+        """Heartbeat state at this update: (supervised, lost); events and the contactor request.
+
+        On the update where the heartbeat is found lost, the previous report is kept as the
+        frozen one (firmware that keeps its last limits publishes those).
+        """
+        hb = self.profile.heartbeat
+        last = self.last_heartbeat
+        if last is None and hb.from_power_up:
+            last = 0.0
+        if not hb.supervise or last is None:
+            self._frozen = None
+            return False, False
+        lost = now - last > hb.timeout_s
+        if lost and not self._heartbeat_lost:
+            self.events.append((now, f"inverter heartbeat lost ({hb.on_loss})"))
+            self._frozen = self.report  # the previous update's report
+        if not lost and not hb.recover and self._heartbeat_lost:
+            lost = True  # latched until power cycle
+        if not lost:
+            self._frozen = None
+            return True, False
+        if not (hb.on_loss == "keep_last" and self._frozen is not None):
+            self.open_main_request = hb.on_loss == "open_contactor"
+        return True, True
+
+    def _build_report(self, tick: _Tick) -> MasterReport:
+        """The report of one update, from its snapshot."""
+        prof, views = self.profile, tick.views
+        accepted, online, names = tick.accepted, tick.online, self._names
+        counted_cap = accepted & (online | (not prof.slave.drop_capacity))
+        counted_lim = accepted & (online | (not prof.slave.drop_limits))
         r = MasterReport()
         r.counted = [str(x) for x in names[counted_cap]]
-        r.pending = [str(x) for x in names[~self.accepted]]
+        r.pending = [str(x) for x in names[~accepted]]
         r.offline = [str(x) for x in names[~online]]
-        r.excluded = [str(x) for x in names[refused]]
+        r.excluded = [str(x) for x in names[tick.refused]]
         r.modules_online = int(online.sum())
         r.modules_offline = len(self.modules) - r.modules_online
         r.modules_pending = len(r.pending)
@@ -165,38 +246,20 @@ class MasterBms:
         r.charge_current_limit_a = self._quantise(self._bank_sum(charge))
         r.discharge_current_limit_a = self._quantise(self._bank_sum(discharge))
         r.comm_alarm = bool(r.offline) and prof.slave.alarm
-        self._supervise_heartbeat(now, r)
+        if tick.supervised:
+            hb = prof.heartbeat
+            r.heartbeat_lost = tick.heartbeat_lost
+            if tick.heartbeat_lost:
+                r.comm_alarm = r.comm_alarm or hb.alarm
+                if hb.on_loss == "keep_last" and tick.frozen is not None:
+                    r.charge_current_limit_a = tick.frozen.charge_current_limit_a
+                    r.discharge_current_limit_a = tick.frozen.discharge_current_limit_a
+                else:
+                    r.charge_current_limit_a = 0.0
+                    r.discharge_current_limit_a = 0.0
         r.charge_enable = r.charge_current_limit_a > 0
         r.discharge_enable = r.discharge_current_limit_a > 0
-        self.report = r
         return r
-
-    def _supervise_heartbeat(self, now: float, r: MasterReport) -> None:
-        hb = self.profile.heartbeat
-        last = self.last_heartbeat
-        if last is None and hb.from_power_up:
-            last = 0.0
-        if not hb.supervise or last is None:
-            self._frozen = None
-            return
-        lost = now - last > hb.timeout_s
-        if lost and not self.report.heartbeat_lost:
-            self.events.append((now, f"inverter heartbeat lost ({hb.on_loss})"))
-            self._frozen = self.report
-        if not lost and not hb.recover and self.report.heartbeat_lost:
-            lost = True  # latched until power cycle
-        r.heartbeat_lost = lost
-        if not lost:
-            self._frozen = None
-            return
-        r.comm_alarm = r.comm_alarm or hb.alarm
-        if hb.on_loss == "keep_last" and self._frozen is not None:
-            r.charge_current_limit_a = self._frozen.charge_current_limit_a
-            r.discharge_current_limit_a = self._frozen.discharge_current_limit_a
-        else:
-            r.charge_current_limit_a = 0.0
-            r.discharge_current_limit_a = 0.0
-            self.open_main_request = hb.on_loss == "open_contactor"
 
     def _bank_sum(self, per_module: np.ndarray) -> float:
         """Parallel modules add; the weakest series position limits the bank."""

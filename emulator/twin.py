@@ -12,6 +12,13 @@ are per cell.
 What a bench can see is offered through the bench methods (supply, load, contactors,
 probes between named nodes, branch shunts, thermocouples) and the master BMS report; the
 internal state is public for inspection (``hil simulate``) but checks should not read it.
+
+Speed: the arithmetic of a step (solve, regions, RC pairs, accumulators, energy, fuses, BMS
+comparators) and of the slow path runs in compiled kernels (emulator/kernels.py) on packed
+arrays; the public state arrays (``v_rc1``, ``r_series``, ``branch_i``, ``cell_soc`` ...) are
+views of those, updated in place (keep them by reference, change them by item, never rebind
+them). Python handles what is rare and stateful -- events, trips, fuse blows, welding,
+scheduled faults, master ticks -- from the flags the kernels return.
 """
 
 from __future__ import annotations
@@ -22,18 +29,20 @@ from typing import Callable
 
 import numpy as np
 
-from emulator.bms import FAST_ROWS, SLOW_ROWS, BmsArray, BmsInputs
+from emulator import kernels as kn
+from emulator.bms import BmsArray, BmsInputs
 from emulator.circuit import MnaSolver
 from emulator.clock import VirtualClock
 from emulator.conductors import temperature_factor
 from emulator.config.loading import BankSpec
 from emulator.master_bms import MasterBms, ModuleViews
-from emulator.ocv import SOC_MARGIN, cell_ocv
+from emulator.ocv import OCV_POINTS, SOC_MARGIN, SOC_POINTS, cell_ocv
 from emulator.thermal import ThermalNetwork
 from emulator.topology import build_layout, module_series_resistance
 
-G_OFF = 1e-7           # S, an open contactor, blown fuse or off MOSFET (10 Mohm)
-FET_ON, FET_OFF, FET_CLAMP_POS, FET_CLAMP_NEG, FET_FAILED = 0, 1, 2, 3, 4
+G_OFF = kn.G_OFF        # S, an open contactor, blown fuse or off MOSFET (10 Mohm)
+FET_ON, FET_OFF, FET_CLAMP_POS, FET_CLAMP_NEG, FET_FAILED = (
+    kn.FET_ON, kn.FET_OFF, kn.FET_CLAMP_POS, kn.FET_CLAMP_NEG, kn.FET_FAILED)
 FET_STATE_NAMES = {FET_ON: "on", FET_OFF: "off", FET_CLAMP_POS: "avalanche",
                    FET_CLAMP_NEG: "avalanche", FET_FAILED: "failed_short"}
 SECONDS_PER_MONTH = 30 * 86400.0
@@ -41,6 +50,12 @@ FUSE_CONTINUOUS = 1.1   # a fuse carries 110 % of its rating indefinitely
 FUSE_MELT_S = 20.0      # melt integral in units of rating^2 * s (time-delay fuse)
 WELD_WINDOW_S = 0.01    # contacts bounce for ~10 ms after closing; a surge then welds them
 SLOW_STEP_S = 0.05      # SOC, balancing and temperatures are integrated at most this often
+_EV_PWL, _EV_FAILED, _EV_CLAMPING, _EV_MELT, _EV_BMS, _EV_SLOW_DUE, _EV_RESISTIVE, _EV_SINGULAR = (
+    kn.EV_PWL, kn.EV_FAILED, kn.EV_CLAMPING, kn.EV_MELT, kn.EV_BMS, kn.EV_SLOW_DUE,
+    kn.EV_RESISTIVE, kn.EV_SINGULAR)
+_EV_RARE = _EV_FAILED | _EV_MELT | _EV_BMS
+_SUPPLY_CODE = {name: code for code, name in enumerate(kn.SUPPLY_REGIONS)}
+_LOAD_CODE = {name: code for code, name in enumerate(kn.LOAD_REGIONS)}
 
 
 @dataclass
@@ -81,7 +96,11 @@ class Peaks:
 
 @dataclass
 class Energy:
-    """Energy accounts in joules, for the energy-balance test and for inspection."""
+    """Energy accounts in joules, for the energy-balance test and for inspection.
+
+    The step kernels accumulate into the twin's scalar array; ``Twin.energy`` copies the
+    accounts into this object when it is read.
+    """
 
     supply_in: float = 0.0
     load_out: float = 0.0
@@ -110,6 +129,15 @@ class Twin:
         self.module_index = {m: k for k, m in enumerate(self.modules)}
         n, cells = len(self.modules), mt.cells_in_series
         self.cells = cells
+        # scalars and flags shared with the kernels
+        self._sc = np.zeros(kn.S_SIZE)
+        self._sc[kn.S_RC_DT] = np.nan
+        self._sc[kn.S_CELLS] = cells
+        self._sc[kn.S_SOC_MIN], self._sc[kn.S_SOC_MAX] = -SOC_MARGIN, 1.0 + SOC_MARGIN
+        self._sc[kn.S_SLOW_STEP] = SLOW_STEP_S
+        self._bench_sent: tuple | None = None  # supply and load settings the kernels last got
+        self._flags = np.zeros(kn.I_SIZE, dtype=np.int64)
+        self._flags[kn.I_FETS_ALL_ON] = 1
         # identities
         self.serials: dict[str, str] = {}
         self.firmware: dict[str, str] = {}
@@ -118,48 +146,66 @@ class Twin:
             self.serials[m] = (entry.serial if entry and entry.serial
                                else f"{spec.dut.serial_prefix}{spec.dut.batch}-{k + 1:03d}")
             self.firmware[m] = entry.firmware if entry and entry.firmware else spec.firmware.version
-        # cells and module internals
-        self.cell_soc = np.full((n, cells), spec.dut.initial_soc_pct / 100.0)
-        self.cell_capacity_as = np.full((n, cells), mt.cell.capacity_ah * 3600.0)
+        # cells and module internals (rows of the packed per-cell and per-module arrays)
+        self._cells = np.zeros((kn.C_ROWS, n, cells))
+        self._mod = np.zeros((kn.M_ROWS, n))
+        self.cell_soc = self._cells[kn.C_SOC]
+        self.cell_soc[:] = spec.dut.initial_soc_pct / 100.0
+        self.cell_capacity_as = self._cells[kn.C_CAP]
+        self.cell_capacity_as[:] = mt.cell.capacity_ah * 3600.0
+        self._cell_ocv = self._cells[kn.C_OCV]
+        self._emf = self._mod[kn.M_EMF]
         self.resistance_factor = np.ones(n)
-        self.r_series = np.full(n, module_series_resistance(spec))
-        self.r1 = np.full(n, cells * mt.cell.r1_mohm * 1e-3)
-        self.r2 = np.full(n, cells * mt.cell.r2_mohm * 1e-3)
-        self.tau1 = np.full(n, mt.cell.tau1_s)
-        self.tau2 = np.full(n, mt.cell.tau2_s)
-        self.v_rc1 = np.zeros(n)
-        self.v_rc2 = np.zeros(n)
+        self.r_series = self._mod[kn.M_RSER]
+        self.r_series[:] = module_series_resistance(spec)
+        self.r1 = self._mod[kn.M_R1]
+        self.r1[:] = cells * mt.cell.r1_mohm * 1e-3
+        self.r2 = self._mod[kn.M_R2]
+        self.r2[:] = cells * mt.cell.r2_mohm * 1e-3
+        self.tau1 = self._mod[kn.M_TAU1]
+        self.tau1[:] = mt.cell.tau1_s
+        self.tau2 = self._mod[kn.M_TAU2]
+        self.tau2[:] = mt.cell.tau2_s
+        self.v_rc1 = self._mod[kn.M_VRC1]
+        self.v_rc2 = self._mod[kn.M_VRC2]
         self.eta = mt.cell.coulombic_efficiency
         self.self_discharge_per_s = mt.cell.self_discharge_pct_per_month / 100 / SECONDS_PER_MONTH
-        self.extra_heat_w = np.zeros(n)
+        self.extra_heat_w = self._mod[kn.M_EXTRA_HEAT]
         self.silent = np.zeros(n, dtype=bool)
         # BMS switch (MOSFETs)
         fet = mt.bms.fet
-        self.fet_r_on = np.full(n, 2 * fet.rds_on_mohm * 1e-3)
+        self.fet_r_on = self._mod[kn.M_FET_RON]
+        self.fet_r_on[:] = 2 * fet.rds_on_mohm * 1e-3
         self.fet_rating_v = np.full(n, fet.vds_rating_v)
-        self.fet_clamp_v = np.full(n, fet.avalanche_clamp_v)
-        self.fet_clamp_r = np.full(n, fet.clamp_resistance_mohm * 1e-3)
-        self.fet_eas_j = np.full(n, fet.avalanche_energy_j)
-        self.fet_region = np.full(n, FET_ON)
-        self._fets_all_on = True
-        self._clamping = False
-        self._clamp_w_prev = np.zeros(n)
-        self._fet_gs_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._rc_cache: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
-        self.fet_energy_j = np.zeros(n)
+        self.fet_clamp_v = self._mod[kn.M_FET_CLAMPV]
+        self.fet_clamp_v[:] = fet.avalanche_clamp_v
+        self.fet_clamp_r = self._mod[kn.M_FET_CLAMPR]
+        self.fet_clamp_r[:] = fet.clamp_resistance_mohm * 1e-3
+        self.fet_eas_j = self._mod[kn.M_FET_EAS]
+        self.fet_eas_j[:] = fet.avalanche_energy_j
+        self.fet_region = np.full(n, FET_ON, dtype=np.int64)
+        self._clamp_w_prev = self._mod[kn.M_CLAMPW_PREV]
+        self.fet_energy_j = self._mod[kn.M_FET_E]
         self.fet_peak_v = np.zeros(n)
         self.bms = BmsArray(mt, n)
-        # branches
+        # branches (the solver's arrays: g, s, branch voltages and currents, node voltages)
         self.solver = MnaSolver(layout.netlist)
-        nb = len(layout.netlist.branch_names)
-        self.g = np.zeros(nb)
-        self.s = np.zeros(nb)
-        self.stack_idx = np.array([layout.module_stack[m] for m in self.modules])
-        self.fet_idx = np.array([layout.module_fet[m] for m in self.modules])
-        self.res_idx = np.array([r.branch for r in layout.resistive])
-        self.ind_idx = np.array([i.branch for i in layout.inductors])
-        self.ind_h = np.array([i.henry for i in layout.inductors])
-        self.ind_i = np.zeros(len(layout.inductors))
+        self.solver.factored = self._flags[kn.I_FACTORED:kn.I_FACTORISATIONS + 1]
+        branches = self.solver.branches
+        self.g, self.s = branches[kn.B_G], branches[kn.B_S]
+        self.branch_v, self.branch_i = branches[kn.B_V], branches[kn.B_I]
+        self.v_nodes = self.solver.v_nodes
+        self.stack_idx = np.array([layout.module_stack[m] for m in self.modules], dtype=np.int64)
+        self.fet_idx = np.array([layout.module_fet[m] for m in self.modules], dtype=np.int64)
+        self.res_idx = np.array([r.branch for r in layout.resistive], dtype=np.int64)
+        self.ind_idx = np.array([i.branch for i in layout.inductors], dtype=np.int64)
+        self._ind = np.zeros((2, len(layout.inductors)))
+        self.ind_h = self._ind[kn.L_H]
+        self.ind_h[:] = [i.henry for i in layout.inductors]
+        self.ind_i = self._ind[kn.L_I]
+        self._res = np.zeros((3, len(layout.resistive)))
+        self._resistive_g, self._resistive_r = self._res[kn.R_G], self._res[kn.R_R]
+        self._acc_res_i2dt = self._res[kn.R_ACC]
         self.contactor_closed = {name: True for name in layout.contactors}
         self.contactor_stuck: dict[str, str | None] = {name: None for name in layout.contactors}
         self.contactor_welded = {name: False for name in layout.contactors}
@@ -174,46 +220,93 @@ class Twin:
             names, np.array([t.heat_capacity for t in layout.thermal_nodes]),
             np.array([t.to_ambient for t in layout.thermal_nodes]), layout.thermal_links,
             spec.dut.ambient_c)
-        self._module_thermal = np.array([self.thermal.index[m] for m in self.modules])
+        self._module_thermal = np.array([self.thermal.index[m] for m in self.modules], dtype=np.int64)
         self._resistance_temperatures = self.thermal.temperature.copy()
         self._heat_matrix = np.zeros((len(names), len(layout.resistive)))
         # master
         self.master = MasterBms(spec.firmware, self.modules, layout.branch_of_module,
                                 spec.dut.series, mt.bms.limits)
         self._next_master_tick = 0.0
-        # bookkeeping
+        self._strings = layout.branches[0].startswith("p") if layout.branches else False
+        # fuses (rows: melt heat, continuous rating^2, melt integral, peak current, blown)
         self._fuse_names = list(layout.branch_lead) + ["main"]
-        self._fuse_idx = np.array([layout.branch_lead[b] for b in layout.branch_lead] + [layout.main_branch])
+        self._fuse_idx = np.array([layout.branch_lead[b] for b in layout.branch_lead]
+                                  + [layout.main_branch], dtype=np.int64)
         ratings = np.array([layout.fuses[name] for name in self._fuse_names])
-        self._fuse_continuous2 = (FUSE_CONTINUOUS * ratings) ** 2
-        self._fuse_melt = FUSE_MELT_S * ratings ** 2
-        self._fuse_heat = np.zeros(len(ratings))
-        self._fuse_blown_arr = np.zeros(len(ratings), dtype=bool)
-        self._peak_current = np.zeros(len(ratings))
+        self._fuse = np.zeros((kn.F_ROWS, len(ratings)))
+        self._fuse_heat = self._fuse[kn.F_HEAT]
+        self._fuse_continuous2 = self._fuse[kn.F_CONT2]
+        self._fuse_continuous2[:] = (FUSE_CONTINUOUS * ratings) ** 2
+        self._fuse_melt = self._fuse[kn.F_MELT]
+        self._fuse_melt[:] = FUSE_MELT_S * ratings ** 2
+        self._peak_current = self._fuse[kn.F_PEAK]
+        self._fuse_blown_arr = self._fuse[kn.F_BLOWN]  # 1.0 once blown
         self._weld_watch_until = -1.0
-        self.peaks = Peaks(self._fuse_names, self._peak_current, np.zeros(n))
-        self._acc_dt = 0.0
-        self._acc_charge = np.zeros(n)
-        self._acc_charge_raw = np.zeros(n)
-        self._acc_res_i2dt = np.zeros(len(layout.resistive))
-        self._acc_module_heat = np.zeros(n)
-        self.energy = Energy()
+        self.peaks = Peaks(self._fuse_names, self._peak_current, self._mod[kn.M_VDS_PEAK])
+        self._energy = Energy()
         self.events: list[tuple[float, str]] = []
         self.scheduled: list[tuple[float, Callable[[], None], str]] = []
         self.step_count = 0
         self._dt_next = dt_min
         self._dirty_resistive = True
-        self.v_nodes = np.zeros(len(layout.netlist.node_names))
-        self.branch_v = np.zeros(nb)
-        self.branch_i = np.zeros(nb)
+        self._rc_cache: object | None = None  # None: RC coefficients must be recomputed
         self.observers: list[Callable[["Twin", float], None]] = []
+        # what the kernels work on, in their argument order (arrays updated in place)
+        self._topo = np.concatenate([self.stack_idx, self.fet_idx, self.res_idx, self.ind_idx,
+                                     self._fuse_idx, self.solver.branch_a, self.solver.branch_b,
+                                     [layout.supply, layout.load]]).astype(np.int64)
+        self._step_args = (self._mod, self.fet_region, self.bms._allow, branches, self._res,
+                           self._ind, self._fuse, self._topo, self.solver.lu,
+                           self.solver.lu_meta, self.v_nodes, self._sc, self._flags,
+                           self.thermal.temperature, self._resistance_temperatures,
+                           self.bms._state_f, self.bms._state_b, self.bms.trip_count,
+                           self.bms._par)
+        self._slow_args = (self._mod, self._cells, self.bms.balancing, self._heat_matrix,
+                           self._res, self._module_thermal, self.thermal._rows,
+                           self.thermal.conductance, self.thermal._lu, self.thermal._lu_meta,
+                           self.thermal._scalars, self._sc, SOC_POINTS, OCV_POINTS, self.bms._state_f, self.bms._state_b,
+                           self.bms.trip_count, self.bms._par)
         apply_scenario(self, spec)
         self._refresh_chemistry()
-        self._bms_inputs = BmsInputs(np.tile(self._cell_ocv, 1), np.zeros(n),
-                                     self.thermal.temperature[self._module_thermal])
+        # what the BMS boards last sampled: cell voltages (at rest: OCV), current, temperature
+        self._cells[kn.C_V] = self._cell_ocv
+        self._mod[kn.M_TEMP] = self.thermal.temperature[self._module_thermal]
+        self._bms_inputs = BmsInputs(self._cells[kn.C_V], self._mod[kn.M_IMOD],
+                                     self._mod[kn.M_TEMP])
         self.master.startup_sync(self._module_views())
         self._apply_master_decisions()
         self._solve(self.dt_min)  # a consistent operating point at t = 0
+
+    # ================================================================== kernel scalars
+    @property
+    def eta(self) -> float:
+        """Coulombic efficiency of charging."""
+        return float(self._sc[kn.S_ETA])
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        self._sc[kn.S_ETA] = value
+
+    @property
+    def self_discharge_per_s(self) -> float:
+        return float(self._sc[kn.S_SELF_DISCHARGE])
+
+    @self_discharge_per_s.setter
+    def self_discharge_per_s(self, value: float) -> None:
+        self._sc[kn.S_SELF_DISCHARGE] = value
+
+    @property
+    def _acc_dt(self) -> float:
+        """Time accumulated since the slow path last ran."""
+        return float(self._sc[kn.S_ACC_DT])
+
+    @property
+    def energy(self) -> Energy:
+        """The energy accounts (J), as accumulated so far."""
+        e = self._energy
+        for name, value in zip(kn.ENERGY_FIELDS, self._sc[kn.E_FIRST:kn.E_FIRST + 8].tolist()):
+            setattr(e, name, value)
+        return e
 
     # ================================================================== bench: commands
     def set_supply(self, voltage_v: float, current_a: float) -> None:
@@ -256,7 +349,7 @@ class Twin:
 
     def blow_fuse(self, name: str) -> None:
         self.fuse_blown[name] = True
-        self._fuse_blown_arr[self._fuse_names.index(name)] = True
+        self._fuse_blown_arr[self._fuse_names.index(name)] = 1.0
         self._mark_resistive_dirty()
 
     def inverter_heartbeat(self) -> None:
@@ -337,10 +430,11 @@ class Twin:
     # ================================================================== time
     def advance(self, seconds: float, max_step: float = 1.0) -> None:
         """Run the bank for ``seconds`` of virtual time with internal steps <= ``max_step``."""
-        target = self.clock.now + max(seconds, 0.0)
+        clock = self.clock
+        target = clock.now + max(seconds, 0.0)
         self._refresh_chemistry()  # the caller may have set cell_soc between runs
-        while target - self.clock.now > 1e-12:
-            now = self.clock.now
+        while target - clock.now > 1e-12:
+            now = clock.now
             dt = min(self._dt_next, max_step, target - now, self._time_to_events(now))
             dt = max(dt, 1e-9)
             self._step(dt)
@@ -366,8 +460,10 @@ class Twin:
         self._dirty_resistive = True
 
     def _resistive_conductances(self) -> np.ndarray:
+        """Conductance of every resistive branch from its parts, copper at its node's
+        temperature, open if its contactor is open or its fuse blown (done in Python: rare)."""
         temps = self.thermal.temperature
-        values = np.empty(len(self.layout.resistive))
+        values = self._resistive_g
         self._heat_matrix[:] = 0.0
         for k, element in enumerate(self.layout.resistive):
             parts = dict(element.parts)
@@ -378,237 +474,79 @@ class Twin:
             open_ = ((element.contactor and not self.contactor_closed[element.contactor])
                      or (element.fuse and self.fuse_blown[element.fuse]))
             values[k] = G_OFF if open_ else 1.0 / max(sum(parts.values()), 1e-9)
-        self._resistive_g = values
-        self._resistive_r = 1.0 / values
-        self._resistance_temperatures = temps.copy()
+        np.divide(1.0, values, out=self._resistive_r)
+        self._resistance_temperatures[:] = temps
         self._dirty_resistive = False
         return values
 
-    def _fet_gs(self) -> tuple[np.ndarray, np.ndarray]:
-        region = self.fet_region
-        if self._fet_gs_cache is not None and np.array_equal(region, self._fet_gs_cache[0]):
-            return self._fet_gs_cache[1], self._fet_gs_cache[2]
-        g = np.where(region == FET_OFF, G_OFF, 1.0 / self.fet_r_on)
-        clamp = (region == FET_CLAMP_POS) | (region == FET_CLAMP_NEG)
-        g = np.where(clamp, 1.0 / self.fet_clamp_r, g)
-        sign = np.where(region == FET_CLAMP_POS, 1.0, -1.0)
-        s = np.where(clamp, sign * self.fet_clamp_v / self.fet_clamp_r, 0.0)
-        self._fet_gs_cache = (region.copy(), g, s)
-        on = (region == FET_ON) | (region == FET_FAILED)
-        self._fet_r_cond = self.fet_r_on * on
-        return g, s
-
-    def _supply_gs(self) -> tuple[float, float]:
-        sup = self.supply
-        if not sup.on or sup.region in ("off", "block"):
-            return G_OFF, 0.0
-        if sup.region == "cc":
-            return 0.0, sup.current_a
-        return 1.0 / sup.output_ohm, sup.voltage_v / sup.output_ohm
-
-    def _load_gs(self) -> tuple[float, float]:
-        ld = self.load
-        if not ld.on or ld.current_a <= 0:
-            return G_OFF, 0.0
-        if ld.region == "dropout":
-            return ld.current_a / ld.min_voltage_v, 0.0
-        return 0.0, -ld.current_a
-
-    def _assemble(self, dt: float, emf: np.ndarray) -> None:
+    def _kernel(self, mode: int, dt: float) -> int:
+        """Run the step kernel (mode 0: solve only; 1: solve and integrate the step); return
+        its EV_* bits."""
         if self._dirty_resistive:
             self._resistive_conductances()
-        elif self._acc_dt == 0.0 and np.max(np.abs(self.thermal.temperature
-                                                   - self._resistance_temperatures)) > 1.0:
-            self._resistive_conductances()  # copper warmed by more than 1 K: +0.4 % resistance
-        g, s = self.g, self.s
-        g[self.res_idx] = self._resistive_g
-        s[self.res_idx] = 0.0
-        if len(self.ind_idx):
-            g[self.ind_idx] = dt / self.ind_h
-            s[self.ind_idx] = -self.ind_i
-        if self._rc_cache is None or self._rc_cache[0] != dt:
-            a1, a2 = np.exp(-dt / self.tau1), np.exp(-dt / self.tau2)
-            r_eq = self.r_series + self.r1 * (1 - a1) + self.r2 * (1 - a2)
-            self._rc_cache = (dt, a1, a2, r_eq)
-        _, a1, a2, r_eq = self._rc_cache
-        g[self.stack_idx] = 1.0 / r_eq
-        s[self.stack_idx] = (emf + a1 * self.v_rc1 + a2 * self.v_rc2) / r_eq
-        self._a1, self._a2 = a1, a2
-        g[self.fet_idx], s[self.fet_idx] = self._fet_gs()
-        g[self.layout.supply], s[self.layout.supply] = self._supply_gs()
-        g[self.layout.load], s[self.layout.load] = self._load_gs()
+        if self._rc_cache is None:  # RC parameters changed (a fault): recompute the factors
+            self._sc[kn.S_RC_DT] = np.nan
+            self._rc_cache = True
+        sup, ld = self.supply, self.load
+        bench = (sup.on, sup.voltage_v, sup.current_a, sup.output_ohm, sup.region,
+                 ld.on, ld.current_a, ld.min_voltage_v, ld.region)
+        if bench != self._bench_sent:
+            self._send_bench(bench)
+        ev = kn.twin_step(mode, dt, *self._step_args)
+        while ev & _EV_RESISTIVE:  # copper warmed by > 1 K: +0.4 % resistance
+            self._resistive_conductances()
+            ev = kn.twin_step(mode, dt, *self._step_args)
+        if ev & _EV_SINGULAR:
+            raise np.linalg.LinAlgError("singular nodal matrix")
+        if ev & _EV_PWL:
+            fl = self._flags
+            sup.region = kn.SUPPLY_REGIONS[fl[kn.I_SUP_REGION]]
+            ld.region = kn.LOAD_REGIONS[fl[kn.I_LOAD_REGION]]
+            self._bench_sent = None
+        return ev
 
-    def _pwl_update(self, bv: np.ndarray, bi: np.ndarray) -> bool:
-        """Re-pick piecewise-linear regions from a solution; True if any changed."""
-        changed = False
-        if self.bms.all_closed() and self._fets_all_on:
-            return self._pwl_bench(bv, bi, changed)
-        v = bv[self.fet_idx]
-        i = bi[self.fet_idx]
-        allow_d, allow_c = self.bms.allow_discharge(), self.bms.allow_charge()
-        region = self.fet_region
-        new = region.copy()
-        tol = 1e-6
-        conducting_ok = ((i >= -tol) & allow_d) | ((i <= tol) & allow_c)
-        on = region == FET_ON
-        new[on & ~conducting_ok] = FET_OFF
-        want_on = (allow_d & (v > tol)) | (allow_c & (v < -tol))
-        not_on = (region == FET_OFF) | (region == FET_CLAMP_POS) | (region == FET_CLAMP_NEG)
-        candidates = not_on & ~on
-        new[candidates & want_on] = FET_ON
-        idle = candidates & ~want_on
-        new[idle & (v > self.fet_clamp_v)] = FET_CLAMP_POS
-        new[idle & (v < -self.fet_clamp_v)] = FET_CLAMP_NEG
-        new[idle & (np.abs(v) <= self.fet_clamp_v)] = FET_OFF
-        # a clamp that stopped conducting returns to off
-        new[(region == FET_CLAMP_POS) & (i < 0) & ~want_on] = FET_OFF
-        new[(region == FET_CLAMP_NEG) & (i > 0) & ~want_on] = FET_OFF
-        new[region == FET_FAILED] = FET_FAILED
-        if not np.array_equal(new, region):
-            self.fet_region = new
-            changed = True
-        self._fets_all_on = bool(np.all(self.fet_region == FET_ON))
-        return self._pwl_bench(bv, bi, changed)
-
-    def _pwl_bench(self, bv: np.ndarray, bi: np.ndarray, changed: bool) -> bool:
-        """Supply (CV / CC / blocking) and load (CC / dropout) regions."""
-        sup, k = self.supply, self.layout.supply
-        if sup.on:
-            vs, is_ = bv[k], -bi[k]  # is_ = current the supply delivers
-            region_s = sup.region
-            if region_s in ("off", "block"):
-                region_s = "cv" if vs < sup.voltage_v else "block"
-            elif region_s == "cv":
-                if is_ > sup.current_a + 1e-9:
-                    region_s = "cc"
-                elif is_ < -1e-9:
-                    region_s = "block"
-            elif region_s == "cc" and vs > sup.voltage_v + 1e-9:
-                region_s = "cv"
-            if region_s != sup.region:
-                sup.region, changed = region_s, True
-        elif sup.region != "off":
-            sup.region, changed = "off", True
-        ld, k = self.load, self.layout.load
-        if ld.on:
-            region_l = "cc" if bv[k] >= ld.min_voltage_v else "dropout"
-            if region_l != ld.region:
-                ld.region, changed = region_l, True
-        elif ld.region != "off":
-            ld.region, changed = "off", True
-        return changed
+    def _send_bench(self, bench: tuple) -> None:
+        """Hand the supply and load settings and regions to the kernels."""
+        sc, fl = self._sc, self._flags
+        (sc[kn.S_SUP_ON], sc[kn.S_SUP_V], sc[kn.S_SUP_I], sc[kn.S_SUP_OHM], supply_region,
+         sc[kn.S_LOAD_ON], sc[kn.S_LOAD_I], sc[kn.S_LOAD_MINV], load_region) = bench
+        fl[kn.I_SUP_REGION] = _SUPPLY_CODE[supply_region]
+        fl[kn.I_LOAD_REGION] = _LOAD_CODE[load_region]
+        self._bench_sent = bench
 
     def _solve(self, dt: float) -> bool:
-        any_change = False
-        for _ in range(30):
-            self._assemble(dt, self._emf)
-            self.v_nodes, self.branch_v, self.branch_i = self.solver.solve(self.g, self.s)
-            if not self._pwl_update(self.branch_v, self.branch_i):
-                break
-            any_change = True
-        return any_change
+        """Solve the circuit for a step of dt, re-picking regions; True if any changed."""
+        return bool(self._kernel(0, dt) & _EV_PWL)
 
     def _refresh_chemistry(self) -> None:
         """Recompute cell OCVs and module EMFs from SOC (done on the slow path)."""
-        self._cell_ocv = cell_ocv(self.cell_soc)
-        self._emf = self._cell_ocv.sum(axis=1)
+        kn.refresh_chemistry(self._cells, self._mod, SOC_POINTS, OCV_POINTS)
 
-    def _slow_path(self) -> None:
+    def _slow_path(self, with_bms: bool = False) -> bool:
         """Apply what changes slowly -- SOC, balancing, temperatures -- over the accumulated time.
 
         Electrical transients need microsecond steps, but SOC and temperature move over
         seconds to hours; integrating them at most every SLOW_STEP_S (exactly, from the
         accumulated charge and heat) keeps a 10 us transient cheap without losing accuracy.
+        With ``with_bms`` the BMS boards then sample cell voltages and temperatures and run
+        their voltage and temperature protections over the same span; returns True if one of
+        them tripped or released.
         """
-        span = self._acc_dt
-        if span <= 0:
-            return
-        i_avg = self._acc_charge_raw / span
-        cell_v = self._cell_ocv + ((i_avg * self.r_series + self.v_rc1 + self.v_rc2) / self.cells)[:, None]
-        bleed = self.bms.balance_currents(cell_v, i_avg > -0.5)
-        self.cell_soc += (self._acc_charge[:, None] - bleed * span) / self.cell_capacity_as
-        self.cell_soc -= self.self_discharge_per_s * span
-        np.clip(self.cell_soc, -SOC_MARGIN, 1.0 + SOC_MARGIN, out=self.cell_soc)
-        bleed_w = (bleed * cell_v).sum(axis=1)
-        self.energy.balancing += float(bleed_w.sum()) * span
-        heat = self._heat_matrix @ self._acc_res_i2dt
-        heat[self._module_thermal] += self._acc_module_heat + bleed_w * span + self.extra_heat_w * span
-        self.thermal.step(span, heat / span)
-        self._acc_dt = 0.0
-        self._acc_charge[:] = 0.0
-        self._acc_charge_raw[:] = 0.0
-        self._acc_res_i2dt[:] = 0.0
-        self._acc_module_heat[:] = 0.0
-        self._refresh_chemistry()
+        ev = kn.twin_slow(with_bms, *self._slow_args)
+        if ev & _EV_SINGULAR:
+            raise np.linalg.LinAlgError("singular thermal matrix")
+        return bool(ev & _EV_BMS)
 
     def _step(self, dt: float) -> None:
-        regions_before = self.fet_region.copy()
-        switched = self._solve(dt)
+        ev = self._kernel(1, dt)
+        switched = bool(ev & _EV_PWL)
         now = self.clock.now + dt
-        bi, bv = self.branch_i, self.branch_v
-        i_mod = bi[self.stack_idx]
-        i_fet = bi[self.fet_idx]
-        # -- RC pairs and inductors (exact for a current held over the step)
-        self.v_rc1 = self._a1 * self.v_rc1 + self.r1 * (1 - self._a1) * i_mod
-        self.v_rc2 = self._a2 * self.v_rc2 + self.r2 * (1 - self._a2) * i_mod
-        if len(self.ind_idx):
-            self.ind_i = bi[self.ind_idx]
-        # -- charge and heat, accumulated for the slow path
-        effective = np.where(i_mod > 0, self.eta * i_mod, i_mod)
-        self._acc_dt += dt
-        self._acc_charge += effective * dt
-        self._acc_charge_raw += i_mod * dt
-        res_i2 = bi[self.res_idx] ** 2
-        self._acc_res_i2dt += res_i2 * dt
-        rc_w = self.v_rc1 ** 2 / self.r1 + self.v_rc2 ** 2 / self.r2
-        fet_w = i_fet * i_fet * self._fet_r_conducting()
-        vds = bv[self.fet_idx]
-        clamping = (self.fet_region == FET_CLAMP_POS) | (self.fet_region == FET_CLAMP_NEG)
-        clamp_w = np.abs(vds * i_fet) * clamping
-        self._acc_module_heat += (i_mod * i_mod * self.r_series + rc_w + fet_w + clamp_w) * dt
-        # -- MOSFET avalanche and peaks
-        np.maximum(self.peaks.vds_v, np.abs(vds), out=self.peaks.vds_v)
-        if clamping.any():
-            # trapezoid over the step where the clamp already conducted at its start
-            energy = np.where(self._clamp_w_prev > 0, 0.5 * (clamp_w + self._clamp_w_prev), clamp_w) * dt
-            self.fet_energy_j += energy
-            self.energy.clamp += float(energy.sum())
-            self._clamping = True
-            failed = clamping & (self.fet_energy_j > self.fet_eas_j)
-            if failed.any():
-                self.fet_region[failed] = FET_FAILED
-                for k in np.flatnonzero(failed):
-                    self.events.append((now, f"{self.modules[k]} MOSFET failed short after "
-                                             f"{self.fet_energy_j[k]:.2f} J avalanche"))
-                switched = True
-        # -- energy accounts
-        e = self.energy
-        k_sup, k_load = self.layout.supply, self.layout.load
-        e.supply_in -= bv[k_sup] * bi[k_sup] * dt
-        e.load_out += bv[k_load] * bi[k_load] * dt
-        e.chemical += float(self._emf @ effective) * dt
-        e.coulombic_loss += float(self._emf @ (i_mod - effective)) * dt
-        e.joule += float(res_i2 @ self._resistive_r + i_mod @ (i_mod * self.r_series)
-                         + fet_w.sum()) * dt
-        e.rc_loss += float(rc_w.sum()) * dt
-        self._clamp_w_prev = clamp_w
-        # -- fuses, contactor welding, current peaks
-        switched |= self._fuses_and_contactors(dt, now)
-        # -- BMS boards: current comparators every step, voltages and temperatures sampled
-        self._bms_inputs.current_a = i_mod
-        if self.bms.step(dt, self._bms_inputs, FAST_ROWS):
-            switched = True
-            self.events.append((now, "BMS switch permissions changed: "
-                                + self._describe_bms_trips()))
+        if ev & _EV_RARE or now <= self._weld_watch_until:
+            switched |= self._step_events(ev, now)
         self.clock.advance_to(now)
         self.step_count += 1
-        if self._acc_dt >= SLOW_STEP_S or switched:
-            span = self._acc_dt
-            self._slow_path()
-            cell_v = self._cell_ocv + ((i_mod * self.r_series + self.v_rc1 + self.v_rc2)
-                                       / self.cells)[:, None]
-            self._bms_inputs = BmsInputs(cell_v, i_mod, self.thermal.temperature[self._module_thermal])
-            if self.bms.step(span, self._bms_inputs, SLOW_ROWS):
+        if ev & _EV_SLOW_DUE or switched:
+            if self._slow_path(with_bms=True) and self.bms.permissions_changed():
                 switched = True
                 self.events.append((now, "BMS switch permissions changed: "
                                     + self._describe_bms_trips()))
@@ -622,44 +560,55 @@ class Twin:
             self.master.update(now, self._module_views())
             switched |= self._apply_master_decisions()
             self._next_master_tick = now + self.spec.firmware.report_period_s
-        switched |= not np.array_equal(regions_before, self.fet_region)
-        if switched or self._clamping:
+        if switched or ev & _EV_CLAMPING:
             # an avalanche lasts microseconds: hold the smallest step until the clamp lets go
             self._dt_next = self.dt_min
         else:
             self._dt_next *= self.growth
-        self._clamping = False
         for observer in self.observers:
             observer(self, dt)
 
-    def _fet_r_conducting(self) -> np.ndarray:
-        self._fet_gs()
-        return self._fet_r_cond
-
-    def _fuses_and_contactors(self, dt: float, now: float) -> bool:
-        amps = np.abs(self.branch_i[self._fuse_idx])
-        np.maximum(self._peak_current, amps, out=self._peak_current)
-        heat = self._fuse_heat + (amps * amps - self._fuse_continuous2) * dt
-        np.maximum(heat, 0.0, out=self._fuse_heat)
-        changed = False
-        melting = (self._fuse_heat > self._fuse_melt) & ~self._fuse_blown_arr
-        if melting.any():
-            for j in np.flatnonzero(melting):
-                name = self._fuse_names[j]
-                self.fuse_blown[name] = True
-                self._fuse_blown_arr[j] = True
-                self.events.append((now, f"fuse {name} ({self.layout.fuses[name]:.0f} A) blown "
-                                         f"at {amps[j]:.0f} A"))
-            self._mark_resistive_dirty()
-            changed = True
+    def _step_events(self, ev: int, now: float) -> bool:
+        """What a step's kernel flagged, in order: MOSFET failures, blown fuses, contactor
+        welding, BMS over-current permissions. Returns True if the circuit switched."""
+        switched = False
+        if ev & _EV_FAILED:
+            for k in np.flatnonzero(self._mod[kn.M_FAILED_NOW]):
+                self.events.append((now, f"{self.modules[k]} MOSFET failed short after "
+                                         f"{self.fet_energy_j[k]:.2f} J avalanche"))
+            switched = True
+        if ev & _EV_MELT:
+            self._blow_melted_fuses(now)
+            switched = True
         if now <= self._weld_watch_until:
-            weld = self.spec.dut.protection.contactor_weld_a
-            for j, name in enumerate(self._fuse_names):
-                since = now - self.contactor_closed_at[name]
-                if 0 <= since <= WELD_WINDOW_S and amps[j] > weld and not self.contactor_welded[name]:
-                    self.contactor_welded[name] = True
-                    self.events.append((now, f"contactor {name} welded by {amps[j]:.0f} A surge"))
-        return changed
+            self._weld_contactors(now)
+        if ev & _EV_BMS and self.bms.permissions_changed():
+            switched = True
+            self.events.append((now, "BMS switch permissions changed: "
+                                + self._describe_bms_trips()))
+        return switched
+
+    def _blow_melted_fuses(self, now: float) -> None:
+        """Fuses whose melt integral the kernel found exceeded open (events, then re-solve)."""
+        amps = np.abs(self.branch_i[self._fuse_idx])
+        melting = (self._fuse_heat > self._fuse_melt) & (self._fuse_blown_arr == 0.0)
+        for j in np.flatnonzero(melting):
+            name = self._fuse_names[j]
+            self.fuse_blown[name] = True
+            self._fuse_blown_arr[j] = 1.0
+            self.events.append((now, f"fuse {name} ({self.layout.fuses[name]:.0f} A) blown "
+                                     f"at {amps[j]:.0f} A"))
+        self._mark_resistive_dirty()
+
+    def _weld_contactors(self, now: float) -> None:
+        """Within the bounce window after closing, a surge above the weld current welds."""
+        weld = self.spec.dut.protection.contactor_weld_a
+        amps = np.abs(self.branch_i[self._fuse_idx])
+        for j, name in enumerate(self._fuse_names):
+            since = now - self.contactor_closed_at[name]
+            if 0 <= since <= WELD_WINDOW_S and amps[j] > weld and not self.contactor_welded[name]:
+                self.contactor_welded[name] = True
+                self.events.append((now, f"contactor {name} welded by {amps[j]:.0f} A surge"))
 
     def _describe_bms_trips(self) -> str:
         active = [f"{self.modules[k]}:{name}" for name, k in self.bms.active_trips()]
@@ -667,28 +616,34 @@ class Twin:
 
     # ================================================================== master link
     def _module_views(self) -> ModuleViews:
-        stack_v = self.branch_v[self.stack_idx] if self.step_count else self.ocv()
-        return ModuleViews(stack_v=stack_v, current_a=self.branch_i[self.stack_idx], soc=self.soc(),
-                           capacity_ah=self.cell_capacity_as.min(axis=1) / 3600.0,
+        """What the module boards report to the master now (fresh arrays: a snapshot)."""
+        snapshot = np.empty((4, len(self.modules)))
+        kn.module_snapshot(snapshot, self._cells, self.solver.branches, self.stack_idx)
+        stack_v, current_a, soc, capacity_ah = snapshot
+        if not self.step_count:
+            stack_v = self.ocv()
+        return ModuleViews(stack_v=stack_v, current_a=current_a, soc=soc, capacity_ah=capacity_ah,
                            allow_charge=self.bms.allow_charge(),
                            allow_discharge=self.bms.allow_discharge(), silent=self.silent,
-                           firmware=[self.firmware[m] for m in self.modules])
+                           firmware=list(self.firmware.values()))  # keys in module order
 
     def _apply_master_decisions(self) -> bool:
         changed = False
-        strings = self.layout.branches[0].startswith("p") if self.layout.branches else False
-        for k, m in enumerate(self.modules):
-            accepted = bool(self.master.accepted[k])
-            if strings:
-                branch = self.layout.branch_of_module[m]
-                if self.contactor_hold_open[branch] == accepted:
-                    self.contactor_hold_open[branch] = not accepted
-                    if not accepted:
-                        self.set_contactor(branch, False)
+        accepted_all = self.master.accepted
+        # in a bank of groups nothing changes while the boards' admission matches the master's
+        if self._strings or not kn.same_flags(self.bms.admitted, accepted_all):
+            for k, m in enumerate(self.modules):
+                accepted = bool(accepted_all[k])
+                if self._strings:
+                    branch = self.layout.branch_of_module[m]
+                    if self.contactor_hold_open[branch] == accepted:
+                        self.contactor_hold_open[branch] = not accepted
+                        if not accepted:
+                            self.set_contactor(branch, False)
+                        changed = True
+                elif bool(self.bms.admitted[k]) != accepted:
+                    self.bms.set_admitted(k, accepted)
                     changed = True
-            elif bool(self.bms.admitted[k]) != accepted:
-                self.bms.set_admitted(k, accepted)
-                changed = True
         if self.master.open_main_request and self.contactor_closed["main"]:
             self.set_contactor("main", False)
             changed = True
