@@ -1,3 +1,5 @@
-"""Repository-level pytest configuration: loads the harness plugin (once it exists) and nothing else."""
+"""Repository-level pytest configuration: loads the harness plugin and nothing else."""
 
 import emulator  # noqa: F401  (sets single-threaded BLAS before numpy is first imported)
+
+pytest_plugins = ["harness.plugin"]

@@ -57,10 +57,23 @@ def _add_emulate(subparsers: argparse._SubParsersAction, common: argparse.Argume
     parser.set_defaults(handler=emulate.run)
 
 
-# name -> function adding the subcommand; later: run, report, compare
+def _add_run(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from harness import run
+
+    parser = subparsers.add_parser(
+        "run", parents=[common],
+        help="run a test plan on a station (default: bank_smoke on the emulated station)",
+        description="Run a plan (test_plans/) on a station (fixtures/stations/) through pytest. "
+                    "Unknown options pass through to pytest (-k, -m, -x, --lf ...).")
+    run.add_arguments(parser)
+    parser.set_defaults(handler=run.run, passthrough=True)
+
+
+# name -> function adding the subcommand; later: report, compare
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = {
     "simulate": _add_simulate,
     "emulate": _add_emulate,
+    "run": _add_run,
 }
 
 
@@ -82,14 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if not argv:
+        argv = ["run"]  # `hil` alone: the default plan on the embedded emulated station
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        # later: run the default plan
         parser.print_help()
         return EXIT_OK
     try:
+        if getattr(args, "passthrough", False):
+            return int(handler(args, extra) or 0)
         return int(handler(args) or 0)
     except FileError as err:
         if debug:

@@ -43,10 +43,12 @@ def write_program(tmp_path: Path, name: str, steps: str) -> str:
 
 
 # ------------------------------------------------------------------ the command line itself
-def test_no_arguments_prints_help_and_exits_0(capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main([]) == 0
+def test_help_lists_the_subcommands(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: hil" in out and "simulate" in out
+    assert "usage: hil" in out and "simulate" in out and "run" in out and "emulate" in out
 
 
 def test_entry_point_runs_as_a_module(tmp_path: Path) -> None:

@@ -1,0 +1,220 @@
+"""Validated harness files: stations (fixtures/stations/) and test plans (test_plans/).
+
+Loading goes through :mod:`emulator.files` (safe YAML, line numbers, FileError). This package
+adds what harness files need on top of it:
+
+- :func:`load_document` first walks the composed YAML tree and refuses what plain data never
+  contains -- explicit tags such as ``!!python/object`` (also on lists and mappings, where the
+  shared loader would drop the tag and keep the content), merge keys, dates that do not exist
+  (``2026-02-30``), alias bombs -- each with its own line;
+- a loaded model keeps its :class:`Document` so that cross-file checks (plan against station
+  against DUT, in :mod:`harness.config.validate`) can still point at the offending line.
+
+Public API: :func:`load_station`, :func:`load_plan`, :func:`validate_run` and the models.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel
+
+from emulator.files import FileError, _dotted, _Located, load_yaml
+from emulator.files import validate as _validate_model  # not "validate": that is a submodule
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+MAX_FILE_BYTES = 1_000_000
+MAX_NODES = 100_000  # after alias expansion: a few aliases must not become a billion nodes
+
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in
+               ("str", "int", "float", "bool", "null", "timestamp", "seq", "map")}
+_PLAIN_DATA = ("plain YAML data: mappings, lists, text, numbers, true/false, dates "
+               "(no tags such as !!python/...)")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One loaded YAML file: its plain data and where each field path sits in it."""
+
+    path: Path
+    data: Any
+    located: _Located
+
+    def line(self, *loc: Any) -> int | None:
+        """1-based line of a field path (or of its deepest existing parent)."""
+        return self.located.line_of(tuple(loc))
+
+    def error(self, loc: tuple[Any, ...], found: str, allowed: str) -> FileError:
+        """A FileError at a field path of this file."""
+        return FileError(self.path, self.line(*loc), _dotted(tuple(loc)), found, allowed)
+
+
+def _screen(path: Path, text: str) -> None:
+    """Refuse non-plain YAML with a line, before the shared loader builds anything."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return  # the shared loader reports syntax errors with their line
+    except RecursionError:
+        raise FileError(path, None, "", "data nested too deeply", "a plain file") from None
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    constructor = yaml.SafeLoader("")
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a recursive alias counts once here; the loader refuses it later
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        sizes[id(node)] = total
+        return total
+
+    try:
+        total = size(root)
+    except RecursionError:
+        raise FileError(path, None, "", "data nested too deeply", "a plain file") from None
+    if total > MAX_NODES:
+        raise FileError(path, 1, "", f"more than {MAX_NODES} values once aliases are expanded",
+                        "a plain file; use fewer nested aliases")
+
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, loc: tuple[Any, ...]) -> None:
+        line = node.start_mark.line + 1
+        if node.tag == "tag:yaml.org,2002:merge":
+            raise FileError(path, line, _dotted(loc), "a YAML merge key (<<)",
+                            "each key written out; anchors (&a) and aliases (*a) are fine")
+        if node.tag not in _PLAIN_TAGS:
+            raise FileError(path, line, _dotted(loc), f"the YAML tag '{node.tag}'", _PLAIN_DATA)
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                walk(key, loc)
+                walk(value, loc + (name,))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, loc + (index,))
+        elif node.tag == "tag:yaml.org,2002:timestamp":
+            try:
+                constructor.construct_object(node, deep=True)
+            except (ValueError, yaml.YAMLError) as exc:
+                raise FileError(path, line, _dotted(loc), f"'{node.value}' ({exc})",
+                                "a real date as YYYY-MM-DD, e.g. 2027-03-31") from None
+
+    try:
+        walk(root, ())
+    except RecursionError:
+        raise FileError(path, None, "", "data nested too deeply", "a plain file") from None
+
+
+def load_document(path: Path | str) -> Document:
+    """Read a YAML file safely (nothing in it is executed); raise FileError if it is not data."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise FileError(path, None, "", f"a file of {path.stat().st_size} bytes",
+                            f"at most {MAX_FILE_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = None  # the shared loader reports the missing or unreadable file
+    if text is not None:
+        _screen(path, text)
+    data, located = load_yaml(path)
+    return Document(path, data, located)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The types an annotation can hold: through Annotated, Optional and unions."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return [t for arg in get_args(annotation) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> list[str] | None:
+    """Field names allowed at ``loc``, following dicts and lists of models (``instruments.supply``
+    is an entry of a dict, not a field) and tagged unions (by the item's ``kind``)."""
+    candidates: list[Any] = [model]
+    node = data
+    for part in loc:
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+        following: list[Any] = []
+        for candidate in candidates:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                field = candidate.model_fields.get(part) if isinstance(part, str) else None
+                if field is not None:
+                    following += _unwrap(field.annotation)
+            elif get_origin(candidate) in (dict, list):
+                following += _unwrap(get_args(candidate)[-1])
+        candidates = following
+    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    kind = node.get("kind") if isinstance(node, dict) else None
+    tagged = [m for m in models if kind is not None and "kind" in m.model_fields
+              and kind in get_args(m.model_fields["kind"].annotation)]
+    chosen = tagged or models
+    if len(chosen) != 1:
+        return None
+    return sorted(chosen[0].model_fields)
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(part, int) and 0 <= part < len(node)
+
+
+def validate_document(model: type[ModelT], document: Document) -> ModelT:
+    """Validate a document into ``model`` (first error -> FileError with line), keep the document."""
+    try:
+        result = _validate_model(model, document.data, document.located, document.path)
+    except FileError as exc:
+        field = exc.field.replace(".[key]", "")  # a bad mapping key: name the key, not '[key]'
+        allowed = exc.allowed
+        if exc.found.startswith("unknown key"):  # the shared loader cannot walk into dicts
+            loc = _split(field)[:-1]
+            keys = _keys_at(model, loc, document.data)
+            if keys is not None:
+                allowed = "keys: " + ", ".join(keys)
+        raise FileError(exc.path, exc.line, field, exc.found, allowed) from None
+    if hasattr(result, "_document"):
+        result._document = document  # type: ignore[attr-defined]
+    return result
+
+
+def _split(dotted: str) -> tuple[Any, ...]:
+    """``'steps[1].limits.x'`` -> ``('steps', 1, 'limits', 'x')`` (inverse of the dotted path)."""
+    parts: list[Any] = []
+    for piece in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
+        parts.append(int(piece[1:-1]) if piece.startswith("[") else piece)
+    return tuple(parts)
+
+
+def today() -> _dt.date:
+    """Today's date (a function so tests and replays can pass a fixed one instead)."""
+    return _dt.date.today()
+
+
+# The models import the helpers above from this package: keep these imports last.
+from harness.config.plan import Limit, PlanFile, Step, load_plan  # noqa: E402
+from harness.config.station import StationFile, load_station  # noqa: E402
+from harness.config.validate import RunConfig, validate_run  # noqa: E402
+
+__all__ = ["Document", "FileError", "Limit", "PlanFile", "RunConfig", "StationFile", "Step",
+           "load_document", "load_plan", "load_station", "validate_document", "validate_run"]

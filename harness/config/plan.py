@@ -1,0 +1,540 @@
+"""Test plan files (test_plans/): which checks run, with which parameters, against which limits.
+
+Limits live in plans, never in check code (DESIGN.md): a plan is where a factory tightens ΔV from
+0.1 V (000) to 0.05 V (003) without touching Python. So everything a verdict depends on is here,
+with its unit, and is checked when the plan is loaded -- a current limit written in V, a check
+name nobody registered, a step that would drive the load past the station's rating -- before
+anything is energised.
+
+Format::
+
+    name: end_of_line_12v8
+    version: "1.2.0"                 # text: YAML would read 1.10 as the number 1.1
+    description: Factory end-of-line test of one 12.8 V 100 Ah module
+    applies_to: [LFP12.8-100, 1s1p]  # DUT names, module models or names, topologies (4S4P), globs
+    serial_pattern: "BH12-[0-9]{6}"  # whole serial must match
+    requires: [supply, load, bms]    # roles every step needs
+    defaults: {settle: "2 s"}        # parameters every step starts from
+    steps:
+      - name: ocv_before_load        # unique, [a-z0-9_]+, the pytest id
+        check: module_voltage         # a registered check
+        source: 000_b9e4f7d000b6acbf.txt
+        parameters: {samples: 10}
+        setpoints: {load.current: "50 A"}
+        limits:
+          voltage: {in_range: ["12.0 V", "14.6 V"], marginal_pct: 5}
+        gate: true                   # stop the plan when this step fails
+        retries: 1
+        markers: [factory]
+        severity: critical
+
+A limit is exactly one of ``in_range: [lo, hi]``, ``le``, ``ge``, ``within_pct: {nominal, pct}``
+or ``equals``, plus an optional ``marginal_pct`` band; its values carry units (plain numbers only
+for counts), all of one dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, PlainSerializer,
+                      PrivateAttr, model_validator)
+from pydantic import BaseModel
+from pydantic_core import PydanticCustomError
+
+from emulator.files import FileError
+from harness.config import Document, load_document, validate_document
+from harness.units import ALIASES, DIMENSIONS, UNITS, Quantity, UnitError, describe_dimension, dimension_of
+
+NAME_PATTERN = r"^[a-z0-9_]+$"
+ROLE_PATTERN = r"^[a-z][a-z0-9_]*(\.(can|modbus))?$"
+SEED_PATTERN = r"^\d{3}_[0-9a-f]{16}\.txt$"
+# role.quantity -> the unit whose dimension a setpoint of that quantity has
+SETPOINT_QUANTITIES = {"voltage": "V", "current": "A", "power": "W"}
+# markers pytest gives a meaning of its own: a plan must not switch them on by accident
+RESERVED_MARKERS = {"skip", "skipif", "xfail", "parametrize", "usefixtures", "filterwarnings"}
+
+KnownChecks = Union[Collection[str], Mapping[str, Mapping[str, str] | None]]
+
+
+class FileModel(BaseModel):
+    """Strict and immutable: a misspelt key is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _matching(pattern: str, allowed: str) -> AfterValidator:
+    """A text pattern whose error says what is allowed in words, not as a regex."""
+    compiled = re.compile(pattern)
+
+    def check(text: str) -> str:
+        if not compiled.match(text):
+            raise PydanticCustomError("pattern", allowed)
+        return text
+
+    return AfterValidator(check)
+
+
+Name = Annotated[str, _matching(NAME_PATTERN, "lowercase letters, digits and _ (a step name is "
+                                               "its pytest id), e.g. pre_parallel_match")]
+CheckName = Annotated[str, _matching(NAME_PATTERN, "the name of a registered check: lowercase "
+                                                    "letters, digits and _")]
+Role = Annotated[str, _matching(ROLE_PATTERN, "a role name such as supply, load, scanner, acir, "
+                                               "bms, bms.can")]
+SeedName = Annotated[str, _matching(SEED_PATTERN, "a seed document file name, e.g. "
+                                                   "000_b9e4f7d000b6acbf.txt")]
+
+
+# ================================================================================== values
+_QUANTITY_LIKE = re.compile(
+    r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?(?P<space>\s*)(?P<unit>[A-Za-zµμΩ°%℃]\S*)\s*$")
+
+
+def _looks_like_quantity(text: str) -> bool:
+    """``"14.2 V"``, ``"14.2V"``, ``"5 Mohm"`` (a typo, reported) -- but not ``"1.9.0"``,
+    ``"4S4P"`` or ``"s1p2"``, which are text."""
+    match = _QUANTITY_LIKE.match(text)
+    if not match:
+        return False
+    unit = match.group("unit")
+    return unit in UNITS or unit in ALIASES or bool(match.group("space"))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _limit_value(value: Any) -> Quantity | float:
+    """A limit bound: a quantity with a unit, or a plain number for a count."""
+    if _number(value):
+        if not math.isfinite(value):
+            raise PydanticCustomError("limit_value", "a finite number")
+        return value
+    try:
+        return Quantity.parse(value)
+    except UnitError as exc:
+        raise PydanticCustomError(exc.kind, exc.allowed + "; or a plain number for a count") from None
+
+
+def _equals_value(value: Any) -> Quantity | float | bool | str:
+    """``equals``: a quantity, a count, true/false, or text (a firmware version)."""
+    if isinstance(value, bool) or isinstance(value, str) and not _looks_like_quantity(value):
+        return value
+    return _limit_value(value)
+
+
+def _parameter(value: Any) -> Any:
+    """A parameter: text that reads as a quantity becomes one, other plain values stay.
+
+    ``"2 s"`` -> Quantity; ``"5 Mohm"`` (number, space, unknown unit) is an error: almost
+    certainly a quantity with a typo. ``"1.9.0"`` or ``"s1p2"`` stay text.
+    """
+    if isinstance(value, str):
+        if _looks_like_quantity(value):
+            try:
+                return Quantity.parse(value)
+            except UnitError as exc:
+                raise PydanticCustomError(exc.kind, exc.allowed + "; or text that is not "
+                                          "a number and a word") from None
+        return value
+    if isinstance(value, list):
+        return [_parameter(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _parameter(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    raise PydanticCustomError("parameter", "a quantity ('2 s'), a number, text, true/false, "
+                              "or a list or mapping of those")
+
+
+def _dump(value: Any) -> Any:
+    """Quantities back to their text (``"2 s"``), so a dumped plan reads like the file."""
+    if isinstance(value, Quantity):
+        return str(value)
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return value
+
+
+_AS_TEXT = PlainSerializer(_dump)
+LimitValue = Annotated[Any, BeforeValidator(_limit_value), _AS_TEXT]
+EqualsValue = Annotated[Any, BeforeValidator(_equals_value), _AS_TEXT]
+Parameter = Annotated[Any, BeforeValidator(_parameter), _AS_TEXT]
+
+
+def _percent(value: Any) -> float:
+    """A percentage: ``5`` or ``"5 %"`` (the field name already says percent)."""
+    if _number(value):
+        number = float(value)
+    else:
+        try:
+            number = Quantity.parse(value, "%").value
+        except UnitError:
+            raise PydanticCustomError("percent", "a percentage: a number or 'N %', e.g. 5") from None
+    if not (0 < number < 100):
+        raise PydanticCustomError("percent_range", "a percentage above 0 and below 100")
+    return number
+
+
+Percent = Annotated[float, BeforeValidator(_percent)]
+
+
+def _dimension(value: Any) -> str | None:
+    return value.dimension if isinstance(value, Quantity) else None
+
+
+def _dimension_name(dimension: str | None) -> str:
+    return DIMENSIONS[dimension][1] if dimension else "a plain number"
+
+
+# ================================================================================== limits
+class WithinPct(FileModel):
+    nominal: LimitValue
+    pct: Percent
+
+
+class Limit(FileModel):
+    """One acceptance limit on one measured value.
+
+    ``marginal_pct`` marks a pass that is close to failing: within that percentage of the
+    allowed band's width (``in_range``, ``within_pct``) or of the bound's magnitude (``le``,
+    ``ge``) from the edge. It flags drift before it becomes a failure; it never fails a step.
+    """
+
+    in_range: tuple[LimitValue, LimitValue] | None = None
+    le: LimitValue | None = None
+    ge: LimitValue | None = None
+    within_pct: WithinPct | None = None
+    equals: EqualsValue | None = None
+    marginal_pct: Percent | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _one_kind_one_dimension(self) -> "Limit":
+        kinds = [k for k in ("in_range", "le", "ge", "within_pct", "equals")
+                 if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise PydanticCustomError(
+                "limit_kind",
+                "exactly one of in_range: [lo, hi], le, ge, within_pct: {nominal, pct}, equals"
+                + (f" (found {', '.join(kinds)}; for a band use in_range)" if kinds else ""))
+        values = self.bounds()
+        dims = {_dimension(v) for v in values}
+        if len(dims) > 1:
+            shown = ", ".join(f"{v}" for v in values)
+            raise PydanticCustomError(
+                "limit_mixed_dimensions",
+                f"values of one dimension (found {shown}: "
+                + " and ".join(sorted(_dimension_name(d) for d in dims)) + ")")
+        if self.in_range is not None:
+            lo, hi = (v.value if isinstance(v, Quantity) else v for v in self.in_range)
+            if lo > hi:
+                raise PydanticCustomError("limit_order",
+                                          f"in_range: [lo, hi] with lo <= hi (found {self.in_range[0]}"
+                                          f" > {self.in_range[1]})")
+        if self.equals is not None and self.marginal_pct is not None:
+            raise PydanticCustomError("limit_marginal", "no marginal_pct with equals")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("in_range", "le", "ge", "within_pct", "equals")
+                    if getattr(self, k) is not None)
+
+    def bounds(self) -> list[Any]:
+        """Every value the limit compares with (for the dimension checks)."""
+        if self.in_range is not None:
+            return list(self.in_range)
+        if self.within_pct is not None:
+            return [self.within_pct.nominal]
+        value = self.le if self.le is not None else self.ge if self.ge is not None else self.equals
+        return [value] if _number(value) or isinstance(value, Quantity) else []
+
+    @property
+    def dimension(self) -> str | None:
+        """The dimension the measured value must have (None: a count or an identity)."""
+        dims = {_dimension(v) for v in self.bounds()}
+        return dims.pop() if dims else None
+
+    def describe(self) -> str:
+        if self.in_range is not None:
+            return f"{self.in_range[0]} .. {self.in_range[1]}"
+        if self.le is not None:
+            return f"<= {self.le}"
+        if self.ge is not None:
+            return f">= {self.ge}"
+        if self.within_pct is not None:
+            return f"{self.within_pct.nominal} ± {self.within_pct.pct:g} %"
+        return f"== {self.equals}"
+
+    def to_limits(self) -> Any:
+        """The same limit as :class:`harness.measure.Limits`, numbers in the base unit of the
+        dimension (V, A, ohm, W, J, Ah, s, Hz, degC, K, %)."""
+        from harness.measure import Limits
+
+        unit = DIMENSIONS[self.dimension][0] if self.dimension else ""
+        if self.equals is not None:
+            return Limits.equal_to(self.equals.value if isinstance(self.equals, Quantity)
+                                   else self.equals)
+        if self.in_range is not None:
+            return Limits.in_range(_base(self.in_range[0]), _base(self.in_range[1]), unit,
+                                   self.marginal_pct)
+        if self.le is not None:
+            return Limits.at_most(_base(self.le), unit, self.marginal_pct)
+        if self.ge is not None:
+            return Limits.at_least(_base(self.ge), unit, self.marginal_pct)
+        assert self.within_pct is not None
+        limits = Limits.within_pct(_base(self.within_pct.nominal), self.within_pct.pct, unit)
+        return dataclasses.replace(limits, marginal_pct=self.marginal_pct)
+
+    def evaluate(self, value: Any, unit: str | None = None) -> Literal["pass", "marginal", "fail"]:
+        """Verdict for a measured value (a number in ``unit``, or a Quantity, or an identity)."""
+        if self.equals is not None and not isinstance(self.equals, (Quantity, float, int)):
+            return "pass" if value == self.equals else "fail"
+        x = _in_base(value, unit, self.dimension)
+        if self.equals is not None:
+            return "pass" if math.isclose(x, _base(self.equals), rel_tol=1e-9, abs_tol=1e-12) else "fail"
+        if self.in_range is not None:
+            lo, hi = (_base(v) for v in self.in_range)
+        elif self.within_pct is not None:
+            nominal = _base(self.within_pct.nominal)
+            half = abs(nominal) * self.within_pct.pct / 100.0
+            lo, hi = nominal - half, nominal + half
+        elif self.le is not None:
+            lo, hi = -math.inf, _base(self.le)
+        else:
+            lo, hi = _base(self.ge), math.inf
+        if not lo <= x <= hi:
+            return "fail"
+        if self.marginal_pct is None:
+            return "pass"
+        if math.isfinite(lo) and math.isfinite(hi):
+            margin = (hi - lo) * self.marginal_pct / 100.0
+        else:
+            margin = abs(hi if math.isfinite(hi) else lo) * self.marginal_pct / 100.0
+        return "marginal" if x < lo + margin or x > hi - margin else "pass"
+
+
+def _base(value: Any) -> float:
+    return value.value if isinstance(value, Quantity) else float(value)
+
+
+def _in_base(value: Any, unit: str | None, dimension: str | None) -> float:
+    if isinstance(value, Quantity):
+        quantity = value
+    elif unit is not None:
+        quantity = Quantity.of(float(value), unit)
+    else:
+        if dimension is not None:
+            raise ValueError(f"a measured value against a {_dimension_name(dimension)} limit "
+                             "needs its unit")
+        return float(value)
+    if quantity.dimension != dimension:
+        raise ValueError(f"{quantity} measured against a limit in {_dimension_name(dimension)}")
+    return quantity.value
+
+
+# ================================================================================== steps
+def _seed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _setpoint_key(key: str) -> str:
+    role, _, quantity = key.partition(".")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", role) or quantity not in SETPOINT_QUANTITIES:
+        raise PydanticCustomError("setpoint_key", "role.quantity with quantity one of "
+                                  + ", ".join(SETPOINT_QUANTITIES) + ", e.g. load.current")
+    return key
+
+
+def _marker(name: str) -> str:
+    if name in RESERVED_MARKERS:
+        raise PydanticCustomError("marker_reserved", "a marker of this project, not one of pytest's "
+                                  "own (" + ", ".join(sorted(RESERVED_MARKERS)) + ")")
+    return name
+
+
+class Step(FileModel):
+    """One check with its parameters and limits: one pytest test."""
+
+    name: Name
+    check: CheckName
+    description: str = ""
+    source: Annotated[list[SeedName], BeforeValidator(_seed)] = Field(default_factory=list)
+    requires: list[Role] = Field(default_factory=list)
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    setpoints: dict[Annotated[str, AfterValidator(_setpoint_key)], Quantity] = Field(default_factory=dict)
+    limits: dict[str, Limit] = Field(default_factory=dict)
+    gate: bool = False
+    retries: int = Field(default=0, ge=0, le=10)
+    markers: list[Annotated[str, _matching(r"^[a-z][a-z0-9_]*$", "a marker name: lowercase "
+                                           "letters, digits and _"), AfterValidator(_marker)]] = \
+        Field(default_factory=list)
+    severity: Literal["critical", "major", "minor", "info"] = "major"
+    timeout: Quantity["s"] | None = None
+
+    def setpoint_roles(self) -> set[str]:
+        return {key.partition(".")[0] for key in self.setpoints}
+
+
+def _version(value: Any) -> Any:
+    if _number(value):
+        raise PydanticCustomError("version_text", "a quoted version such as \"1.2.0\" "
+                                  "(unquoted, YAML reads 1.10 as the number 1.1)")
+    return value
+
+
+def _pattern(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise PydanticCustomError("regex", f"a regular expression that compiles ({exc})") from None
+    return text
+
+
+class PlanFile(FileModel):
+    """A plan: its identity, what it applies to, and its steps in order."""
+
+    name: Annotated[str, Field(min_length=1)]
+    version: Annotated[str, BeforeValidator(_version), Field(min_length=1)]
+    description: str = ""
+    applies_to: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    serial_pattern: Annotated[str, AfterValidator(_pattern)] | None = None
+    requires: list[Role] = Field(default_factory=list)
+    defaults: dict[str, Parameter] = Field(default_factory=dict)
+    steps: Annotated[list[Step], Field(min_length=1)]
+
+    _document: Document | None = PrivateAttr(default=None)
+
+    @property
+    def document(self) -> Document | None:
+        return self._document
+
+    @property
+    def path(self) -> Path | None:
+        return self._document.path if self._document else None
+
+    def line(self, *loc: Any) -> int | None:
+        return self._document.line(*loc) if self._document else None
+
+    def error(self, loc: tuple[Any, ...], found: str, allowed: str) -> FileError:
+        if self._document is None:
+            from emulator.files import _dotted
+            return FileError("<plan>", None, _dotted(loc), found, allowed)
+        return self._document.error(loc, found, allowed)
+
+    def parameters_for(self, step: Step) -> dict[str, Any]:
+        """The plan's defaults overridden by the step's own parameters."""
+        return {**self.defaults, **step.parameters}
+
+    def roles_for(self, step: Step) -> set[str]:
+        """Every role a step needs: the plan's, the step's and those it sets points on."""
+        return set(self.requires) | set(step.requires) | step.setpoint_roles()
+
+    def serial_matches(self, serial: str) -> bool:
+        return self.serial_pattern is None or re.fullmatch(self.serial_pattern, serial) is not None
+
+    def check_serial(self, serial: str) -> None:
+        """Raise FileError at ``serial_pattern`` if a scanned serial does not match it."""
+        if not self.serial_matches(serial):
+            raise self.error(("serial_pattern",), f"serial '{serial}'",
+                             f"a serial matching {self.serial_pattern!r} (the whole serial)")
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+
+# ================================================================================== checks
+# What a measurement's name says about its unit, for checks that do not declare their units:
+# a last word (``peak_current``, ``module_ocv``) or a unit suffix (``delta_v``, ``rise_k``).
+_NAME_WORDS = {"voltage": "V", "ocv": "V", "vds": "V", "current": "A", "inrush": "A",
+               "resistance": "ohm", "ir": "ohm", "power": "W", "temperature": "degC"}
+_NAME_SUFFIXES = {"v": "V", "mv": "V", "a": "A", "ma": "A", "ohm": "ohm", "mohm": "ohm",
+                  "uohm": "ohm", "w": "W", "kw": "W", "s": "s", "ms": "s", "us": "s", "k": "K",
+                  "c": "degC", "pct": "%", "ah": "Ah", "wh": "J", "kwh": "J", "hz": "Hz"}
+
+
+def implied_dimension(name: str) -> str | None:
+    """The dimension a measurement name implies (None when it says nothing)."""
+    words = name.lower().split("_")
+    unit = _NAME_SUFFIXES.get(words[-1]) if len(words) > 1 else None
+    unit = unit or _NAME_WORDS.get(words[-1])
+    return dimension_of(unit) if unit else None
+
+
+def _list(names: Collection[str], limit: int = 30) -> str:
+    ordered = sorted(names)
+    shown = ", ".join(ordered[:limit])
+    return shown + (f", ... ({len(ordered)} in all)" if len(ordered) > limit else "") if ordered \
+        else "(none registered)"
+
+
+def check_plan(plan: PlanFile, known_checks: KnownChecks) -> PlanFile:
+    """Checks across fields: unique step names, registered checks, setpoint units, and -- when
+    ``known_checks`` maps each check to ``{measurement: unit}`` -- limit names and dimensions."""
+    seen: dict[str, int] = {}
+    for index, step in enumerate(plan.steps):
+        if step.name in seen:
+            raise plan.error(("steps", index, "name"),
+                             f"step name '{step.name}' twice (also steps[{seen[step.name]}])",
+                             "unique step names: each is a pytest id")
+        seen[step.name] = index
+        if step.check not in known_checks:
+            raise plan.error(("steps", index, "check"), f"unknown check '{step.check}'",
+                             "a registered check: " + _list(known_checks))
+        for key, value in step.setpoints.items():
+            unit = SETPOINT_QUANTITIES[key.partition(".")[2]]
+            want = dimension_of(unit)
+            if value.dimension != want:
+                raise plan.error(("steps", index, "setpoints", key), f"'{value}'",
+                                 f"{describe_dimension(want)} for {key} -- '{value.unit}' is "
+                                 f"{DIMENSIONS[value.dimension][1]} unit")
+        measures = known_checks.get(step.check) if isinstance(known_checks, Mapping) else None
+        if not measures:
+            for name, limit in step.limits.items():
+                implied = implied_dimension(name)
+                if limit.dimension is not None and implied is not None and limit.dimension != implied:
+                    raise plan.error(
+                        ("steps", index, "limits", name),
+                        f"a limit in {_dimension_name(limit.dimension)} ({limit.describe()})",
+                        f"{describe_dimension(implied)}: '{name}' names {DIMENSIONS[implied][1]} "
+                        f"(or rename the measurement)")
+        else:
+            for name, limit in step.limits.items():
+                if name not in measures:
+                    raise plan.error(("steps", index, "limits", name),
+                                     f"a limit on '{name}', which {step.check} does not measure",
+                                     f"limits on what {step.check} measures: {_list(measures)}")
+                try:
+                    declared: str | None = dimension_of(measures[name] or "")
+                except KeyError:
+                    declared = None  # a count or an identity: no unit
+                if limit.bounds() and limit.dimension != declared:
+                    raise plan.error(
+                        ("steps", index, "limits", name),
+                        f"a limit in {_dimension_name(limit.dimension)} ({limit.describe()})",
+                        f"{describe_dimension(declared) if declared else 'a plain number'}: "
+                        f"{step.check} measures {name} in {measures[name]}")
+    return plan
+
+
+def load_plan(path: Path | str, known_checks: KnownChecks) -> PlanFile:
+    """Load and check a plan file; raise FileError (file, line, field, found, allowed).
+
+    ``known_checks``: the registered check names, or a mapping ``{check: {measurement: unit}}``
+    so that limits are also checked against what each check measures.
+    """
+    document = load_document(path)
+    plan = validate_document(PlanFile, document)
+    return check_plan(plan, known_checks)
+
+
+__all__ = ["Limit", "PlanFile", "SETPOINT_QUANTITIES", "Step", "WithinPct", "check_plan",
+           "implied_dimension", "load_plan"]

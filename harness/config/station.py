@@ -1,0 +1,746 @@
+"""Station files (fixtures/stations/): what is on the bench, where, how far it may be driven.
+
+A station says which driver fills which role at which address, what each instrument is rated
+for, when it is due for calibration, which scanner channel measures which node, shunt or
+thermocouple, which actuator relay drives which contactor, and how the BMS buses are reached.
+Wiring lives here and nowhere else (DESIGN.md), so check code only ever names roles and nodes.
+
+Format, abridged (every quantity with its unit; ``fixtures/stations/lab_example.yaml`` is a
+complete, commented example)::
+
+    name: lab-bench-2
+    emulated: false
+    instruments:
+      supply:                                   # role -> instrument
+        driver: keysight_n5700                  # a name in instruments.drivers
+        resource: TCPIP0::192.0.2.10::inst0::INSTR
+        model: N5767A                           # informative
+        rating: {voltage: "60 V", current: "25 A", power: "1500 W"}
+        calibration_due: 2027-03-31
+        timeout: "2 s"
+        options: {}                             # passed to the driver, checked against it
+      scanner:
+        driver: keysight_daq970a
+        cards: [{slot: 1, model: DAQM901A}, {slot: 3, model: DAQM903A}]
+    bms:
+      can: {interface: pcan, channel: PCAN_USBBUS1, bitrate: 500000}
+      modbus: {host: 192.0.2.20, port: 502, device_id: 1}
+    channels:
+      scanner:
+        - {channel: 101, kind: voltage, plus: s1p1.+, minus: s1p1.P-}
+        - {channel: 105, kind: shunt, branch: p1, resistance: "50 uohm", rating: {current: "300 A"}}
+        - {channel: 201, kind: thermocouple, point: s1p1.+}
+      actuator:
+        - {channel: 301, contactor: p1}
+      dmm:
+        dmm_vds: {kind: voltage, plus: s1p1.P-, minus: s1p1.B-}
+      acir_module: s1p1
+
+``auto`` (an instrument's ``resource``, ``channels``, ``bms.can``, ``bms.modbus``) is allowed
+only in an emulated station: the emulator fills it in when it starts, with the loopback
+addresses of its endpoints and the channel map of its default wiring
+(:func:`emulator.bench.default_wiring`: slot 1 module voltages then branch shunts, slot 2
+thermocouples, slot 3 contactor relays). :func:`resolve_emulated` does that substitution.
+Ratings are never ``auto``: they are what the plan's setpoints are checked against before
+anything starts, emulated or not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, PrivateAttr,
+                      TypeAdapter, WrapSerializer, WrapValidator, field_validator, model_validator)
+from pydantic import BaseModel
+from pydantic_core import PydanticCustomError
+
+from emulator.files import FileError
+from harness.config import Document, load_document, validate_document
+from harness.units import Quantity
+from instruments.drivers import driver_names, get_driver
+
+AUTO = "auto"
+ROLE_PATTERN = r"^[a-z][a-z0-9_]*$"
+NODE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$"
+POSITION_PATTERN = r"^s\d+p\d+$"
+BRANCH_PATTERN = r"^(s\d+p\d+|p\d+)$"
+CONTACTOR_PATTERN = r"^(s\d+p\d+|p\d+|main)$"
+
+
+class FileModel(BaseModel):
+    """Strict and immutable: a misspelt key is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Role = Annotated[str, Field(pattern=ROLE_PATTERN, description="a role name: supply, load, ...")]
+Node = Annotated[str, Field(pattern=NODE_PATTERN, description="a DUT node, e.g. s1p1.+")]
+
+
+# ================================================================================== auto
+def _auto_or(model_name: str, example: str):  # type: ignore[no-untyped-def]
+    """Validator: the text ``auto`` as it is, anything else as the model.
+
+    Without this a ``Model | Literal['auto']`` union reports every error twice, under
+    made-up field names (``channels.ChannelMap.scanner``); here errors keep the file's paths.
+    """
+
+    def validate(value: Any, handler: Any) -> Any:
+        if value == AUTO:
+            return AUTO
+        if isinstance(value, str) or not isinstance(value, (dict, BaseModel)):
+            raise PydanticCustomError(
+                "auto_or_mapping",
+                f"'auto' (emulated stations only) or a mapping of {model_name}, e.g. {example}")
+        return handler(value)
+
+    return WrapValidator(validate)
+
+
+def _serialise_auto(value: Any, handler: Any) -> Any:
+    return value if value == AUTO else handler(value)
+
+
+# ================================================================================== ratings
+RATING_KEYS = {"voltage": "voltage_v", "current": "current_a", "power": "power_w"}
+
+
+class Rating(FileModel):
+    """What an instrument (or a shunt, a channel) may be driven to or exposed to."""
+
+    voltage: Quantity["V"] | None = None
+    current: Quantity["A"] | None = None
+    power: Quantity["W"] | None = None
+
+    @model_validator(mode="after")
+    def _positive(self) -> "Rating":
+        for key in RATING_KEYS:
+            value = getattr(self, key)
+            if value is not None and value.value <= 0:
+                raise PydanticCustomError("rating_positive",
+                                          f"a positive {key} rating (found {value})")
+        return self
+
+    def get(self, quantity: str) -> Quantity | None:
+        return getattr(self, quantity, None) if quantity in RATING_KEYS else None
+
+    def for_driver(self) -> dict[str, float]:
+        """The driver's ``rating`` dict (``{"voltage_v": 60.0, "current_a": 25.0}``), SI."""
+        return {RATING_KEYS[k]: getattr(self, k).value for k in RATING_KEYS
+                if getattr(self, k) is not None}
+
+
+# ================================================================================== instruments
+def _known_driver(name: str) -> str:
+    known = driver_names()
+    if name not in known:
+        raise PydanticCustomError("unknown_driver", "a registered driver: " + ", ".join(known))
+    return name
+
+
+_VISA = [
+    re.compile(r"^TCPIP\d*::[^:\s]+::(inst\d+|hislip\d+)::INSTR$", re.I),
+    re.compile(r"^TCPIP\d*::[^:\s]+::INSTR$", re.I),
+    re.compile(r"^TCPIP\d*::[^:\s]+::\d{1,5}::SOCKET$", re.I),
+    re.compile(r"^USB\d*::(0x[0-9a-f]{1,4}|\d+)::(0x[0-9a-f]{1,4}|\d+)::[^:\s]+(::\d+)?::(INSTR|RAW)$", re.I),
+    re.compile(r"^ASRL[^:\s]+::INSTR$", re.I),
+    re.compile(r"^GPIB\d*::\d{1,2}(::\d{1,2})?::INSTR$", re.I),
+]
+VISA_FORMS = ("TCPIP0::host::inst0::INSTR, TCPIP0::host::hislip0::INSTR, TCPIP0::host::port::SOCKET, "
+              "USB0::0xVVVV::0xPPPP::serial::INSTR, ASRL/dev/ttyUSB0::INSTR or ASRL3::INSTR, "
+              "GPIB0::addr::INSTR")
+
+
+def _visa_resource(text: str) -> str:
+    if text == AUTO or any(p.match(text) for p in _VISA):
+        return text
+    raise PydanticCustomError("visa_resource",
+                              f"a VISA resource string: {VISA_FORMS}; or 'auto' in an emulated station")
+
+
+# DAQ970A plug-in modules: (what the card does, channels per slot). Channel n of slot s is s*100+n.
+CARDS: dict[str, tuple[Literal["mux", "actuator"], int]] = {
+    "DAQM901A": ("mux", 22),       # 20 voltage channels + 2 current channels (21, 22)
+    "DAQM902A": ("mux", 16),       # 16-channel reed multiplexer
+    "DAQM903A": ("actuator", 20),  # 20 form-C relays
+    "DAQM908A": ("mux", 40),       # 40-channel single-ended multiplexer
+}
+SLOTTED_DRIVERS = {"keysight_daq970a": 3}  # driver -> number of slots
+
+
+class Card(FileModel):
+    slot: int = Field(ge=1, le=3)
+    model: Literal["DAQM901A", "DAQM902A", "DAQM903A", "DAQM908A"]
+
+
+def _date(value: Any) -> Any:
+    """Dates as YAML writes them (2027-03-31); text is refused with the form that works."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    raise PydanticCustomError("date", "a date written as YYYY-MM-DD (unquoted), e.g. 2027-03-31")
+
+
+CalibrationDate = Annotated[dt.date, BeforeValidator(_date)]
+OptionValue = Union[bool, int, float, str, list[int], list[str]]
+
+
+class Instrument(FileModel):
+    """One bench instrument in one role."""
+
+    driver: Annotated[str, AfterValidator(_known_driver)]
+    resource: Annotated[str, AfterValidator(_visa_resource)]
+    model: str = ""
+    serial: str = ""
+    rating: Rating = Rating()
+    calibration_due: CalibrationDate | None = None
+    timeout: Quantity["s"] | None = None
+    cards: list[Card] = Field(default_factory=list)
+    options: dict[str, OptionValue] = Field(default_factory=dict)
+
+    @field_validator("cards")
+    @classmethod
+    def _one_card_per_slot(cls, cards: list[Card]) -> list[Card]:
+        slots = [c.slot for c in cards]
+        if len(slots) != len(set(slots)):
+            raise PydanticCustomError("card_slots", "one card per slot (slots 1-3)")
+        return cards
+
+    @property
+    def is_auto(self) -> bool:
+        return self.resource == AUTO
+
+    def driver_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the driver class: resource, rating, timeout, options."""
+        kwargs: dict[str, Any] = {"resource": self.resource, "rating": self.rating.for_driver(),
+                                  "options": dict(self.options)}
+        if self.timeout is not None:
+            kwargs["timeout_s"] = self.timeout.value
+        return kwargs
+
+
+# ================================================================================== BMS buses
+CanInterface = Literal["pcan", "kvaser", "socketcan", "socketcand", "vector", "ixxat", "slcan",
+                       "gs_usb", "virtual"]
+CAN_INTERFACES = get_args(CanInterface)
+CAN_BITRATES = (10_000, 20_000, 50_000, 100_000, 125_000, 250_000, 500_000, 800_000, 1_000_000)
+
+
+def _host(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*",
+                    text):
+        return text
+    raise PydanticCustomError("host", "an IP address or host name, e.g. 192.0.2.20")
+
+
+Host = Annotated[str, AfterValidator(_host)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _bitrate(value: int) -> int:
+    if value not in CAN_BITRATES:
+        raise PydanticCustomError("can_bitrate", "a CAN bitrate in bit/s: "
+                                  + ", ".join(str(b) for b in CAN_BITRATES))
+    return value
+
+
+class CanBus(FileModel):
+    """A CAN interface as python-can names it. ``udp_multicast`` is not offered: its frames
+    leave the machine."""
+
+    interface: CanInterface
+    channel: str | int
+    bitrate: Annotated[int, AfterValidator(_bitrate)] = 500_000
+    host: Host | None = None
+    port: Port | None = None
+    protocol: Literal["pylontech"] = "pylontech"
+    keepalive_period: Quantity["s"] = Quantity.parse("1 s")
+
+    @model_validator(mode="after")
+    def _socketcand_needs_address(self) -> "CanBus":
+        remote = self.host is not None or self.port is not None
+        if self.interface == "socketcand" and (self.host is None or self.port is None):
+            raise PydanticCustomError(
+                "can_socketcand", "host and port of the socketcand server with interface socketcand")
+        if self.interface != "socketcand" and remote:
+            raise PydanticCustomError(
+                "can_local", f"no host/port with interface {self.interface} (only socketcand is remote)")
+        return self
+
+    def bus_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``can.Bus(**kwargs)``."""
+        kwargs: dict[str, Any] = {"interface": self.interface, "channel": self.channel,
+                                  "bitrate": self.bitrate}
+        if self.interface == "socketcand":
+            kwargs.update(host=self.host, port=self.port)
+        return kwargs
+
+
+class ModbusBus(FileModel):
+    """A SunSpec battery over Modbus/TCP."""
+
+    host: Host
+    port: Port = 502
+    device_id: int = Field(default=1, ge=1, le=247)
+    timeout: Quantity["s"] = Quantity.parse("1 s")
+    heartbeat_period: Quantity["s"] = Quantity.parse("1 s")
+
+
+AutoCan = Annotated[CanBus, _auto_or("interface, channel, bitrate",
+                                     "{interface: pcan, channel: PCAN_USBBUS1, bitrate: 500000}"),
+                    WrapSerializer(_serialise_auto)]
+AutoModbus = Annotated[ModbusBus, _auto_or("host, port, device_id",
+                                           "{host: 192.0.2.20, port: 502, device_id: 1}"),
+                       WrapSerializer(_serialise_auto)]
+
+
+class BmsBuses(FileModel):
+    can: AutoCan | None = None
+    modbus: AutoModbus | None = None
+
+
+# ================================================================================== channels
+class VoltageInput(FileModel):
+    """A voltage between two DUT nodes (``s1p1.+``, ``s1p1.P-``, ``bank+``)."""
+
+    kind: Literal["voltage"]
+    plus: Node
+    minus: Node
+    rating: Rating | None = None
+    label: str = ""
+
+
+class ShuntInput(FileModel):
+    """The voltage across a branch shunt; the current is that voltage over ``resistance``."""
+
+    kind: Literal["shunt"]
+    branch: Annotated[str, Field(pattern=BRANCH_PATTERN)]
+    resistance: Quantity["ohm"]
+    rating: Rating | None = None
+    label: str = ""
+
+    @field_validator("resistance")
+    @classmethod
+    def _positive(cls, value: Quantity) -> Quantity:
+        if value.value <= 0:
+            raise PydanticCustomError("shunt_resistance", "a positive resistance, e.g. '50 uohm'")
+        return value
+
+
+class ThermocoupleInput(FileModel):
+    """A thermocouple on a module, a terminal (``s1p1.+``) or a busbar segment."""
+
+    kind: Literal["thermocouple"]
+    point: Node
+    label: str = ""
+
+
+Input = Annotated[Union[VoltageInput, ShuntInput, ThermocoupleInput], Field(discriminator="kind")]
+
+
+class VoltageChannel(VoltageInput):
+    channel: int = Field(ge=1)
+
+
+class ShuntChannel(ShuntInput):
+    channel: int = Field(ge=1)
+
+
+class ThermocoupleChannel(ThermocoupleInput):
+    channel: int = Field(ge=1)
+
+
+ScannerChannel = Annotated[Union[VoltageChannel, ShuntChannel, ThermocoupleChannel],
+                           Field(discriminator="kind")]
+_SCANNER_CHANNEL: TypeAdapter[Any] = TypeAdapter(ScannerChannel)
+_INPUT: TypeAdapter[Any] = TypeAdapter(Input)
+
+
+def input_of(entry: Any) -> VoltageInput | ShuntInput | ThermocoupleInput:
+    """A scanner entry's input without its channel number (the models the DMM map uses)."""
+    return _INPUT.validate_python(entry.model_dump(exclude={"channel"}))
+
+
+class ActuatorChannel(FileModel):
+    """One relay and the contactor coil it drives (a branch, ``s1p2``/``p1``, or ``main``)."""
+
+    channel: int = Field(ge=1)
+    contactor: Annotated[str, Field(pattern=CONTACTOR_PATTERN)]
+    label: str = ""
+
+
+class ChannelMap(FileModel):
+    scanner: list[ScannerChannel] = Field(default_factory=list)  # type: ignore[valid-type]
+    actuator: list[ActuatorChannel] = Field(default_factory=list)
+    dmm: dict[Role, Input] = Field(default_factory=dict)
+    acir_module: Annotated[str, Field(pattern=POSITION_PATTERN)] | None = None
+
+    def scanner_channels(self) -> dict[int, Any]:
+        return {c.channel: c for c in self.scanner}
+
+    def actuator_channels(self) -> dict[int, str]:
+        return {c.channel: c.contactor for c in self.actuator}
+
+
+AutoChannels = Annotated[ChannelMap, _auto_or("scanner, actuator, dmm, acir_module",
+                                              "{scanner: [{channel: 101, kind: voltage, ...}]}"),
+                         WrapSerializer(_serialise_auto)]
+
+
+# ================================================================================== station
+class StationFile(FileModel):
+    """A whole bench. Load with :func:`load_station`, which also runs the checks that need
+    line numbers (``auto`` outside emulation, drivers' options, channel numbers)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    description: str = ""
+    emulated: bool = False
+    dut: str | None = Field(default=None, description="the DUT this bench is wired for: the "
+                            "default when a run names none (a file or a stem in fixtures/duts/)")
+    instruments: Annotated[dict[Role, Instrument], Field(min_length=1)]
+    bms: BmsBuses = BmsBuses()
+    channels: AutoChannels = Field(default_factory=ChannelMap)
+
+    _document: Document | None = PrivateAttr(default=None)
+
+    @property
+    def document(self) -> Document | None:
+        """The file this station came from (None if built in code)."""
+        return self._document
+
+    @property
+    def path(self) -> Path | None:
+        return self._document.path if self._document else None
+
+    def line(self, *loc: Any) -> int | None:
+        return self._document.line(*loc) if self._document else None
+
+    def error(self, loc: tuple[Any, ...], found: str, allowed: str) -> FileError:
+        if self._document is None:
+            from emulator.files import _dotted
+            return FileError("<station>", None, _dotted(loc), found, allowed)
+        return self._document.error(loc, found, allowed)
+
+    def where(self, *loc: Any) -> str:
+        """``'stations/lab.yaml:12'``: for messages about another file that point here."""
+        line = self.line(*loc)
+        return f"{self.path}:{line}" if line else str(self.path or "<station>")
+
+    def roles(self) -> set[str]:
+        """Every role a plan may require: instruments, and ``bms``/``bms.can``/``bms.modbus``."""
+        roles = set(self.instruments)
+        if self.bms.can is not None:
+            roles |= {"bms", "bms.can"}
+        if self.bms.modbus is not None:
+            roles |= {"bms", "bms.modbus"}
+        return roles
+
+    def rating(self, role: str) -> Rating:
+        return self.instruments[role].rating
+
+    @property
+    def channel_map(self) -> ChannelMap | None:
+        """The channel map, or None while it is ``auto`` (before :func:`resolve_emulated`)."""
+        return None if self.channels == AUTO else self.channels  # type: ignore[return-value]
+
+    def as_runtime(self) -> dict[str, Any]:
+        """Plain data in the shape ``emulator.emulate.start_emulated_station`` describes a bench:
+        SI numbers with the unit in the key (``rating: {current_a: 240.0}``, ``shunt_ohm``),
+        channel numbers as keys, ``auto`` kept where it is still to be filled in."""
+        instruments: dict[str, Any] = {}
+        for role, inst in self.instruments.items():
+            entry: dict[str, Any] = {"driver": inst.driver, "resource": inst.resource}
+            if inst.rating.for_driver():
+                entry["rating"] = inst.rating.for_driver()
+            if inst.options:
+                entry["options"] = dict(inst.options)
+            if inst.timeout is not None:
+                entry["timeout_s"] = inst.timeout.value
+            if inst.calibration_due is not None:
+                entry["calibration_due"] = inst.calibration_due.isoformat()
+            instruments[role] = entry
+        bms: dict[str, Any] = {}
+        if self.bms.can is not None:
+            bms["can"] = AUTO if self.bms.can == AUTO else {
+                **self.bms.can.bus_kwargs(), "period_s": self.bms.can.keepalive_period.value}
+        if self.bms.modbus is not None:
+            bus = self.bms.modbus
+            bms["modbus"] = AUTO if bus == AUTO else {
+                "host": bus.host, "port": bus.port, "device_id": bus.device_id,
+                "timeout_s": bus.timeout.value, "heartbeat_period_s": bus.heartbeat_period.value}
+        out: dict[str, Any] = {"name": self.name, "emulated": self.emulated}
+        if self.dut is not None:
+            out["dut"] = self.dut
+        out.update(instruments=instruments, bms=bms)
+        cmap = self.channel_map
+        out["channels"] = AUTO if cmap is None else {
+            "scanner": {e.channel: _input_runtime(e) for e in cmap.scanner},
+            "actuator": cmap.actuator_channels(),
+            "dmm": {name: _input_runtime(src) for name, src in cmap.dmm.items()},
+            "acir_module": cmap.acir_module or ""}
+        return out
+
+    @property
+    def resolved(self) -> bool:
+        """No ``auto`` left: ready for the bench to connect."""
+        return (self.channels != AUTO and self.bms.can != AUTO and self.bms.modbus != AUTO
+                and not any(i.is_auto for i in self.instruments.values()))
+
+
+def _input_runtime(entry: Any) -> dict[str, Any]:
+    if entry.kind == "voltage":
+        return {"kind": "voltage", "plus": entry.plus, "minus": entry.minus}
+    if entry.kind == "shunt":
+        return {"kind": "shunt", "branch": entry.branch, "shunt_ohm": entry.resistance.value}
+    return {"kind": "thermocouple", "point": entry.point}
+
+
+# ================================================================================== checks
+# Role name (or prefix) -> the role interface its driver must implement (instruments.roles).
+ROLE_INTERFACES = {"supply": "DcSupply", "load": "ElectronicLoad", "scanner": "Scanner",
+                   "actuator": "Actuator", "acir": "AcIrMeter", "dmm": "Dmm"}
+
+
+def role_interface(role: str) -> str | None:
+    """The interface a role needs: exact names, and ``dmm*`` for any DMM (``dmm_vds``)."""
+    if role in ROLE_INTERFACES:
+        return ROLE_INTERFACES[role]
+    return "Dmm" if role.startswith("dmm") else None
+
+
+def _check_auto(station: StationFile) -> None:
+    if station.emulated:
+        return
+    hint = "'auto' is filled in by the emulator: only in an emulated station (emulated: true)"
+    for role, inst in station.instruments.items():
+        if inst.is_auto:
+            raise station.error(("instruments", role, "resource"), "'auto'",
+                                f"a VISA resource string ({VISA_FORMS}); {hint}")
+    for bus in ("can", "modbus"):
+        if getattr(station.bms, bus) == AUTO:
+            raise station.error(("bms", bus), "'auto'", f"the {bus} bus settings; {hint}")
+    if station.channels == AUTO:
+        raise station.error(("channels",), "'auto'", f"the channel map of this bench; {hint}")
+
+
+def _check_calibration_present(station: StationFile) -> None:
+    if station.emulated:
+        return
+    for role, inst in station.instruments.items():
+        if inst.calibration_due is None:
+            raise station.error(("instruments", role), f"no calibration_due for {role}",
+                                "calibration_due: YYYY-MM-DD on every instrument of a real bench")
+
+
+def _check_drivers(station: StationFile) -> None:
+    """Options the driver knows, a driver that implements the role, cards only where slots are."""
+    import instruments.roles as roles_module
+
+    for role, inst in station.instruments.items():
+        cls = get_driver(inst.driver)
+        known = getattr(cls, "OPTIONS", None)
+        if known is not None:
+            for option in inst.options:
+                if option not in known:
+                    raise station.error(("instruments", role, "options", option),
+                                        f"unknown option '{option}' for {inst.driver}",
+                                        "options: " + ", ".join(sorted(known)))
+        interface = role_interface(role)
+        if interface is not None and not issubclass(cls, getattr(roles_module, interface)):
+            fits = sorted(name for name, kind in ROLE_INTERFACES.items()
+                          if issubclass(cls, getattr(roles_module, kind)))
+            article = "an" if interface[0] in "AEIOU" else "a"
+            raise station.error(("instruments", role, "driver"),
+                                f"'{inst.driver}' in role '{role}' (it is not {article} {interface})",
+                                f"{article} {interface} driver for role '{role}'; {inst.driver} fits "
+                                + (", ".join(fits) or "no standard role"))
+        if inst.cards and inst.driver not in SLOTTED_DRIVERS:
+            raise station.error(("instruments", role, "cards"), f"cards on {inst.driver}",
+                                "cards only on a mainframe with slots: " + ", ".join(SLOTTED_DRIVERS))
+
+
+def cards_of(station: StationFile, role: str) -> list[Card]:
+    """The cards fitted in a role's mainframe: its own list, or that of another role on the same
+    resource (scanner and actuator are usually one DAQ970A; its cards are listed once)."""
+    inst = station.instruments[role]
+    if inst.cards or inst.is_auto:
+        return list(inst.cards)
+    for other in station.instruments.values():
+        if other.resource == inst.resource and other.driver == inst.driver and other.cards:
+            return list(other.cards)
+    return []
+
+
+def _channel_rule(station: StationFile, role: str, kind: Literal["mux", "actuator"],
+                  channel: int) -> str | None:
+    """Why a channel number does not exist on the role's instrument (None if it does)."""
+    inst = station.instruments[role]
+    slots = SLOTTED_DRIVERS.get(inst.driver)
+    if slots is None:
+        return None
+    slot, number = divmod(channel, 100)
+    if not 1 <= slot <= slots or number < 1:
+        return f"slot*100 + channel, slot 1-{slots} (e.g. 101, 201, 301)"
+    cards = cards_of(station, role)
+    card = next((c.model for c in cards if c.slot == slot), None)
+    if cards and card is None:
+        fitted = ", ".join(f"slot {c.slot}: {c.model}" for c in cards)
+        return f"a channel on a fitted card ({fitted})"
+    if card is None:
+        return None if number <= 99 else f"channels {slot}01-{slot}99 in slot {slot}"
+    card_kind, count = CARDS[card]
+    if card_kind != kind:
+        wanted = "a multiplexer" if kind == "mux" else "an actuator"
+        return f"{wanted} card's channel; slot {slot} holds a {card} ({card_kind})"
+    if number > count:
+        return f"channels {slot * 100 + 1}-{slot * 100 + count} (slot {slot} holds a {card})"
+    return None
+
+
+def _check_channels(station: StationFile) -> None:
+    cmap = station.channel_map
+    if cmap is None:
+        return
+    for group, role, kind in (("scanner", "scanner", "mux"), ("actuator", "actuator", "actuator")):
+        entries = getattr(cmap, group)
+        if entries and role not in station.instruments:
+            raise station.error(("channels", group), f"{group} channels but no '{role}' instrument",
+                                f"an instrument in role '{role}' under instruments")
+        seen: dict[int, int] = {}
+        for index, entry in enumerate(entries):
+            if entry.channel in seen:
+                raise station.error(("channels", group, index, "channel"),
+                                    f"channel {entry.channel} twice (also entry {seen[entry.channel]})",
+                                    "each channel once")
+            seen[entry.channel] = index
+            why = _channel_rule(station, role, kind, entry.channel)  # type: ignore[arg-type]
+            if why:
+                raise station.error(("channels", group, index, "channel"),
+                                    f"channel {entry.channel}", why)
+    scan, act = station.instruments.get("scanner"), station.instruments.get("actuator")
+    if scan and act and scan.resource == act.resource:  # one mainframe: one set of channels
+        shared = set(cmap.scanner_channels()) & set(cmap.actuator_channels())
+        if shared:
+            channel = min(shared)
+            index = next(i for i, c in enumerate(cmap.actuator) if c.channel == channel)
+            raise station.error(("channels", "actuator", index, "channel"),
+                                f"channel {channel}, also a scanner channel of the same mainframe",
+                                "a relay channel not used by the scanner")
+    for name in cmap.dmm:
+        if name not in station.instruments:
+            raise station.error(("channels", "dmm", name), f"'{name}' (no such instrument)",
+                                "a DMM role under instruments: " + ", ".join(
+                                    r for r in station.instruments if role_interface(r) == "Dmm"))
+        if role_interface(name) != "Dmm":
+            raise station.error(("channels", "dmm", name), f"'{name}' (not a DMM role)",
+                                "a role named dmm or dmm_<something>")
+    if cmap.acir_module is not None and "acir" not in station.instruments:
+        raise station.error(("channels", "acir_module"), "acir_module but no 'acir' instrument",
+                            "an instrument in role 'acir'")
+
+
+def _check_ratings_present(station: StationFile) -> None:
+    """A source or sink of energy without a voltage and current rating could be driven anywhere:
+    the supervisor and the setpoint checks need both (safe by default)."""
+    if "bms" in station.instruments:
+        raise station.error(("instruments", "bms"), "an instrument named 'bms'",
+                            "another role name: 'bms' is the battery, reached through bms: can/modbus")
+    for role, inst in station.instruments.items():
+        if role_interface(role) not in ("DcSupply", "ElectronicLoad"):
+            continue
+        for quantity in ("voltage", "current"):
+            if inst.rating.get(quantity) is None:
+                raise station.error(("instruments", role, "rating"), f"no {quantity} rating for {role}",
+                                    f"rating: {{voltage: ..., current: ...}} on the {role} "
+                                    "(what it may be set to)")
+
+
+def check_station(station: StationFile) -> StationFile:
+    """The checks that need more than one field: each raises FileError with its line."""
+    _check_auto(station)
+    _check_ratings_present(station)
+    _check_calibration_present(station)
+    _check_drivers(station)
+    _check_channels(station)
+    return station
+
+
+def load_station(path: Path | str) -> StationFile:
+    """Load and check a station file; raise FileError (file, line, field, found, allowed)."""
+    document = load_document(path)
+    station = validate_document(StationFile, document)
+    return check_station(station)
+
+
+# ================================================================================== emulation
+def resolve_emulated(station: StationFile, described: dict[str, Any]) -> StationFile:
+    """Fill every ``auto`` of an emulated station from the running emulator's description.
+
+    ``described`` is ``EmulatedStation.station`` (from :func:`emulator.emulate.
+    start_emulated_station`). Resources, the CAN and Modbus endpoints and the channel map come
+    from it; ratings and calibration dates stay the station file's, since those are what the
+    plan was checked against. A role the emulator does not serve, or one it serves with another
+    driver, is an error in the station file.
+    """
+    offered = described.get("instruments", {})
+    instruments: dict[str, Instrument] = {}
+    for role, inst in station.instruments.items():
+        if inst.is_auto:
+            if role not in offered:
+                raise station.error(("instruments", role), f"role '{role}' with resource auto",
+                                    "a role the emulated bench serves: " + ", ".join(offered))
+            if offered[role]["driver"] != inst.driver:
+                raise station.error(("instruments", role, "driver"), f"'{inst.driver}'",
+                                    f"'{offered[role]['driver']}', the driver the emulated "
+                                    f"{role} speaks")
+            inst = inst.model_copy(update={"resource": _visa_resource(offered[role]["resource"])})
+        instruments[role] = inst
+    update: dict[str, Any] = {"instruments": instruments}
+    bms = described.get("bms", {})
+    can, modbus = station.bms.can, station.bms.modbus
+    if can == AUTO:
+        can = CanBus.model_validate({k: v for k, v in bms["can"].items()
+                                     if k in ("interface", "channel", "bitrate", "host", "port")})
+    if modbus == AUTO:
+        modbus = ModbusBus.model_validate(bms["modbus"])
+    update["bms"] = BmsBuses(can=can, modbus=modbus)
+    if station.channels == AUTO:
+        update["channels"] = channel_map_from_emulator(described["channels"])
+    resolved = station.model_copy(update=update)  # keeps the document: errors still name the file
+    return check_station(resolved)
+
+
+def channel_map_from_emulator(channels: dict[str, Any]) -> ChannelMap:
+    """The emulator's wiring description (``emulator.emulate.channel_map``) as a ChannelMap."""
+
+    def fields(src: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in src.items() if k != "shunt_ohm"}
+        if "shunt_ohm" in src:
+            out["resistance"] = Quantity.of(float(src["shunt_ohm"]) * 1e6, "uohm")
+        return out
+
+    scanner = [_SCANNER_CHANNEL.validate_python({"channel": int(ch), **fields(src)})
+               for ch, src in sorted(channels.get("scanner", {}).items(), key=lambda kv: int(kv[0]))]
+    actuator = [ActuatorChannel(channel=int(ch), contactor=name)
+                for ch, name in sorted(channels.get("actuator", {}).items(), key=lambda kv: int(kv[0]))]
+    dmm = {name: _INPUT.validate_python(fields(src))
+           for name, src in channels.get("dmm", {}).items()}
+    return ChannelMap(scanner=scanner, actuator=actuator, dmm=dmm,
+                      acir_module=channels.get("acir_module") or None)
+
+
+__all__ = ["AUTO", "ActuatorChannel", "BmsBuses", "CanBus", "Card", "ChannelMap", "Instrument",
+           "ModbusBus", "Rating", "ScannerChannel", "ShuntChannel", "ShuntInput", "StationFile",
+           "ThermocoupleChannel", "ThermocoupleInput", "VoltageChannel", "VoltageInput",
+           "cards_of", "channel_map_from_emulator", "check_station", "input_of", "load_station",
+           "resolve_emulated", "role_interface"]

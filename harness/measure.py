@@ -1,0 +1,160 @@
+"""Measurements: named, unit-carrying values judged against limits, recorded as they are taken.
+
+``measure("ocv_spread", 0.04, "V", limits)`` judges the value, and immediately: writes a
+result-store row (committed, so a killed run keeps it), adds an Allure step with the value and
+limits as parameters, and tells the console. A failed measurement carries a diagnosis -- the
+likely cause and the first thing to check, from the troubleshooting table of 004 -- and makes
+its step fail when the check returns (or at once with ``stop=True``), so one failure does not
+hide the measurements after it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+Verdict = Literal["pass", "marginal", "fail", "error"]
+Kind = Literal["in_range", "le", "ge", "within_pct", "equals", "record"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits in SI units. ``marginal_pct`` is a band inside the limits that passes with a flag."""
+
+    kind: Kind = "record"
+    low: float | None = None
+    high: float | None = None
+    nominal: float | None = None
+    pct: float | None = None
+    equals: Any = None
+    marginal_pct: float | None = None
+    unit: str = ""
+
+    @classmethod
+    def in_range(cls, low: float, high: float, unit: str = "", marginal_pct: float | None = None) -> "Limits":
+        return cls("in_range", low=low, high=high, unit=unit, marginal_pct=marginal_pct)
+
+    @classmethod
+    def at_most(cls, high: float, unit: str = "", marginal_pct: float | None = None) -> "Limits":
+        return cls("le", high=high, unit=unit, marginal_pct=marginal_pct)
+
+    @classmethod
+    def at_least(cls, low: float, unit: str = "", marginal_pct: float | None = None) -> "Limits":
+        return cls("ge", low=low, unit=unit, marginal_pct=marginal_pct)
+
+    @classmethod
+    def within_pct(cls, nominal: float, pct: float, unit: str = "") -> "Limits":
+        span = abs(nominal) * pct / 100.0
+        return cls("within_pct", low=nominal - span, high=nominal + span, nominal=nominal,
+                   pct=pct, unit=unit)
+
+    @classmethod
+    def equal_to(cls, value: Any) -> "Limits":
+        return cls("equals", equals=value)
+
+    def judge(self, value: Any) -> Verdict:
+        if self.kind == "record":
+            return "pass"
+        if self.kind == "equals":
+            return "pass" if value == self.equals else "fail"
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "error"
+        if self.low is not None and value < self.low:
+            return "fail"
+        if self.high is not None and value > self.high:
+            return "fail"
+        if self.marginal_pct:
+            span = self._span()
+            band = span * self.marginal_pct / 100.0
+            if ((self.low is not None and value < self.low + band)
+                    or (self.high is not None and value > self.high - band)):
+                return "marginal"
+        return "pass"
+
+    def _span(self) -> float:
+        if self.low is not None and self.high is not None:
+            return abs(self.high - self.low)
+        bound = self.high if self.high is not None else self.low
+        return abs(bound or 0.0)
+
+    def describe(self) -> str:
+        u = f" {self.unit}" if self.unit else ""
+        if self.kind == "in_range" or self.kind == "within_pct":
+            return f"{self.low:g}..{self.high:g}{u}"
+        if self.kind == "le":
+            return f"<= {self.high:g}{u}"
+        if self.kind == "ge":
+            return f">= {self.low:g}{u}"
+        if self.kind == "equals":
+            return f"== {self.equals!r}"
+        return "(recorded)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": self.low, "high": self.high, "nominal": self.nominal,
+                "pct": self.pct, "equals": self.equals, "marginal_pct": self.marginal_pct,
+                "unit": self.unit}
+
+
+@dataclass
+class Measurement:
+    name: str
+    value: Any
+    unit: str
+    limits: Limits
+    verdict: Verdict
+    diagnosis: str | None
+    at: float
+    wall_time: float = field(default_factory=time.time)
+
+    def line(self) -> str:
+        value = f"{self.value:.6g}" if isinstance(self.value, float) else repr(self.value)
+        text = f"{self.name} = {value} {self.unit} [{self.limits.describe()}] {self.verdict.upper()}"
+        return text + (f" -- {self.diagnosis}" if self.diagnosis and self.verdict == "fail" else "")
+
+
+class MeasurementFailed(AssertionError):
+    """A step's measurement(s) failed: the message lists each with its diagnosis."""
+
+
+Sink = Callable[[Measurement], None]
+
+
+class Recorder:
+    """The ``measure`` fixture: judges, records to every sink at once, collects failures."""
+
+    def __init__(self, clock_now: Callable[[], float], sinks: list[Sink] | None = None):
+        self._now = clock_now
+        self.sinks: list[Sink] = list(sinks or [])
+        self.taken: list[Measurement] = []
+
+    def __call__(self, name: str, value: Any, unit: str = "", limits: Limits | None = None,
+                 diagnosis: str | None = None, stop: bool = False) -> Measurement:
+        limits = limits or Limits()
+        verdict = limits.judge(value)
+        m = Measurement(name, value, unit or limits.unit, limits, verdict,
+                        diagnosis if verdict in ("fail", "error", "marginal") else None, self._now())
+        self.taken.append(m)
+        for sink in self.sinks:
+            sink(m)
+        if stop and verdict in ("fail", "error"):
+            raise MeasurementFailed(m.line())
+        return m
+
+    @property
+    def failures(self) -> list[Measurement]:
+        return [m for m in self.taken if m.verdict in ("fail", "error")]
+
+    def verdict(self) -> Verdict:
+        if any(m.verdict == "error" for m in self.taken):
+            return "error"
+        if self.failures:
+            return "fail"
+        if any(m.verdict == "marginal" for m in self.taken):
+            return "marginal"
+        return "pass"
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            raise MeasurementFailed("; ".join(m.line() for m in self.failures))

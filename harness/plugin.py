@@ -1,0 +1,349 @@
+"""The pytest plugin: files in, bench assembled, one pytest test per plan step, results out.
+
+Loaded by the repository's conftest.py. It does nothing unless ``--plan`` is given, so the
+project's own tests run untouched. With a plan:
+
+1. ``pytest_configure`` validates the station, DUT and plan (and the plan against the station)
+   before anything is energised; a bad file ends the run with exit status 2 and one line naming
+   file, line, field, what was found and what is allowed.
+2. Each plan step becomes a test ``test_plans/test_plan_steps.py::test_step[<step name>]``, so
+   ``-k``, ``-m``, ``-x`` and ``--lf`` work.
+3. The session fixture assembles the bench and wraps it in the safety supervisor, which brings
+   it to safe state on every way out. Measurements go to the result store, Allure and the console
+   as they are taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator.files import FileError
+from harness.measure import Limits, Measurement, Recorder
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STATION = REPO / "fixtures" / "stations" / "emulated.yaml"
+DEFAULT_PLAN = REPO / "test_plans" / "bank_smoke.yaml"
+DEFAULT_DUT = "1s4p_diagonal"
+DEFAULT_RESULTS = "sqlite:///" + str(REPO / "reports" / "results.sqlite")
+log = logging.getLogger("bankhil")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bankhil", "bankhil: run a test plan on a bench")
+    group.addoption("--plan", default=None, help="plan file (test_plans/*.yaml) or stem")
+    group.addoption("--station", default=None, help="station file (default: the emulated station)")
+    group.addoption("--dut", default=None, help="DUT file or stem in fixtures/duts/")
+    group.addoption("--serial", default=None, help="the DUT's serial number (scanned)")
+    group.addoption("--operator", default=os.environ.get("USER", "operator"))
+    group.addoption("--scenario", default=None, help="twin fault scenario (emulated stations only)")
+    group.addoption("--results", default=None, help="result store URL (default: reports/results.sqlite)")
+    group.addoption("--seed", type=int, default=0, help="emulator noise seed")
+
+
+def _resolve(value: str, folder: Path) -> Path:
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return folder / f"{value}.yaml"
+
+
+@dataclass
+class RunContext:
+    """Everything validated before the bench is touched."""
+
+    plan: Any
+    plan_path: Path
+    plan_hash: str
+    station: Any  # harness.config.StationFile
+    station_path: Path
+    dut_spec: Any
+    dut_arg: str
+    scenario: str | None
+    serial: str
+    operator: str
+    results_url: str
+    seed: int
+    gate_failed: str | None = None
+    verdicts: dict[str, str] = field(default_factory=dict)
+    measurements: list[tuple[str, Measurement]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, config: pytest.Config) -> "RunContext":
+        from emulator.config.loading import load_bank_spec
+        from harness.config import load_plan, load_station, validate_run
+        from test_plans.checks import known_checks
+
+        plan_path = _resolve(config.getoption("--plan"), REPO / "test_plans")
+        station_path = _resolve(config.getoption("--station") or str(DEFAULT_STATION),
+                                REPO / "fixtures" / "stations")
+        station = load_station(station_path)
+        checks = known_checks()
+        plan = load_plan(plan_path, checks)
+        dut_arg = config.getoption("--dut") or station.dut or DEFAULT_DUT
+        scenario = config.getoption("--scenario")
+        if scenario and not station.emulated:
+            raise FileError(station_path, None, "--scenario", f"'{scenario}'",
+                            "fault scenarios only on an emulated station")
+        dut_spec = load_bank_spec(dut_arg, scenario)
+        serial = config.getoption("--serial") or f"{dut_spec.dut.serial_prefix}{dut_spec.dut.batch}"
+        validate_run(plan, station, dut_spec, checks, scenario=scenario, serial=serial)
+        return cls(plan, plan_path, hashlib.sha256(plan_path.read_bytes()).hexdigest()[:16],
+                   station, station_path, dut_spec, str(dut_arg), scenario, serial,
+                   config.getoption("--operator"),
+                   config.getoption("--results") or DEFAULT_RESULTS, config.getoption("--seed"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "plan_step: a step of a bankhil test plan")
+    if not config.getoption("--plan", default=None):
+        return
+    try:
+        config._bankhil = RunContext.load(config)  # type: ignore[attr-defined]
+    except FileError as err:
+        sys.stderr.write(f"{err}\n")
+        sys.stderr.flush()
+        os._exit(2)  # nothing energised yet; no traceback, no half-started session
+    for step in config._bankhil.plan.steps:  # type: ignore[attr-defined]
+        for marker in step.markers:
+            config.addinivalue_line("markers", f"{marker}: plan marker")
+
+
+def _ctx(config: pytest.Config) -> RunContext:
+    ctx = getattr(config, "_bankhil", None)
+    if ctx is None:
+        pytest.skip("no --plan given")
+    return ctx
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "plan_step" not in metafunc.fixturenames:
+        return
+    ctx = getattr(metafunc.config, "_bankhil", None)
+    if ctx is None:
+        metafunc.parametrize("plan_step", [pytest.param(None, marks=pytest.mark.skip(reason="no --plan"))],
+                             ids=["no-plan"])
+        return
+    params = [pytest.param(step, id=step.name,
+                           marks=[getattr(pytest.mark, m) for m in step.markers] + [pytest.mark.plan_step])
+              for step in ctx.plan.steps]
+    metafunc.parametrize("plan_step", params)
+
+
+# ============================================================================ session: the bench
+@dataclass
+class Session:
+    ctx: RunContext
+    assembled: Any
+    supervisor: Any
+    store: Any
+    run_id: Any
+
+    @property
+    def bench(self) -> Any:
+        return self.assembled.bench
+
+
+@pytest.fixture(scope="session")
+def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    from harness.bench import assemble
+    from harness.store import ResultStore
+    from harness.supervisor import SafetySupervisor
+
+    ctx = _ctx(request.config)
+    store = ResultStore(ctx.results_url)
+    run_id = store.start_run(station=ctx.station.name, operator=ctx.operator,
+                             plan_name=ctx.plan.name, plan_version=str(ctx.plan.version),
+                             plan_hash=ctx.plan_hash, harness_version=_version(),
+                             emulated=bool(ctx.station.emulated))
+    assembled = assemble(ctx.station, ctx.dut_arg, ctx.scenario, seed=ctx.seed)
+    bench = assembled.bench
+    modules = [{"position": pos, "serial": entry.serial, "firmware": entry.firmware}
+               for pos, entry in ctx.dut_spec.dut.modules.items()]
+
+    def record(action: Any) -> None:
+        store.record_event(run_id, "safety", f"{action.reason}: {action.instrument} "
+                           f"{'safe' if action.ok else 'FAILED: ' + action.detail}")
+
+    instruments = dict(bench.instruments)
+    if bench.bms is not None:
+        instruments["bms"] = bench.bms
+    supervisor = SafetySupervisor(instruments, bench.clock.now, record)
+    supervisor.install_signal_handlers()
+    if not bench.emulated:
+        supervisor.start_watchdog(5.0, lambda role, inst: inst.identity())
+    session = Session(ctx, assembled, supervisor, store, run_id)
+    request.config._bankhil_session = session  # type: ignore[attr-defined]
+    try:
+        if bench.bms is not None:
+            bench.clock.every(getattr(bench.bms, "period_s", 1.0), _keepalive_duty(bench.bms))
+            bench.clock.wait(2.0)  # let the BMS report once before anyone asks it
+        _record_identities(session, modules)
+        yield session
+    finally:
+        supervisor.stop_watchdog()
+        supervisor.safe_state(supervisor.tripped or "end of session")
+        verdict = _overall(ctx)
+        try:
+            store.finish_run(run_id, verdict)
+        finally:
+            supervisor.restore_signal_handlers()
+            assembled.close()
+
+
+def _keepalive_duty(bms: Any):  # type: ignore[no-untyped-def]
+    """The inverter keep-alive in bench time (the client's own thread follows wall time)."""
+    def duty() -> None:
+        send = getattr(bms, "send_keepalive_if_due", None) or getattr(bms, "send_heartbeat", None)
+        if send is not None and getattr(bms, "heartbeat_on", True):
+            send()
+    return duty
+
+
+def _record_identities(session: Session, modules: list[dict[str, Any]]) -> None:
+    ctx, store = session.ctx, session.store
+    dut = ctx.dut_spec.dut
+    store.add_dut(session.run_id, ctx.serial, dut.name, modules)
+    for role, instrument in session.bench.instruments.items():
+        entry = session.assembled.runtime.get("instruments", {}).get(role, {})
+        try:
+            identity = instrument.identity()
+        except Exception as exc:  # noqa: BLE001 - recorded, the run decides later
+            identity = f"(no answer: {exc})"
+        store.add_instrument(session.run_id, role, entry.get("driver", ""), entry.get("resource", ""),
+                             identity, entry.get("calibration_due"))
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("bankhil")
+    except Exception:  # noqa: BLE001
+        return "0+unknown"
+
+
+def _overall(ctx: RunContext) -> str:
+    verdicts = list(ctx.verdicts.values())
+    if not verdicts:
+        return "error"
+    if any(v in ("fail", "error") for v in verdicts):
+        return "fail"
+    return "pass"
+
+
+# ============================================================================ per step
+@pytest.fixture
+def bench(bankhil_session: Session) -> Any:
+    return bankhil_session.bench
+
+
+@pytest.fixture
+def measure(request: pytest.FixtureRequest, bankhil_session: Session) -> Recorder:
+    session = bankhil_session
+    step = request.node.callspec.params.get("plan_step") if hasattr(request.node, "callspec") else None
+    name = step.name if step is not None else request.node.name
+    step_id = session.store.start_step(session.run_id, name, step.check if step else "",
+                                       dict(step.parameters) if step else {})
+    request.node._bankhil_step_id = step_id  # type: ignore[attr-defined]
+    recorder = Recorder(session.bench.clock.now)
+
+    def to_store(m: Measurement) -> None:
+        value = m.value if isinstance(m.value, (int, float, str, bool, type(None))) else str(m.value)
+        session.store.record_measurement(step_id, m.name, value, m.unit, m.limits.as_dict(),
+                                         m.verdict, m.diagnosis, clock_s=m.at)
+
+    def to_allure(m: Measurement) -> None:
+        try:
+            import allure
+        except ImportError:
+            return
+        with allure.step(m.line()):
+            allure.dynamic.parameter(m.name, f"{m.value} {m.unit}".strip())
+
+    def to_console(m: Measurement) -> None:
+        session.ctx.measurements.append((name, m))
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and request.config.getoption("verbose") >= 0:
+            reporter.write_line(f"    {m.line()}")
+
+    recorder.sinks.extend([to_store, to_allure, to_console])
+    return recorder
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    ctx = getattr(item.config, "_bankhil", None)
+    if ctx is not None and ctx.gate_failed and "plan_step" in getattr(item, "fixturenames", []):
+        pytest.skip(f"gate '{ctx.gate_failed}' failed: nothing further is energised")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    report = yield
+    ctx = getattr(item.config, "_bankhil", None)
+    if ctx is None or report.when != "call" or not hasattr(item, "callspec"):
+        return report
+    step = item.callspec.params.get("plan_step")
+    if step is None:
+        return report
+    verdict = "pass" if report.passed else ("fail" if report.failed else "skipped")
+    ctx.verdicts[step.name] = verdict
+    session = getattr(item.config, "_bankhil_session", None)
+    step_id = getattr(item, "_bankhil_step_id", None)
+    if session is not None and step_id is not None:
+        error = None if report.passed else str(report.longrepr.reprcrash.message
+                                              if hasattr(report.longrepr, "reprcrash") else report.longrepr)[:2000]
+        session.store.finish_step(step_id, verdict, report.duration, error)
+        if report.failed and getattr(step, "safe_state_on_fail", True):
+            session.supervisor.safe_state(f"step {step.name} failed")
+    if report.failed and step.gate:
+        ctx.gate_failed = step.name
+    return report
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo) -> None:
+    for config in _configs:
+        session = getattr(config, "_bankhil_session", None)
+        if session is not None:
+            session.supervisor.safe_state(session.supervisor.tripped or "interrupted (Ctrl-C)")
+
+
+_configs: list[pytest.Config] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _configs.append(session.config)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    ctx = getattr(config, "_bankhil", None)
+    if ctx is None:
+        return
+    from harness.console import summary_table
+    terminalreporter.write_line("")
+    terminalreporter.write(summary_table(ctx))
+    session = getattr(config, "_bankhil_session", None)
+    if session is not None and session.supervisor.actions:
+        reasons = sorted({a.reason for a in session.supervisor.actions})
+        terminalreporter.write_line(f"safety: bench brought to safe state ({'; '.join(reasons)})")
+
+
+def step_limits(step: Any) -> dict[str, Limits]:
+    """The plan step's limits as SI :class:`Limits` (see harness.config for the file form)."""
+    return {name: limit.to_limits() for name, limit in step.limits.items()}
+
+
+def step_params(step: Any) -> dict[str, Any]:
+    return {name: (value.si if hasattr(value, "si") else value) for name, value in step.parameters.items()}
+
+
+def now() -> float:
+    return time.time()

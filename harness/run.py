@@ -1,0 +1,53 @@
+"""``hil run``: a thin wrapper around pytest with the plan, station and DUT options.
+
+Every option pytest knows passes through (``-k``, ``-m``, ``-x``, ``--lf`` ...). Outputs go to
+reports/: allure-results, JUnit XML, and the result store. Exit status: 0 pass, 1 fail, 2 bad
+input (a file that does not validate, before anything is energised), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTS = REPO / "reports"
+STEPS_MODULE = REPO / "test_plans" / "test_plan_steps.py"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("plan", nargs="?", default="bank_smoke",
+                        help="plan file or stem in test_plans/ (default: bank_smoke)")
+    parser.add_argument("--station", default=None, help="station file (default: the emulated station)")
+    parser.add_argument("--dut", default=None, help="DUT file or stem (default: the station's)")
+    parser.add_argument("--serial", default=None, help="DUT serial number")
+    parser.add_argument("--operator", default=None)
+    parser.add_argument("--scenario", default=None, help="twin fault scenario (emulated stations only)")
+    parser.add_argument("--results", default=None, help="result store URL")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--reports", default=str(REPORTS), help="output folder (default: reports/)")
+
+
+def pytest_args(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    reports = Path(args.reports)
+    out = [str(STEPS_MODULE), "--plan", args.plan, "-p", "no:randomly",
+           f"--junitxml={reports / 'junit.xml'}", f"--alluredir={reports / 'allure-results'}",
+           "--rootdir", str(REPO), "-v", "-rfE", ]
+    for option in ("station", "dut", "serial", "operator", "scenario", "results", "seed"):
+        value = getattr(args, option)
+        if value is not None:
+            out += [f"--{option}", str(value)]
+    return out + list(extra)
+
+
+def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    import pytest
+
+    os.chdir(REPO)
+    code = int(pytest.main(pytest_args(args, extra or [])))
+    if code == pytest.ExitCode.INTERRUPTED:
+        return 130
+    if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.NO_TESTS_COLLECTED):
+        return 2
+    return 0 if code == pytest.ExitCode.OK else 1

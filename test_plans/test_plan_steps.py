@@ -1,0 +1,32 @@
+"""Runs a plan: one test per plan step (parametrised by the harness plugin from --plan).
+
+Each step looks up its check by name, hands it the bench (roles only), its parameters and
+limits, and ``measure``; the step fails if any measurement failed. A step with ``retries`` is
+tried again (all attempts stay recorded).
+"""
+
+from __future__ import annotations
+
+from harness.measure import MeasurementFailed
+from harness.plugin import step_limits, step_params
+from test_plans.checks import StepContext, load_all
+
+
+def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-def]
+    checks = load_all()
+    check = checks[plan_step.check]
+    session = bankhil_session
+    ctx = StepContext(session.bench, step_params(plan_step), step_limits(plan_step), measure,
+                      plan_step.name, session.ctx.dut_spec)
+    for attempt in range(plan_step.retries + 1):
+        first = len(measure.taken)
+        try:
+            check(ctx)
+            session.supervisor.check()
+            failures = [m for m in measure.taken[first:] if m.verdict in ("fail", "error")]
+            if failures:
+                raise MeasurementFailed("; ".join(m.line() for m in failures))
+            return
+        except MeasurementFailed:
+            if attempt == plan_step.retries:
+                raise
