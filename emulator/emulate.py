@@ -11,6 +11,7 @@ follows wall time until Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import signal
 import sys
 import threading
@@ -140,12 +141,62 @@ def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, 
     return EmulatedStation(bench, station, scpi, bus, can_bms, socketcand, sunspec)
 
 
+def _quantity(value: float, unit: str) -> str:
+    return f"{value:g} {unit}"
+
+
+def _input_file(source: dict[str, Any]) -> dict[str, Any]:
+    if source["kind"] == "shunt":
+        return {"kind": "shunt", "branch": source["branch"],
+                "resistance": _quantity(source["shunt_ohm"] * 1e6, "uohm")}
+    return dict(source)
+
+
+def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
+    """The running bench in the station file format (quantities with units, channel lists).
+
+    It is a station like any hardware one (``emulated: false``: its endpoints already exist and
+    its clock is wall time); only its comment says an emulator serves it.
+    """
+    instruments: dict[str, Any] = {}
+    for role, entry in station["instruments"].items():
+        item: dict[str, Any] = {"driver": entry["driver"], "resource": entry["resource"],
+                                "calibration_due": dt.date.fromisoformat(entry["calibration_due"])}
+        rating = entry.get("rating") or {}
+        if rating:
+            item["rating"] = {"voltage": _quantity(rating["voltage_v"], "V"),
+                              "current": _quantity(rating["current_a"], "A")}
+        elif role.startswith("dmm") or role in ("scanner",):
+            item["rating"] = {"voltage": "300 V"}
+        elif role == "acir":
+            item["rating"] = {"voltage": "60 V"}
+        instruments[role] = item
+    channels = station["channels"]
+    can_bus = station["bms"]["can"]
+    return {
+        "name": station["name"],
+        "description": "served by `hil emulate` on loopback",
+        "emulated": False,
+        "dut": station["dut"],
+        "instruments": instruments,
+        "bms": {"can": {"interface": "socketcand", "host": can_bus["host"], "port": can_bus["port"],
+                        "channel": can_bus["channel"], "bitrate": can_bus["bitrate"]},
+                "modbus": dict(station["bms"]["modbus"])},
+        "channels": {
+            "scanner": [{"channel": ch, **_input_file(src)} for ch, src in channels["scanner"].items()],
+            "actuator": [{"channel": ch, "contactor": name} for ch, name in channels["actuator"].items()],
+            "dmm": {name: _input_file(src) for name, src in channels["dmm"].items()},
+            "acir_module": channels["acir_module"],
+        },
+    }
+
+
 def write_station(station: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ("# Written by `hil emulate`: a station pointing at an emulated bench on loopback.\n"
               "# Valid only while that process runs.\n")
-    path.write_text(header + yaml.safe_dump(station, sort_keys=False), encoding="utf-8")
+    path.write_text(header + yaml.safe_dump(station_file_data(station), sort_keys=False), encoding="utf-8")
     return path
 
 

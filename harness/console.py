@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 STYLE = {"pass": "green", "marginal": "yellow", "fail": "bold red", "error": "bold red",
@@ -24,9 +25,9 @@ def summary_table(ctx: Any) -> str:
         by_step.setdefault(step_name, []).append(m)
     for step in ctx.plan.steps:
         verdict = ctx.verdicts.get(step.name, "not run")
-        failed = [m.line() for m in by_step.get(step.name, []) if m.verdict in ("fail", "error")]
-        table.add_row(step.name, step.check, f"[{STYLE.get(verdict, '')}]{verdict.upper()}[/]",
-                      "\n".join(failed))
+        failed = [escape(m.line()) for m in by_step.get(step.name, []) if m.verdict in ("fail", "error")]
+        table.add_row(escape(step.name), escape(step.check),
+                      f"[{STYLE.get(verdict, 'dim')}]{verdict.upper()}[/]", "\n".join(failed))
     overall = "PASS" if ctx.verdicts and all(v == "pass" for v in ctx.verdicts.values()) else "FAIL"
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=False, width=120)

@@ -51,14 +51,15 @@ def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, str, str]:
 def test_emulate_serves_drivers_and_stops_on_signal(tmp_path, sig):
     proc, station = _start(tmp_path)
     try:
-        assert station["emulated"] is True
+        assert station["emulated"] is False  # a running bench: real endpoints, wall clock
         for role in ("supply", "load", "scanner", "actuator", "acir", "dmm_vds", "dmm_shunt"):
             assert station["instruments"][role]["resource"].startswith("TCPIP0::127.0.0.1::")
         supply_cfg = station["instruments"]["supply"]
         supply = get_driver(supply_cfg["driver"])(supply_cfg["resource"], "supply",
-                                                  rating=supply_cfg["rating"])
+                                                  rating={"voltage_v": 20, "current_a": 100})
         load_cfg = station["instruments"]["load"]
-        load = get_driver(load_cfg["driver"])(load_cfg["resource"], "load", rating=load_cfg["rating"])
+        load = get_driver(load_cfg["driver"])(load_cfg["resource"], "load",
+                                              rating={"voltage_v": 24, "current_a": 240})
         try:
             assert "N57" in supply.identity()
             load.set_current(20.0)
@@ -81,6 +82,8 @@ def test_emulate_serves_drivers_and_stops_on_signal(tmp_path, sig):
             assert 0x351 in seen and 0x355 in seen
         finally:
             bus.shutdown()
+        from harness.config import load_station
+        assert load_station(tmp_path / "station.yaml").name == "emulated-1s4p_diagonal"
     finally:
         code, out, err = _stop(proc, sig)
     assert code == 0, err
