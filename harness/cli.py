@@ -98,7 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
     if not argv:
         argv = ["run"]  # `hil` alone: the default plan on the embedded emulated station
-    args, extra = parser.parse_known_args(argv)
+    run_index = next((k for k, token in enumerate(argv) if not token.startswith("-")), None)
+    if run_index is not None and argv[run_index] == "run":
+        from harness.run import split_argv
+        ours, extra = split_argv(argv[run_index + 1:])
+        args = parser.parse_args(argv[:run_index + 1] + ours)
+    else:
+        args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False)

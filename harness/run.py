@@ -16,6 +16,47 @@ REPORTS = REPO / "reports"
 STEPS_MODULE = REPO / "test_plans" / "test_plan_steps.py"
 
 
+OUR_VALUE_OPTIONS = {"--station", "--dut", "--serial", "--operator", "--scenario", "--results",
+                     "--seed", "--reports"}
+OUR_FLAGS = {"--debug", "-h", "--help"}
+# pytest options that take a separate value: their value must not be taken for the plan
+PYTEST_VALUE_OPTIONS = {"-k", "-m", "-p", "-c", "-o", "-W", "-r", "--maxfail", "--deselect",
+                        "--ignore", "--tb", "--durations", "--junitxml", "--alluredir",
+                        "--log-level", "--basetemp", "--rootdir", "--confcutdir"}
+
+
+def split_argv(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """Separate ``hil run``'s own arguments from pytest's, so ``-k EXPR`` never becomes the plan."""
+    ours: list[str] = []
+    extra: list[str] = []
+    plan_seen = False
+    k = 0
+    while k < len(tokens):
+        token = tokens[k]
+        name = token.split("=", 1)[0]
+        if name in OUR_VALUE_OPTIONS:
+            ours.append(token)
+            if "=" not in token and k + 1 < len(tokens):
+                ours.append(tokens[k + 1])
+                k += 1
+        elif name in OUR_FLAGS:
+            ours.append(token)
+        elif name in PYTEST_VALUE_OPTIONS:
+            extra.append(token)
+            if "=" not in token and k + 1 < len(tokens):
+                extra.append(tokens[k + 1])
+                k += 1
+        elif token.startswith("-"):
+            extra.append(token)
+        elif not plan_seen:
+            ours.append(token)
+            plan_seen = True
+        else:
+            extra.append(token)
+        k += 1
+    return ours, extra
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("plan", nargs="?", default="bank_smoke",
                         help="plan file or stem in test_plans/ (default: bank_smoke)")

@@ -106,8 +106,8 @@ class SafetySupervisor:
                         probe(role, instrument)
                     except Exception as exc:  # noqa: BLE001 - any failure is a hung instrument
                         reason = f"watchdog: {role} stopped answering ({exc})"
+                        self.safe_state(reason)  # safe first, then tell the running step
                         self.tripped = reason
-                        self.safe_state(reason)
                         return
 
         self._watchdog = threading.Thread(target=_loop, name="safety-watchdog", daemon=True)

@@ -1,0 +1,65 @@
+"""`hil run`: the README's main command end to end on the embedded emulated station.
+
+Exit 0 on pass, 1 on fail, 2 on a bad file (before anything is energised); outputs: console
+verdicts, allure-results, JUnit XML, result-store rows. Pytest's own selection (-k) passes
+through.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from harness.store import ResultStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def hil_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    store = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    return subprocess.run([sys.executable, "-m", "harness.cli", "run", *args, "--results", store,
+                           "--reports", str(tmp_path / "reports")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_default_plan_passes_and_writes_every_output(tmp_path):
+    result = hil_run(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "PASS" in result.stdout and "4 passed" in result.stdout
+    junit = ET.parse(tmp_path / "reports" / "junit.xml").getroot()
+    assert junit.find("testsuite").get("tests") == "4"
+    allure = list((tmp_path / "reports" / "allure-results").glob("*-result.json"))
+    assert len(allure) == 4
+    store = ResultStore(f"sqlite:///{tmp_path / 'results.sqlite'}")
+    run = store.runs()[0]
+    assert run.verdict == "pass" and run.emulated and run.plan_name == "bank_smoke"
+    names = {m.name for m in store.measurements(run.id)}
+    assert {"bms_firmware", "ocv_spread", "installed_capacity", "imbalance"} <= names
+    assert {i.role for i in store.instruments(run.id)} >= {"supply", "load", "scanner"}
+
+
+def test_fault_fails_with_a_diagnosis_and_exit_1(tmp_path):
+    result = hil_run(tmp_path, "--scenario", "ocv_mismatch_0v2")
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "FAIL" in result.stdout
+    assert "unequal cable resistance" in result.stdout or "mismatch" in result.stdout
+    store = ResultStore(f"sqlite:///{tmp_path / 'results.sqlite'}")
+    assert store.runs()[0].verdict == "fail"
+
+
+def test_pytest_selection_passes_through(tmp_path):
+    result = hil_run(tmp_path, "-k", "module_ocv")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "1 passed, 3 deselected" in result.stdout
+
+
+def test_bad_plan_exits_2_before_anything_starts(tmp_path):
+    plan = tmp_path / "bad.yaml"
+    plan.write_text('name: bad\nversion: "1"\napplies_to: [1s4p_diagonal]\nsteps:\n  - name: x\n    check: no_such_check\n')
+    result = hil_run(tmp_path, str(plan))
+    assert result.returncode == 2
+    assert f"{plan}:6" in result.stderr and "no_such_check" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "results.sqlite").exists()
