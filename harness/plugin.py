@@ -271,8 +271,13 @@ def measure(request: pytest.FixtureRequest, bankhil_session: Session) -> Recorde
     def to_console(m: Measurement) -> None:
         session.ctx.measurements.append((name, m))
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
         if reporter is not None and request.config.getoption("verbose") >= 0:
-            reporter.write_line(f"    {m.line()}")
+            if capture is not None:
+                with capture.global_and_fixture_disabled():
+                    reporter.write_line(f"    {m.line()}")
+            else:
+                reporter.write_line(f"    {m.line()}")
 
     recorder.sinks.extend([to_store, to_allure, to_console])
     return recorder
