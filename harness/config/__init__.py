@@ -20,10 +20,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from emulator.files import FileError, _dotted, _Located, load_yaml
 from emulator.files import validate as _validate_model  # not "validate": that is a submodule
@@ -204,6 +204,37 @@ def _split(dotted: str) -> tuple[Any, ...]:
     for piece in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
         parts.append(int(piece[1:-1]) if piece.startswith("[") else piece)
     return tuple(parts)
+
+
+class FileModel(BaseModel):
+    """Strict and immutable: a misspelt key is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourcedFile(FileModel):
+    """A whole file's model that remembers its :class:`Document`, so that cross-file checks can
+    still point at the offending line."""
+
+    _document: Document | None = PrivateAttr(default=None)
+    _label: ClassVar[str] = "<file>"
+
+    @property
+    def document(self) -> Document | None:
+        """The file this model came from (None if built in code)."""
+        return self._document
+
+    @property
+    def path(self) -> Path | None:
+        return self._document.path if self._document else None
+
+    def line(self, *loc: Any) -> int | None:
+        return self._document.line(*loc) if self._document else None
+
+    def error(self, loc: tuple[Any, ...], found: str, allowed: str) -> FileError:
+        if self._document is None:
+            return FileError(self._label, None, _dotted(loc), found, allowed)
+        return self._document.error(loc, found, allowed)
 
 
 def today() -> _dt.date:

@@ -40,15 +40,13 @@ import math
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, PlainSerializer,
-                      PrivateAttr, model_validator)
-from pydantic import BaseModel
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from emulator.files import FileError
-from harness.config import Document, load_document, validate_document
+from harness.config import FileModel, SourcedFile, load_document, validate_document
 from harness.units import ALIASES, DIMENSIONS, UNITS, Quantity, UnitError, describe_dimension, dimension_of
 
 NAME_PATTERN = r"^[a-z0-9_]+$"
@@ -60,12 +58,6 @@ SETPOINT_QUANTITIES = {"voltage": "V", "current": "A", "power": "W"}
 RESERVED_MARKERS = {"skip", "skipif", "xfail", "parametrize", "usefixtures", "filterwarnings"}
 
 KnownChecks = Union[Collection[str], Mapping[str, Mapping[str, str] | None]]
-
-
-class FileModel(BaseModel):
-    """Strict and immutable: a misspelt key is an error, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _matching(pattern: str, allowed: str) -> AfterValidator:
@@ -399,7 +391,7 @@ def _pattern(text: str) -> str:
     return text
 
 
-class PlanFile(FileModel):
+class PlanFile(SourcedFile):
     """A plan: its identity, what it applies to, and its steps in order."""
 
     name: Annotated[str, Field(min_length=1)]
@@ -411,24 +403,7 @@ class PlanFile(FileModel):
     defaults: dict[str, Parameter] = Field(default_factory=dict)
     steps: Annotated[list[Step], Field(min_length=1)]
 
-    _document: Document | None = PrivateAttr(default=None)
-
-    @property
-    def document(self) -> Document | None:
-        return self._document
-
-    @property
-    def path(self) -> Path | None:
-        return self._document.path if self._document else None
-
-    def line(self, *loc: Any) -> int | None:
-        return self._document.line(*loc) if self._document else None
-
-    def error(self, loc: tuple[Any, ...], found: str, allowed: str) -> FileError:
-        if self._document is None:
-            from emulator.files import _dotted
-            return FileError("<plan>", None, _dotted(loc), found, allowed)
-        return self._document.error(loc, found, allowed)
+    _label: ClassVar[str] = "<plan>"
 
     def parameters_for(self, step: Step) -> dict[str, Any]:
         """The plan's defaults overridden by the step's own parameters."""

@@ -51,15 +51,15 @@ import datetime as dt
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
-from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, PrivateAttr,
+from pydantic import (AfterValidator, BeforeValidator, Field,
                       TypeAdapter, WrapSerializer, WrapValidator, field_validator, model_validator)
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
 from emulator.files import FileError
-from harness.config import Document, load_document, validate_document
+from harness.config import FileModel, SourcedFile, load_document, validate_document
 from harness.units import Quantity
 from instruments.drivers import driver_names, get_driver
 
@@ -69,12 +69,6 @@ NODE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$"
 POSITION_PATTERN = r"^s\d+p\d+$"
 BRANCH_PATTERN = r"^(s\d+p\d+|p\d+)$"
 CONTACTOR_PATTERN = r"^(s\d+p\d+|p\d+|main)$"
-
-
-class FileModel(BaseModel):
-    """Strict and immutable: a misspelt key is an error, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Role = Annotated[str, Field(pattern=ROLE_PATTERN, description="a role name: supply, load, ...")]
@@ -398,7 +392,7 @@ AutoChannels = Annotated[ChannelMap, _auto_or("scanner, actuator, dmm, acir_modu
 
 
 # ================================================================================== station
-class StationFile(FileModel):
+class StationFile(SourcedFile):
     """A whole bench. Load with :func:`load_station`, which also runs the checks that need
     line numbers (``auto`` outside emulation, drivers' options, channel numbers)."""
 
@@ -411,25 +405,7 @@ class StationFile(FileModel):
     bms: BmsBuses = BmsBuses()
     channels: AutoChannels = Field(default_factory=ChannelMap)
 
-    _document: Document | None = PrivateAttr(default=None)
-
-    @property
-    def document(self) -> Document | None:
-        """The file this station came from (None if built in code)."""
-        return self._document
-
-    @property
-    def path(self) -> Path | None:
-        return self._document.path if self._document else None
-
-    def line(self, *loc: Any) -> int | None:
-        return self._document.line(*loc) if self._document else None
-
-    def error(self, loc: tuple[Any, ...], found: str, allowed: str) -> FileError:
-        if self._document is None:
-            from emulator.files import _dotted
-            return FileError("<station>", None, _dotted(loc), found, allowed)
-        return self._document.error(loc, found, allowed)
+    _label: ClassVar[str] = "<station>"
 
     def where(self, *loc: Any) -> str:
         """``'stations/lab.yaml:12'``: for messages about another file that point here."""
