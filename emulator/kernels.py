@@ -28,6 +28,13 @@ import math
 import numpy as np
 from numba import njit
 
+# Every kernel: cached on disk; numpy's floating-point error model (x / 0 gives inf or nan as
+# the numpy code it replaces did, and no exception path per division, which also halves the
+# compile time).
+_kernel = njit(cache=True, error_model="numpy")
+# helpers only kernels call: no Python entry point to generate
+_helper = njit(cache=True, error_model="numpy", no_cpython_wrapper=True)
+
 # ---------------------------------------------------------------------------------- constants
 G_OFF = 1e-7            # S: an open contactor, blown fuse or off MOSFET (10 Mohm)
 G_MIN = 1e-9            # S from every node to ground, as SPICE's gmin
@@ -54,9 +61,10 @@ F_ROWS = 5
 # voltages as the BMS last sampled them, voltages under the slow span's mean current
 C_SOC, C_CAP, C_OCV, C_V, C_VBAL = range(5)
 C_ROWS = 5
-# rows of the thermal float array (shape T_ROWS x nodes); T_HEAT is scratch
-T_TEMP, T_CAP, T_GAMB, T_C_OVER_DT, T_AMB_HEAT, T_HEAT = range(6)
-T_ROWS = 6
+# rows of the thermal float array (shape T_ROWS x nodes); T_HEAT is scratch, T_RES_TEMP the
+# temperatures at which the twin last computed its copper resistances
+T_TEMP, T_CAP, T_GAMB, T_C_OVER_DT, T_AMB_HEAT, T_HEAT, T_RES_TEMP = range(7)
+T_ROWS = 7
 # thermal scalars: cached factorisation step (nan = none), ambient temperature
 TS_DT, TS_AMBIENT = range(2)
 
@@ -82,6 +90,10 @@ EV_BMS = 1 << 4         # a protection tripped or released
 EV_SLOW_DUE = 1 << 5    # the slow path's span reached its length
 EV_RESISTIVE = 1 << 6   # copper warmed > 1 K: recompute resistances and call again (no step done)
 EV_SINGULAR = 1 << 7    # a singular matrix (no step done)
+EV_SLOW_DONE = 1 << 8   # the slow path (with the BMS's sampled protections) ran
+EV_SLOW_BMS = 1 << 9    # ... and one of those protections tripped or released
+# what the twin kernel is asked to do
+OP_SOLVE, OP_STEP, OP_SLOW, OP_SLOW_BMS, OP_CHEMISTRY = range(5)
 
 # BMS: rows of the float state (timer, trip age) and bool state (tripped, trip, release)
 BF_TIMER, BF_AGE = range(2)
@@ -114,7 +126,7 @@ def lu_meta_size(n: int) -> int:
     return n + 2 * (n + 1) + n * n
 
 
-@njit(cache=True)
+@_helper
 def lu_factor(a: np.ndarray, meta: np.ndarray) -> int:
     """In-place LU with partial pivoting (LAPACK getf2's algorithm); records the pattern.
 
@@ -168,7 +180,7 @@ def lu_factor(a: np.ndarray, meta: np.ndarray) -> int:
     return 0
 
 
-@njit(cache=True)
+@_helper
 def lu_solve(a: np.ndarray, meta: np.ndarray, x: np.ndarray) -> None:
     """Solve in place with factors from :func:`lu_factor`, visiting only nonzeros."""
     n = a.shape[0]
@@ -195,30 +207,8 @@ def lu_solve(a: np.ndarray, meta: np.ndarray, x: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------------- MNA
-@njit(cache=True)
-def _mna_factor(g: np.ndarray, ba: np.ndarray, bb: np.ndarray, lu: np.ndarray,
-                meta: np.ndarray) -> int:
-    """Stamp A^T diag(g) A + gmin I (ground = node 0 dropped) into ``lu`` and factor it."""
-    n = lu.shape[0]
-    for i in range(n):
-        for j in range(n):
-            lu[i, j] = 0.0
-    for b in range(g.size):
-        a, c, gb = ba[b] - 1, bb[b] - 1, g[b]
-        if a >= 0:
-            lu[a, a] += gb
-        if c >= 0:
-            lu[c, c] += gb
-        if a >= 0 and c >= 0:
-            lu[a, c] -= gb
-            lu[c, a] -= gb
-    for i in range(n):
-        lu[i, i] += G_MIN
-    return lu_factor(lu, meta)
-
-
-@njit(cache=True)
-def mna_solve(br: np.ndarray, ba: np.ndarray, bb: np.ndarray, lu: np.ndarray, meta: np.ndarray,
+@_helper
+def _mna_solve(br: np.ndarray, ba: np.ndarray, bb: np.ndarray, lu: np.ndarray, meta: np.ndarray,
               v_nodes: np.ndarray, factored: np.ndarray) -> int:
     """Node voltages, branch voltages and currents for the branch (g, s) rows of ``br``.
 
@@ -234,7 +224,23 @@ def mna_solve(br: np.ndarray, ba: np.ndarray, bb: np.ndarray, lu: np.ndarray, me
                 same = False
                 break
     if not same:
-        info = _mna_factor(g, ba, bb, lu, meta)
+        # stamp A^T diag(g) A + gmin I (ground, node 0, dropped) and factor it
+        n = lu.shape[0]
+        for i in range(n):
+            for j in range(n):
+                lu[i, j] = 0.0
+        for b in range(nb):
+            a, c, gb = ba[b] - 1, bb[b] - 1, g[b]
+            if a >= 0:
+                lu[a, a] += gb
+            if c >= 0:
+                lu[c, c] += gb
+            if a >= 0 and c >= 0:
+                lu[a, c] -= gb
+                lu[c, a] -= gb
+        for i in range(n):
+            lu[i, i] += G_MIN
+        info = lu_factor(lu, meta)
         if info != 0:
             factored[0] = 0
             return info
@@ -261,18 +267,15 @@ def mna_solve(br: np.ndarray, ba: np.ndarray, bb: np.ndarray, lu: np.ndarray, me
     return 0
 
 
+@_kernel
+def mna_solve(br: np.ndarray, ba: np.ndarray, bb: np.ndarray, lu: np.ndarray, meta: np.ndarray,
+              v_nodes: np.ndarray, factored: np.ndarray) -> int:
+    """:func:`_mna_solve` for Python callers (``MnaSolver.solve``)."""
+    return _mna_solve(br, ba, bb, lu, meta, v_nodes, factored)
+
+
 # ---------------------------------------------------------------------------------- BMS
-@njit(cache=True)
-def _bms_current_conditions(i_mod: np.ndarray, trip: np.ndarray, par: np.ndarray) -> None:
-    """Over-current and short-circuit comparators (rows 2, 3, 4)."""
-    for k in range(i_mod.size):
-        i = i_mod[k]
-        trip[2, k] = i > par[P_OCC]
-        trip[3, k] = i < -par[P_OCD]
-        trip[4, k] = i < -par[P_SC]
-
-
-@njit(cache=True)
+@_helper
 def _bms_conditions(cell_v: np.ndarray, i_mod: np.ndarray, temp: np.ndarray, trip: np.ndarray,
                     release: np.ndarray, par: np.ndarray) -> None:
     """Every protection's trip and release condition from sampled cell voltages, current and
@@ -308,7 +311,7 @@ def _bms_conditions(cell_v: np.ndarray, i_mod: np.ndarray, temp: np.ndarray, tri
         release[8, k] = t > par[P_DT_MIN] + par[P_DT_HYS]
 
 
-@njit(cache=True)
+@_helper
 def _bms_debounce(mask: int, dt: float, bf: np.ndarray, bb: np.ndarray,
                   count: np.ndarray, par: np.ndarray) -> bool:
     """Advance the debounce timers of the rows in ``mask`` by dt; True if any protection
@@ -361,20 +364,24 @@ def _bms_debounce(mask: int, dt: float, bf: np.ndarray, bb: np.ndarray,
     return changed
 
 
-@njit(cache=True)
+@_kernel
 def bms_step(mask: int, fast: bool, dt: float, cell_v: np.ndarray, i_mod: np.ndarray,
              temp: np.ndarray, bf: np.ndarray, bb: np.ndarray, count: np.ndarray,
              par: np.ndarray) -> bool:
     """One BMS step outside the twin's kernels (``BmsArray.step``): the same conditions and
     debounce the kernels run."""
     if fast:
-        _bms_current_conditions(i_mod, bb[BB_TRIP], par)
+        trip = bb[BB_TRIP]
+        for k in range(i_mod.size):
+            trip[2, k] = i_mod[k] > par[P_OCC]
+            trip[3, k] = i_mod[k] < -par[P_OCD]
+            trip[4, k] = i_mod[k] < -par[P_SC]
     else:
         _bms_conditions(cell_v, i_mod, temp, bb[BB_TRIP], bb[BB_RELEASE], par)
     return _bms_debounce(mask, dt, bf, bb, count, par)
 
 
-@njit(cache=True)
+@_kernel
 def bms_time_to_next_trip(bf: np.ndarray, par: np.ndarray) -> float:
     """Shortest time until a running debounce timer expires (inf if none runs)."""
     timer = bf[BF_TIMER]
@@ -390,7 +397,7 @@ def bms_time_to_next_trip(bf: np.ndarray, par: np.ndarray) -> float:
     return max(best, 0.0)
 
 
-@njit(cache=True)
+@_helper
 def _balance_module(k: int, cell_v: np.ndarray, charging: bool, balancing: np.ndarray,
                     par: np.ndarray) -> None:
     """Passive balancing flags of module k: cells above the start voltage and above the
@@ -404,7 +411,7 @@ def _balance_module(k: int, cell_v: np.ndarray, charging: bool, balancing: np.nd
         balancing[k, c] = (v > par[P_BAL_START]) and (v - lowest > par[P_BAL_DELTA]) and charging
 
 
-@njit(cache=True)
+@_kernel
 def bms_balance(cell_v: np.ndarray, charging: np.ndarray, balancing: np.ndarray,
                 par: np.ndarray) -> np.ndarray:
     """Balancing flags and bleed currents (A per cell) for ``BmsArray.balance_currents``."""
@@ -417,10 +424,12 @@ def bms_balance(cell_v: np.ndarray, charging: np.ndarray, balancing: np.ndarray,
 
 
 # ---------------------------------------------------------------------------------- thermal
-@njit(cache=True)
-def thermal_step(dt: float, heat_w: np.ndarray, th: np.ndarray, cond: np.ndarray,
-                 lu: np.ndarray, meta: np.ndarray, tsc: np.ndarray) -> int:
-    """Backward Euler step of the thermal network, refactoring only when dt changes."""
+@_helper
+def _thermal_step(dt: float, heat_w: np.ndarray, th: np.ndarray, cond: np.ndarray,
+                  lu: np.ndarray, meta: np.ndarray, tsc: np.ndarray) -> int:
+    """Backward Euler step of the thermal network, refactoring only when dt changes.
+
+    Returns 0, or the singular pivot's number."""
     n = th.shape[1]
     if not tsc[TS_DT] == dt:
         for i in range(n):
@@ -442,352 +451,359 @@ def thermal_step(dt: float, heat_w: np.ndarray, th: np.ndarray, cond: np.ndarray
     return 0
 
 
+@_kernel
+def thermal_step(dt: float, heat_w: np.ndarray, th: np.ndarray, cond: np.ndarray,
+                 lu: np.ndarray, meta: np.ndarray, tsc: np.ndarray) -> int:
+    """:func:`_thermal_step` for Python callers (``ThermalNetwork.step``)."""
+    return _thermal_step(dt, heat_w, th, cond, lu, meta, tsc)
+
+
 # ---------------------------------------------------------------------------------- chemistry
-@njit(cache=True)
-def _interp(x: float, xp: np.ndarray, fp: np.ndarray) -> float:
-    """Linear interpolation on an increasing table, as numpy.interp (ends held)."""
-    last = xp.size - 1
-    if x < xp[0]:
-        return fp[0]
-    if x >= xp[last]:
-        return fp[last]
-    lo, hi = 0, last
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if xp[mid] <= x:
-            lo = mid
-        else:
-            hi = mid
-    slope = (fp[lo + 1] - fp[lo]) / (xp[lo + 1] - xp[lo])
-    return slope * (x - xp[lo]) + fp[lo]
-
-
-@njit(cache=True)
-def refresh_chemistry(cells: np.ndarray, mod: np.ndarray, ocv_x: np.ndarray,
+@_helper
+def _refresh_chemistry(cells: np.ndarray, mod: np.ndarray, ocv_x: np.ndarray,
                       ocv_y: np.ndarray) -> None:
     """Cell OCVs from SOC and module EMFs (their sum)."""
     soc, ocv = cells[C_SOC], cells[C_OCV]
     for k in range(soc.shape[0]):
         emf = 0.0
         for c in range(soc.shape[1]):
-            v = _interp(soc[k, c], ocv_x, ocv_y)
+            # linear interpolation on the increasing table, as numpy.interp (ends held)
+            x = soc[k, c]
+            last = ocv_x.size - 1
+            if x < ocv_x[0]:
+                v = ocv_y[0]
+            elif x >= ocv_x[last]:
+                v = ocv_y[last]
+            else:
+                lo, hi = 0, last
+                while hi - lo > 1:
+                    mid = (lo + hi) >> 1
+                    if ocv_x[mid] <= x:
+                        lo = mid
+                    else:
+                        hi = mid
+                slope = (ocv_y[lo + 1] - ocv_y[lo]) / (ocv_x[lo + 1] - ocv_x[lo])
+                v = slope * (x - ocv_x[lo]) + ocv_y[lo]
             ocv[k, c] = v
             emf += v
         mod[M_EMF, k] = emf
 
 
 # ---------------------------------------------------------------------------------- twin step
-@njit(cache=True)
-def _assemble(dt: float, mod: np.ndarray, region: np.ndarray, br: np.ndarray, res: np.ndarray,
-              ind: np.ndarray, topo: np.ndarray, sc: np.ndarray, fl: np.ndarray) -> None:
-    """Companion-model (g, s) of every branch for a step of dt in the current regions."""
-    n, nr, ni = mod.shape[1], res.shape[1], ind.shape[1]
-    o_fet, o_res = n, 2 * n
-    o_ind = o_res + nr
-    o_sup = topo.size - 2
-    g, s = br[B_G], br[B_S]
-    for j in range(nr):
-        b = topo[o_res + j]
-        g[b] = res[R_G, j]
-        s[b] = 0.0
-    for j in range(ni):
-        b = topo[o_ind + j]
-        g[b] = dt / ind[L_H, j]
-        s[b] = -ind[L_I, j]
-    for k in range(n):
-        b = topo[k]
-        req = mod[M_REQ, k]
-        g[b] = 1.0 / req
-        s[b] = (mod[M_EMF, k] + mod[M_A1, k] * mod[M_VRC1, k] + mod[M_A2, k] * mod[M_VRC2, k]) / req
-        b = topo[o_fet + k]
-        r = region[k]
-        if r == FET_OFF:
-            g[b] = G_OFF
-            s[b] = 0.0
-        elif r == FET_CLAMP_POS or r == FET_CLAMP_NEG:
-            rc = mod[M_FET_CLAMPR, k]
-            g[b] = 1.0 / rc
-            sign = 1.0 if r == FET_CLAMP_POS else -1.0
-            s[b] = sign * mod[M_FET_CLAMPV, k] / rc
-        else:
-            g[b] = 1.0 / mod[M_FET_RON, k]
-            s[b] = 0.0
-    b = topo[o_sup]
-    region_s = fl[I_SUP_REGION]
-    if sc[S_SUP_ON] == 0.0 or region_s == SUPPLY_OFF or region_s == SUPPLY_BLOCK:
-        g[b] = G_OFF
-        s[b] = 0.0
-    elif region_s == SUPPLY_CC:
-        g[b] = 0.0
-        s[b] = sc[S_SUP_I]
-    else:
-        g[b] = 1.0 / sc[S_SUP_OHM]
-        s[b] = sc[S_SUP_V] / sc[S_SUP_OHM]
-    b = topo[o_sup + 1]
-    if sc[S_LOAD_ON] == 0.0 or sc[S_LOAD_I] <= 0:
-        g[b] = G_OFF
-        s[b] = 0.0
-    elif fl[I_LOAD_REGION] == LOAD_DROPOUT:
-        g[b] = sc[S_LOAD_I] / sc[S_LOAD_MINV]
-        s[b] = 0.0
-    else:
-        g[b] = 0.0
-        s[b] = -sc[S_LOAD_I]
+@_kernel
+def twin_kernel(op: int, dt: float, mod: np.ndarray, region: np.ndarray, allow: np.ndarray,
+                br: np.ndarray, res: np.ndarray, ind: np.ndarray, fuse: np.ndarray,
+                topo: np.ndarray, lu: np.ndarray, meta: np.ndarray, v_nodes: np.ndarray,
+                sc: np.ndarray, fl: np.ndarray, cells: np.ndarray, balancing: np.ndarray,
+                heat_matrix: np.ndarray, mod_th: np.ndarray, th: np.ndarray,
+                th_cond: np.ndarray, th_lu: np.ndarray, th_meta: np.ndarray, tsc: np.ndarray,
+                ocv_x: np.ndarray, ocv_y: np.ndarray, bms_f: np.ndarray, bms_b: np.ndarray,
+                bms_count: np.ndarray, bms_par: np.ndarray) -> int:
+    """The twin's one compiled entry point; ``op`` says what to do, the result is EV_* bits.
 
+    OP_SOLVE: solve the circuit for a step of dt, re-picking piecewise-linear regions (the
+    solve repeats while a region changes, at most 30 times).
 
-@njit(cache=True)
-def _pwl_update(mod: np.ndarray, region: np.ndarray, allow: np.ndarray, br: np.ndarray,
-                topo: np.ndarray, sc: np.ndarray, fl: np.ndarray) -> bool:
-    """Re-pick the piecewise-linear regions (MOSFETs, supply, load) from a solution; True if
-    any changed."""
-    n = mod.shape[1]
-    bv, bi = br[B_V], br[B_I]
-    changed = False
-    all_closed = True
-    for k in range(n):
-        if not (allow[0, k] and allow[1, k]):
-            all_closed = False
-    if not (all_closed and fl[I_FETS_ALL_ON] != 0):
-        tol = 1e-6
-        all_on = True
-        for k in range(n):
-            b = topo[n + k]
-            v, i = bv[b], bi[b]
-            allow_c, allow_d = allow[0, k], allow[1, k]
-            r = region[k]
-            new = r
-            want_on = (allow_d and v > tol) or (allow_c and v < -tol)
-            if r == FET_ON:
-                if not ((i >= -tol and allow_d) or (i <= tol and allow_c)):
-                    new = FET_OFF
-            elif r == FET_OFF or r == FET_CLAMP_POS or r == FET_CLAMP_NEG:
-                if want_on:
-                    new = FET_ON
-                else:
-                    clamp_v = mod[M_FET_CLAMPV, k]
-                    if v > clamp_v:
-                        new = FET_CLAMP_POS
-                    if v < -clamp_v:
-                        new = FET_CLAMP_NEG
-                    if abs(v) <= clamp_v:
-                        new = FET_OFF
-            # a clamp that stopped conducting returns to off
-            if r == FET_CLAMP_POS and i < 0 and not want_on:
-                new = FET_OFF
-            if r == FET_CLAMP_NEG and i > 0 and not want_on:
-                new = FET_OFF
-            if r == FET_FAILED:
-                new = FET_FAILED
-            if new != r:
-                region[k] = new
-                changed = True
-            if new != FET_ON:
-                all_on = False
-        fl[I_FETS_ALL_ON] = 1 if all_on else 0
-    # supply: CV with current limit, can source but not sink
-    k_sup = topo[topo.size - 2]
-    region_s = fl[I_SUP_REGION]
-    if sc[S_SUP_ON] != 0.0:
-        vs, is_ = bv[k_sup], -bi[k_sup]
-        new_s = region_s
-        if region_s == SUPPLY_OFF or region_s == SUPPLY_BLOCK:
-            new_s = SUPPLY_CV if vs < sc[S_SUP_V] else SUPPLY_BLOCK
-        elif region_s == SUPPLY_CV:
-            if is_ > sc[S_SUP_I] + 1e-9:
-                new_s = SUPPLY_CC
-            elif is_ < -1e-9:
-                new_s = SUPPLY_BLOCK
-        elif region_s == SUPPLY_CC and vs > sc[S_SUP_V] + 1e-9:
-            new_s = SUPPLY_CV
-        if new_s != region_s:
-            fl[I_SUP_REGION] = new_s
-            changed = True
-    elif region_s != SUPPLY_OFF:
-        fl[I_SUP_REGION] = SUPPLY_OFF
-        changed = True
-    # load: constant current, a resistor below its minimum voltage
-    k_load = topo[topo.size - 1]
-    region_l = fl[I_LOAD_REGION]
-    if sc[S_LOAD_ON] != 0.0:
-        new_l = LOAD_CC if bv[k_load] >= sc[S_LOAD_MINV] else LOAD_DROPOUT
-        if new_l != region_l:
-            fl[I_LOAD_REGION] = new_l
-            changed = True
-    elif region_l != LOAD_OFF:
-        fl[I_LOAD_REGION] = LOAD_OFF
-        changed = True
-    return changed
+    OP_STEP: solve, then integrate the step: RC pairs exact for the current held over the
+    step, inductor currents, the charge and heat accumulated for the slow path, MOSFET
+    avalanche energy (trapezoid) and failure, peaks, energy accounts, fuse heating and the
+    BMS over-current comparators. If the slow path is then due (its span reached, a region
+    changed or a MOSFET failed) and nothing Python must handle first happened (a fast BMS
+    trip or release, a fuse melt), the slow path with the BMS's sampled protections runs in
+    the same call (EV_SLOW_DONE; EV_SLOW_BMS if a protection tripped or released).
 
+    OP_SLOW, OP_SLOW_BMS: the slow path over the accumulated span -- SOC (with balancing bleed
+    and self-discharge), temperatures, cell OCVs -- and with OP_SLOW_BMS the BMS then samples
+    cell voltages (under this step's current) and temperatures and runs its voltage and
+    temperature protections over the span.
 
-@njit(cache=True)
-def twin_step(mode: int, dt: float, mod: np.ndarray, region: np.ndarray, allow: np.ndarray,
-              br: np.ndarray, res: np.ndarray, ind: np.ndarray, fuse: np.ndarray,
-              topo: np.ndarray, lu: np.ndarray, meta: np.ndarray, v_nodes: np.ndarray,
-              sc: np.ndarray, fl: np.ndarray, temps: np.ndarray, res_temps: np.ndarray,
-              bms_f: np.ndarray, bms_b: np.ndarray, bms_count: np.ndarray,
-              bms_par: np.ndarray) -> int:
-    """Solve the circuit for a step of dt (mode 0), and with mode 1 also integrate the step.
+    OP_CHEMISTRY: cell OCVs and module EMFs from SOC.
 
-    The solve repeats while a piecewise-linear region changes (at most 30 times). Integrating
-    means: RC pairs exact for the current held over the step, inductor currents, the charge
-    and heat accumulated for the slow path, MOSFET avalanche energy (trapezoid) and failure,
-    peaks, energy accounts, fuse heating and the BMS over-current comparators.
+    EV_RESISTIVE (nothing done): the slow path just ran and copper warmed by more than 1 K
+    since resistances were computed; Python recomputes them and calls again.
 
-    Returns the EV_* bits of what happened. EV_RESISTIVE: the slow path just ran and copper
-    warmed by more than 1 K since resistances were computed, so Python recomputes them and
-    calls again.
+    (One entry point with its parts inline, calling only small helpers, compiles several
+    times faster than a tree of kernels: numba re-optimises every linked callee per level.)
     """
     n, nb, nr, ni, nf = mod.shape[1], br.shape[1], res.shape[1], ind.shape[1], fuse.shape[1]
-    o_fet, o_res = n, 2 * n
-    o_ind = o_res + nr
-    o_fuse = o_ind + ni
-    o_a = o_fuse + nf
-    o_b = o_a + nb
-    if sc[S_ACC_DT] == 0.0:
-        drift = 0.0
-        for j in range(temps.size):
-            d = abs(temps[j] - res_temps[j])
-            if d > drift:
-                drift = d
-        if drift > 1.0:
-            return EV_RESISTIVE
-    if not sc[S_RC_DT] == dt:
+    cells_n = cells.shape[2]
+    if op == OP_CHEMISTRY:
+        _refresh_chemistry(cells, mod, ocv_x, ocv_y)
+        return 0
+    ev = 0
+    with_bms = op == OP_SLOW_BMS
+    if op == OP_SOLVE or op == OP_STEP:
+        o_fet, o_res = n, 2 * n
+        o_ind = o_res + nr
+        o_fuse = o_ind + ni
+        o_a = o_fuse + nf
+        o_b = o_a + nb
+        o_sup = o_b + nb  # supply, then load
+        if sc[S_ACC_DT] == 0.0:
+            drift = 0.0
+            for j in range(th.shape[1]):
+                d = abs(th[T_TEMP, j] - th[T_RES_TEMP, j])
+                if d > drift:
+                    drift = d
+            if drift > 1.0:
+                return EV_RESISTIVE
+        if not sc[S_RC_DT] == dt:
+            for k in range(n):
+                a1 = math.exp(-dt / mod[M_TAU1, k])
+                a2 = math.exp(-dt / mod[M_TAU2, k])
+                mod[M_A1, k] = a1
+                mod[M_A2, k] = a2
+                mod[M_REQ, k] = mod[M_RSER, k] + mod[M_R1, k] * (1 - a1) + mod[M_R2, k] * (1 - a2)
+            sc[S_RC_DT] = dt
+        ba = topo[o_a:o_b]
+        bbr = topo[o_b:o_b + nb]
+        factored = fl[I_FACTORED:I_FACTORISATIONS + 1]
+        any_change = False
+        bv, bi = br[B_V], br[B_I]
+        g, s = br[B_G], br[B_S]
+        for _ in range(30):
+            # companion-model (g, s) of every branch for a step of dt in the current regions
+            for j in range(nr):
+                b = topo[o_res + j]
+                g[b] = res[R_G, j]
+                s[b] = 0.0
+            for j in range(ni):
+                b = topo[o_ind + j]
+                g[b] = dt / ind[L_H, j]
+                s[b] = -ind[L_I, j]
+            for k in range(n):
+                b = topo[k]
+                req = mod[M_REQ, k]
+                g[b] = 1.0 / req
+                s[b] = (mod[M_EMF, k] + mod[M_A1, k] * mod[M_VRC1, k] + mod[M_A2, k] * mod[M_VRC2, k]) / req
+                b = topo[o_fet + k]
+                r = region[k]
+                if r == FET_OFF:
+                    g[b] = G_OFF
+                    s[b] = 0.0
+                elif r == FET_CLAMP_POS or r == FET_CLAMP_NEG:
+                    rc = mod[M_FET_CLAMPR, k]
+                    g[b] = 1.0 / rc
+                    sign = 1.0 if r == FET_CLAMP_POS else -1.0
+                    s[b] = sign * mod[M_FET_CLAMPV, k] / rc
+                else:
+                    g[b] = 1.0 / mod[M_FET_RON, k]
+                    s[b] = 0.0
+            b = topo[o_sup]
+            region_s = fl[I_SUP_REGION]
+            if sc[S_SUP_ON] == 0.0 or region_s == SUPPLY_OFF or region_s == SUPPLY_BLOCK:
+                g[b] = G_OFF
+                s[b] = 0.0
+            elif region_s == SUPPLY_CC:
+                g[b] = 0.0
+                s[b] = sc[S_SUP_I]
+            else:
+                g[b] = 1.0 / sc[S_SUP_OHM]
+                s[b] = sc[S_SUP_V] / sc[S_SUP_OHM]
+            b = topo[o_sup + 1]
+            if sc[S_LOAD_ON] == 0.0 or sc[S_LOAD_I] <= 0:
+                g[b] = G_OFF
+                s[b] = 0.0
+            elif fl[I_LOAD_REGION] == LOAD_DROPOUT:
+                g[b] = sc[S_LOAD_I] / sc[S_LOAD_MINV]
+                s[b] = 0.0
+            else:
+                g[b] = 0.0
+                s[b] = -sc[S_LOAD_I]
+            if _mna_solve(br, ba, bbr, lu, meta, v_nodes, factored) != 0:
+                return EV_SINGULAR
+            # re-pick the piecewise-linear regions (MOSFETs, supply, load) from the solution
+            changed = False  # a region changed
+            all_closed = True
+            for k in range(n):
+                if not (allow[0, k] and allow[1, k]):
+                    all_closed = False
+            if not (all_closed and fl[I_FETS_ALL_ON] != 0):
+                tol = 1e-6
+                all_on = True
+                for k in range(n):
+                    b = topo[n + k]
+                    v, i = bv[b], bi[b]
+                    allow_c, allow_d = allow[0, k], allow[1, k]
+                    r = region[k]
+                    new = r
+                    want_on = (allow_d and v > tol) or (allow_c and v < -tol)
+                    if r == FET_ON:
+                        if not ((i >= -tol and allow_d) or (i <= tol and allow_c)):
+                            new = FET_OFF
+                    elif r == FET_OFF or r == FET_CLAMP_POS or r == FET_CLAMP_NEG:
+                        if want_on:
+                            new = FET_ON
+                        else:
+                            clamp_v = mod[M_FET_CLAMPV, k]
+                            if v > clamp_v:
+                                new = FET_CLAMP_POS
+                            if v < -clamp_v:
+                                new = FET_CLAMP_NEG
+                            if abs(v) <= clamp_v:
+                                new = FET_OFF
+                    # a clamp that stopped conducting returns to off
+                    if r == FET_CLAMP_POS and i < 0 and not want_on:
+                        new = FET_OFF
+                    if r == FET_CLAMP_NEG and i > 0 and not want_on:
+                        new = FET_OFF
+                    if r == FET_FAILED:
+                        new = FET_FAILED
+                    if new != r:
+                        region[k] = new
+                        changed = True
+                    if new != FET_ON:
+                        all_on = False
+                fl[I_FETS_ALL_ON] = 1 if all_on else 0
+            # supply: CV with current limit, can source but not sink
+            k_sup = topo[o_sup]
+            region_s = fl[I_SUP_REGION]
+            if sc[S_SUP_ON] != 0.0:
+                vs, is_ = bv[k_sup], -bi[k_sup]
+                new_s = region_s
+                if region_s == SUPPLY_OFF or region_s == SUPPLY_BLOCK:
+                    new_s = SUPPLY_CV if vs < sc[S_SUP_V] else SUPPLY_BLOCK
+                elif region_s == SUPPLY_CV:
+                    if is_ > sc[S_SUP_I] + 1e-9:
+                        new_s = SUPPLY_CC
+                    elif is_ < -1e-9:
+                        new_s = SUPPLY_BLOCK
+                elif region_s == SUPPLY_CC and vs > sc[S_SUP_V] + 1e-9:
+                    new_s = SUPPLY_CV
+                if new_s != region_s:
+                    fl[I_SUP_REGION] = new_s
+                    changed = True
+            elif region_s != SUPPLY_OFF:
+                fl[I_SUP_REGION] = SUPPLY_OFF
+                changed = True
+            # load: constant current, a resistor below its minimum voltage
+            k_load = topo[o_sup + 1]
+            region_l = fl[I_LOAD_REGION]
+            if sc[S_LOAD_ON] != 0.0:
+                new_l = LOAD_CC if bv[k_load] >= sc[S_LOAD_MINV] else LOAD_DROPOUT
+                if new_l != region_l:
+                    fl[I_LOAD_REGION] = new_l
+                    changed = True
+            elif region_l != LOAD_OFF:
+                fl[I_LOAD_REGION] = LOAD_OFF
+                changed = True
+            if not changed:
+                break
+            any_change = True
+        ev = EV_PWL if any_change else 0
+        if op == OP_SOLVE:
+            return ev
+
+        bv, bi = br[B_V], br[B_I]
+        eta = sc[S_ETA]
+        sc[S_ACC_DT] += dt
+        e_chem = 0.0
+        e_coul = 0.0
+        e_mod_joule = 0.0
+        e_fet = 0.0
+        e_rc = 0.0
+        any_clamp = False
         for k in range(n):
-            a1 = math.exp(-dt / mod[M_TAU1, k])
-            a2 = math.exp(-dt / mod[M_TAU2, k])
-            mod[M_A1, k] = a1
-            mod[M_A2, k] = a2
-            mod[M_REQ, k] = mod[M_RSER, k] + mod[M_R1, k] * (1 - a1) + mod[M_R2, k] * (1 - a2)
-        sc[S_RC_DT] = dt
-    ba = topo[o_a:o_b]
-    bbr = topo[o_b:o_b + nb]
-    factored = fl[I_FACTORED:I_FACTORISATIONS + 1]
-    any_change = False
-    for _ in range(30):
-        _assemble(dt, mod, region, br, res, ind, topo, sc, fl)
-        if mna_solve(br, ba, bbr, lu, meta, v_nodes, factored) != 0:
-            return EV_SINGULAR
-        if not _pwl_update(mod, region, allow, br, topo, sc, fl):
-            break
-        any_change = True
-    ev = EV_PWL if any_change else 0
-    if mode == 0:
-        return ev
-
-    bv, bi = br[B_V], br[B_I]
-    eta = sc[S_ETA]
-    sc[S_ACC_DT] += dt
-    e_chem = 0.0
-    e_coul = 0.0
-    e_mod_joule = 0.0
-    e_fet = 0.0
-    e_rc = 0.0
-    any_clamp = False
-    for k in range(n):
-        i = bi[topo[k]]
-        mod[M_IMOD, k] = i
-        a1, a2 = mod[M_A1, k], mod[M_A2, k]
-        r1, r2 = mod[M_R1, k], mod[M_R2, k]
-        v1 = a1 * mod[M_VRC1, k] + r1 * (1 - a1) * i
-        v2 = a2 * mod[M_VRC2, k] + r2 * (1 - a2) * i
-        mod[M_VRC1, k] = v1
-        mod[M_VRC2, k] = v2
-        eff = eta * i if i > 0 else i
-        mod[M_ACC_Q, k] += eff * dt
-        mod[M_ACC_QRAW, k] += i * dt
-        rc_w = v1 * v1 / r1 + v2 * v2 / r2
-        b = topo[o_fet + k]
-        i_fet, vds = bi[b], bv[b]
-        r = region[k]
-        r_cond = mod[M_FET_RON, k] if (r == FET_ON or r == FET_FAILED) else 0.0
-        fet_w = i_fet * i_fet * r_cond
-        clamping = r == FET_CLAMP_POS or r == FET_CLAMP_NEG
-        cw = abs(vds * i_fet) if clamping else 0.0
-        if clamping:
-            any_clamp = True
-        mod[M_CLAMPW, k] = cw
-        r_ser = mod[M_RSER, k]
-        mod[M_ACC_HEAT, k] += (i * i * r_ser + rc_w + fet_w + cw) * dt
-        if abs(vds) > mod[M_VDS_PEAK, k]:
-            mod[M_VDS_PEAK, k] = abs(vds)
-        emf = mod[M_EMF, k]
-        e_chem += emf * eff
-        e_coul += emf * (i - eff)
-        e_mod_joule += i * (i * r_ser)
-        e_fet += fet_w
-        e_rc += rc_w
-    failed = 0
-    if any_clamp:
-        # trapezoid over the step where the clamp already conducted at its start
-        e_clamp = 0.0
+            i = bi[topo[k]]
+            mod[M_IMOD, k] = i
+            a1, a2 = mod[M_A1, k], mod[M_A2, k]
+            r1, r2 = mod[M_R1, k], mod[M_R2, k]
+            v1 = a1 * mod[M_VRC1, k] + r1 * (1 - a1) * i
+            v2 = a2 * mod[M_VRC2, k] + r2 * (1 - a2) * i
+            mod[M_VRC1, k] = v1
+            mod[M_VRC2, k] = v2
+            eff = eta * i if i > 0 else i
+            mod[M_ACC_Q, k] += eff * dt
+            mod[M_ACC_QRAW, k] += i * dt
+            rc_w = v1 * v1 / r1 + v2 * v2 / r2
+            b = topo[o_fet + k]
+            i_fet, vds = bi[b], bv[b]
+            r = region[k]
+            r_cond = mod[M_FET_RON, k] if (r == FET_ON or r == FET_FAILED) else 0.0
+            fet_w = i_fet * i_fet * r_cond
+            clamping = r == FET_CLAMP_POS or r == FET_CLAMP_NEG
+            cw = abs(vds * i_fet) if clamping else 0.0
+            if clamping:
+                any_clamp = True
+            mod[M_CLAMPW, k] = cw
+            r_ser = mod[M_RSER, k]
+            mod[M_ACC_HEAT, k] += (i * i * r_ser + rc_w + fet_w + cw) * dt
+            if abs(vds) > mod[M_VDS_PEAK, k]:
+                mod[M_VDS_PEAK, k] = abs(vds)
+            emf = mod[M_EMF, k]
+            e_chem += emf * eff
+            e_coul += emf * (i - eff)
+            e_mod_joule += i * (i * r_ser)
+            e_fet += fet_w
+            e_rc += rc_w
+        failed = 0
+        if any_clamp:
+            # trapezoid over the step where the clamp already conducted at its start
+            e_clamp = 0.0
+            for k in range(n):
+                prev, cw = mod[M_CLAMPW_PREV, k], mod[M_CLAMPW, k]
+                energy = (0.5 * (cw + prev) if prev > 0 else cw) * dt
+                mod[M_FET_E, k] += energy
+                e_clamp += energy
+            sc[E_CLAMP] += e_clamp
         for k in range(n):
-            prev, cw = mod[M_CLAMPW_PREV, k], mod[M_CLAMPW, k]
-            energy = (0.5 * (cw + prev) if prev > 0 else cw) * dt
-            mod[M_FET_E, k] += energy
-            e_clamp += energy
-        sc[E_CLAMP] += e_clamp
-    for k in range(n):
-        mod[M_CLAMPW_PREV, k] = mod[M_CLAMPW, k]
-        r = region[k]
-        hit = (any_clamp and (r == FET_CLAMP_POS or r == FET_CLAMP_NEG)
-               and mod[M_FET_E, k] > mod[M_FET_EAS, k])
-        if hit:
-            region[k] = FET_FAILED
-            failed += 1
-        mod[M_FAILED_NOW, k] = 1.0 if hit else 0.0
-    if failed:
-        ev |= EV_FAILED
-    if any_clamp:
-        ev |= EV_CLAMPING
-    for j in range(ni):
-        ind[L_I, j] = bi[topo[o_ind + j]]
-    e_res = 0.0
-    for j in range(nr):
-        i = bi[topo[o_res + j]]
-        i2 = i * i
-        res[R_ACC, j] += i2 * dt
-        e_res += i2 * res[R_R, j]
-    k_sup, k_load = topo[topo.size - 2], topo[topo.size - 1]
-    sc[E_SUPPLY_IN] -= bv[k_sup] * bi[k_sup] * dt
-    sc[E_LOAD_OUT] += bv[k_load] * bi[k_load] * dt
-    sc[E_CHEMICAL] += e_chem * dt
-    sc[E_COULOMBIC] += e_coul * dt
-    sc[E_JOULE] += (e_res + e_mod_joule + e_fet) * dt
-    sc[E_RC] += e_rc * dt
-    melt = False
-    for j in range(nf):
-        amps = abs(bi[topo[o_fuse + j]])
-        if amps > fuse[F_PEAK, j]:
-            fuse[F_PEAK, j] = amps
-        heat = fuse[F_HEAT, j] + (amps * amps - fuse[F_CONT2, j]) * dt
-        heat = max(heat, 0.0)
-        fuse[F_HEAT, j] = heat
-        if heat > fuse[F_MELT, j] and fuse[F_BLOWN, j] == 0.0:
-            melt = True
-    if melt:
-        ev |= EV_MELT
-    _bms_current_conditions(mod[M_IMOD], bms_b[BB_TRIP], bms_par)
-    if _bms_debounce(FAST_MASK, dt, bms_f, bms_b, bms_count, bms_par):
-        ev |= EV_BMS
-    if sc[S_ACC_DT] >= sc[S_SLOW_STEP]:
-        ev |= EV_SLOW_DUE
-    return ev
+            mod[M_CLAMPW_PREV, k] = mod[M_CLAMPW, k]
+            r = region[k]
+            hit = (any_clamp and (r == FET_CLAMP_POS or r == FET_CLAMP_NEG)
+                   and mod[M_FET_E, k] > mod[M_FET_EAS, k])
+            if hit:
+                region[k] = FET_FAILED
+                failed += 1
+            mod[M_FAILED_NOW, k] = 1.0 if hit else 0.0
+        if failed:
+            ev |= EV_FAILED
+        if any_clamp:
+            ev |= EV_CLAMPING
+        for j in range(ni):
+            ind[L_I, j] = bi[topo[o_ind + j]]
+        e_res = 0.0
+        for j in range(nr):
+            i = bi[topo[o_res + j]]
+            i2 = i * i
+            res[R_ACC, j] += i2 * dt
+            e_res += i2 * res[R_R, j]
+        k_sup, k_load = topo[topo.size - 2], topo[topo.size - 1]
+        sc[E_SUPPLY_IN] -= bv[k_sup] * bi[k_sup] * dt
+        sc[E_LOAD_OUT] += bv[k_load] * bi[k_load] * dt
+        sc[E_CHEMICAL] += e_chem * dt
+        sc[E_COULOMBIC] += e_coul * dt
+        sc[E_JOULE] += (e_res + e_mod_joule + e_fet) * dt
+        sc[E_RC] += e_rc * dt
+        melt = False
+        for j in range(nf):
+            amps = abs(bi[topo[o_fuse + j]])
+            if amps > fuse[F_PEAK, j]:
+                fuse[F_PEAK, j] = amps
+            melt_heat = max(fuse[F_HEAT, j] + (amps * amps - fuse[F_CONT2, j]) * dt, 0.0)
+            fuse[F_HEAT, j] = melt_heat
+            if melt_heat > fuse[F_MELT, j] and fuse[F_BLOWN, j] == 0.0:
+                melt = True
+        if melt:
+            ev |= EV_MELT
+        # BMS over-current and short-circuit comparators (rows 2, 3, 4)
+        trip = bms_b[BB_TRIP]
+        for k in range(n):
+            i = mod[M_IMOD, k]
+            trip[2, k] = i > bms_par[P_OCC]
+            trip[3, k] = i < -bms_par[P_OCD]
+            trip[4, k] = i < -bms_par[P_SC]
+        if _bms_debounce(np.int64(FAST_MASK), dt, bms_f, bms_b, bms_count, bms_par):
+            ev |= EV_BMS
+        if sc[S_ACC_DT] >= sc[S_SLOW_STEP]:
+            ev |= EV_SLOW_DUE
+        # the slow path follows at once unless Python must act first (a fast BMS trip or release,
+        # a fuse melt)
+        if ev & (EV_BMS | EV_MELT) or not ev & (EV_SLOW_DUE | EV_PWL | EV_FAILED):
+            return ev
+        ev |= EV_SLOW_DONE
+        with_bms = True
 
-
-@njit(cache=True)
-def twin_slow(with_bms: bool, mod: np.ndarray, cells: np.ndarray, balancing: np.ndarray,
-              heat_matrix: np.ndarray, res: np.ndarray, mod_th: np.ndarray, th: np.ndarray,
-              th_cond: np.ndarray, th_lu: np.ndarray, th_meta: np.ndarray, tsc: np.ndarray,
-              sc: np.ndarray, ocv_x: np.ndarray, ocv_y: np.ndarray,
-              bms_f: np.ndarray, bms_b: np.ndarray, bms_count: np.ndarray,
-              bms_par: np.ndarray) -> int:
-    """The slow path over the accumulated span: SOC (with balancing bleed and self-discharge),
-    temperatures, cell OCVs; with ``with_bms`` the BMS then samples cell voltages (under this
-    step's current) and temperatures and runs its voltage and temperature protections over
-    the span. Returns EV_BMS if a protection tripped or released, EV_SINGULAR if the thermal
-    matrix was singular.
-    """
-    n, cells_n = mod.shape[1], cells.shape[2]
+    # ------------------------------------------------------------------ slow path
     n_cells = sc[S_CELLS]
     span = sc[S_ACC_DT]
     soc, cap, ocv, cell_v, v_bal = cells[C_SOC], cells[C_CAP], cells[C_OCV], cells[C_V], cells[C_VBAL]
@@ -821,8 +837,8 @@ def twin_slow(with_bms: bool, mod: np.ndarray, cells: np.ndarray, balancing: np.
         sc[E_BALANCING] += total_bleed_w * span
         for t in range(heat.size):
             heat[t] /= span
-        if thermal_step(span, heat, th, th_cond, th_lu, th_meta, tsc) != 0:
-            return EV_SINGULAR
+        if _thermal_step(span, heat, th, th_cond, th_lu, th_meta, tsc) != 0:
+            return ev | EV_SINGULAR
         sc[S_ACC_DT] = 0.0
         for k in range(n):
             mod[M_ACC_Q, k] = 0.0
@@ -830,20 +846,22 @@ def twin_slow(with_bms: bool, mod: np.ndarray, cells: np.ndarray, balancing: np.
             mod[M_ACC_HEAT, k] = 0.0
         for j in range(res.shape[1]):
             res[R_ACC, j] = 0.0
-        refresh_chemistry(cells, mod, ocv_x, ocv_y)
+        _refresh_chemistry(cells, mod, ocv_x, ocv_y)
     if not with_bms:
-        return 0
+        return ev
     for k in range(n):
         shift = (mod[M_IMOD, k] * mod[M_RSER, k] + mod[M_VRC1, k] + mod[M_VRC2, k]) / n_cells
         for c in range(cells_n):
             cell_v[k, c] = ocv[k, c] + shift
         mod[M_TEMP, k] = th[T_TEMP, mod_th[k]]
     _bms_conditions(cell_v, mod[M_IMOD], mod[M_TEMP], bms_b[BB_TRIP], bms_b[BB_RELEASE], bms_par)
-    return EV_BMS if _bms_debounce(SLOW_MASK, span, bms_f, bms_b, bms_count, bms_par) else 0
+    if _bms_debounce(np.int64(SLOW_MASK), span, bms_f, bms_b, bms_count, bms_par):
+        ev |= EV_SLOW_BMS
+    return ev
 
 
 # ---------------------------------------------------------------------------------- master link
-@njit(cache=True)
+@_kernel
 def module_snapshot(out: np.ndarray, cells: np.ndarray, br: np.ndarray,
                     stack_idx: np.ndarray) -> None:
     """What the module boards report to the master, into ``out`` (4 x modules): stack
@@ -867,7 +885,7 @@ def module_snapshot(out: np.ndarray, cells: np.ndarray, br: np.ndarray,
         out[3, k] = smallest / 3600.0
 
 
-@njit(cache=True)
+@_kernel
 def master_seen(now: float, timeout: float, silent: np.ndarray, last_seen: np.ndarray,
                 accepted: np.ndarray, refused: np.ndarray, online: np.ndarray) -> bool:
     """Mark the modules heard at ``now`` and who is online (heard within the timeout) in
@@ -882,7 +900,7 @@ def master_seen(now: float, timeout: float, silent: np.ndarray, last_seen: np.nd
     return waiting
 
 
-@njit(cache=True)
+@_kernel
 def same_flags(a: np.ndarray, b: np.ndarray) -> bool:
     """Two bool arrays of one length hold the same values."""
     for k in range(a.size):

@@ -50,9 +50,11 @@ FUSE_CONTINUOUS = 1.1   # a fuse carries 110 % of its rating indefinitely
 FUSE_MELT_S = 20.0      # melt integral in units of rating^2 * s (time-delay fuse)
 WELD_WINDOW_S = 0.01    # contacts bounce for ~10 ms after closing; a surge then welds them
 SLOW_STEP_S = 0.05      # SOC, balancing and temperatures are integrated at most this often
-_EV_PWL, _EV_FAILED, _EV_CLAMPING, _EV_MELT, _EV_BMS, _EV_SLOW_DUE, _EV_RESISTIVE, _EV_SINGULAR = (
+(_EV_PWL, _EV_FAILED, _EV_CLAMPING, _EV_MELT, _EV_BMS, _EV_SLOW_DUE, _EV_RESISTIVE, _EV_SINGULAR,
+ _EV_SLOW_DONE, _EV_SLOW_BMS) = (
     kn.EV_PWL, kn.EV_FAILED, kn.EV_CLAMPING, kn.EV_MELT, kn.EV_BMS, kn.EV_SLOW_DUE,
-    kn.EV_RESISTIVE, kn.EV_SINGULAR)
+    kn.EV_RESISTIVE, kn.EV_SINGULAR, kn.EV_SLOW_DONE, kn.EV_SLOW_BMS)
+_OP_STEP = kn.OP_STEP
 _EV_RARE = _EV_FAILED | _EV_MELT | _EV_BMS
 _SUPPLY_CODE = {name: code for code, name in enumerate(kn.SUPPLY_REGIONS)}
 _LOAD_CODE = {name: code for code, name in enumerate(kn.LOAD_REGIONS)}
@@ -221,7 +223,8 @@ class Twin:
             np.array([t.to_ambient for t in layout.thermal_nodes]), layout.thermal_links,
             spec.dut.ambient_c)
         self._module_thermal = np.array([self.thermal.index[m] for m in self.modules], dtype=np.int64)
-        self._resistance_temperatures = self.thermal.temperature.copy()
+        self._resistance_temperatures = self.thermal._rows[kn.T_RES_TEMP]
+        self._resistance_temperatures[:] = self.thermal.temperature
         self._heat_matrix = np.zeros((len(names), len(layout.resistive)))
         # master
         self.master = MasterBms(spec.firmware, self.modules, layout.branch_of_module,
@@ -255,17 +258,14 @@ class Twin:
         self._topo = np.concatenate([self.stack_idx, self.fet_idx, self.res_idx, self.ind_idx,
                                      self._fuse_idx, self.solver.branch_a, self.solver.branch_b,
                                      [layout.supply, layout.load]]).astype(np.int64)
-        self._step_args = (self._mod, self.fet_region, self.bms._allow, branches, self._res,
-                           self._ind, self._fuse, self._topo, self.solver.lu,
-                           self.solver.lu_meta, self.v_nodes, self._sc, self._flags,
-                           self.thermal.temperature, self._resistance_temperatures,
-                           self.bms._state_f, self.bms._state_b, self.bms.trip_count,
-                           self.bms._par)
-        self._slow_args = (self._mod, self._cells, self.bms.balancing, self._heat_matrix,
-                           self._res, self._module_thermal, self.thermal._rows,
-                           self.thermal.conductance, self.thermal._lu, self.thermal._lu_meta,
-                           self.thermal._scalars, self._sc, SOC_POINTS, OCV_POINTS, self.bms._state_f, self.bms._state_b,
-                           self.bms.trip_count, self.bms._par)
+        self._kernel_args = (self._mod, self.fet_region, self.bms._allow, branches, self._res,
+                             self._ind, self._fuse, self._topo, self.solver.lu,
+                             self.solver.lu_meta, self.v_nodes, self._sc, self._flags,
+                             self._cells, self.bms.balancing, self._heat_matrix,
+                             self._module_thermal, self.thermal._rows, self.thermal.conductance,
+                             self.thermal._lu, self.thermal._lu_meta, self.thermal._scalars,
+                             SOC_POINTS, OCV_POINTS, self.bms._state_f, self.bms._state_b,
+                             self.bms.trip_count, self.bms._par)
         apply_scenario(self, spec)
         self._refresh_chemistry()
         # what the BMS boards last sampled: cell voltages (at rest: OCV), current, temperature
@@ -479,8 +479,9 @@ class Twin:
         self._dirty_resistive = False
         return values
 
-    def _kernel(self, mode: int, dt: float) -> int:
-        """Run the step kernel (mode 0: solve only; 1: solve and integrate the step); return
+    def _kernel(self, op: int, dt: float) -> int:
+        """Run the twin kernel for a step of dt (kn.OP_SOLVE: solve only; kn.OP_STEP: solve,
+        integrate the step and, if due and nothing needs Python first, the slow path); return
         its EV_* bits."""
         if self._dirty_resistive:
             self._resistive_conductances()
@@ -492,10 +493,10 @@ class Twin:
                  ld.on, ld.current_a, ld.min_voltage_v, ld.region)
         if bench != self._bench_sent:
             self._send_bench(bench)
-        ev = kn.twin_step(mode, dt, *self._step_args)
+        ev = kn.twin_kernel(op, dt, *self._kernel_args)
         while ev & _EV_RESISTIVE:  # copper warmed by > 1 K: +0.4 % resistance
             self._resistive_conductances()
-            ev = kn.twin_step(mode, dt, *self._step_args)
+            ev = kn.twin_kernel(op, dt, *self._kernel_args)
         if ev & _EV_SINGULAR:
             raise np.linalg.LinAlgError("singular nodal matrix")
         if ev & _EV_PWL:
@@ -516,11 +517,11 @@ class Twin:
 
     def _solve(self, dt: float) -> bool:
         """Solve the circuit for a step of dt, re-picking regions; True if any changed."""
-        return bool(self._kernel(0, dt) & _EV_PWL)
+        return bool(self._kernel(kn.OP_SOLVE, dt) & _EV_PWL)
 
     def _refresh_chemistry(self) -> None:
         """Recompute cell OCVs and module EMFs from SOC (done on the slow path)."""
-        kn.refresh_chemistry(self._cells, self._mod, SOC_POINTS, OCV_POINTS)
+        kn.twin_kernel(kn.OP_CHEMISTRY, 0.0, *self._kernel_args)
 
     def _slow_path(self, with_bms: bool = False) -> bool:
         """Apply what changes slowly -- SOC, balancing, temperatures -- over the accumulated time.
@@ -532,24 +533,29 @@ class Twin:
         their voltage and temperature protections over the same span; returns True if one of
         them tripped or released.
         """
-        ev = kn.twin_slow(with_bms, *self._slow_args)
+        ev = kn.twin_kernel(kn.OP_SLOW_BMS if with_bms else kn.OP_SLOW, 0.0, *self._kernel_args)
         if ev & _EV_SINGULAR:
             raise np.linalg.LinAlgError("singular thermal matrix")
-        return bool(ev & _EV_BMS)
+        return bool(ev & _EV_SLOW_BMS)
 
     def _step(self, dt: float) -> None:
-        ev = self._kernel(1, dt)
+        ev = self._kernel(_OP_STEP, dt)
         switched = bool(ev & _EV_PWL)
         now = self.clock.now + dt
         if ev & _EV_RARE or now <= self._weld_watch_until:
             switched |= self._step_events(ev, now)
         self.clock.advance_to(now)
         self.step_count += 1
-        if ev & _EV_SLOW_DUE or switched:
-            if self._slow_path(with_bms=True) and self.bms.permissions_changed():
-                switched = True
-                self.events.append((now, "BMS switch permissions changed: "
-                                    + self._describe_bms_trips()))
+        if ev & _EV_SLOW_DONE:  # the kernel ran the slow path already (nothing came between)
+            slow_bms = bool(ev & _EV_SLOW_BMS)
+        elif ev & _EV_SLOW_DUE or switched:
+            slow_bms = self._slow_path(with_bms=True)
+        else:
+            slow_bms = False
+        if slow_bms and self.bms.permissions_changed():
+            switched = True
+            self.events.append((now, "BMS switch permissions changed: "
+                                + self._describe_bms_trips()))
         # -- scheduled faults and the master BMS
         while self.scheduled and self.scheduled[0][0] <= now + 1e-12:
             _, action, what = self.scheduled.pop(0)
