@@ -66,6 +66,10 @@ class Bench:
     bms: Bms | None = None
     station_name: str = ""
     emulated: bool = False
+    # The SunSpec (Modbus/TCP) client when the station has both buses: per-module figures
+    # (model 805: V, SoC, SoH, SN) and identity (model 1) that CAN does not carry. ``bms`` stays
+    # the CAN client; with Modbus only, ``bms`` and ``sunspec`` are the same client.
+    sunspec: Any = None
 
     def _role(self, role: str, kind: type) -> Any:
         instrument = self.instruments.get(role)
@@ -134,8 +138,31 @@ def _connect(role: str, entry: dict[str, Any]) -> Instrument:
     return cls(entry["resource"], role, rating=entry.get("rating") or None, **extra)
 
 
-def _bms_from(station: dict[str, Any], clock: BenchClock) -> Bms | None:
+def _sunspec_from(cfg: dict[str, Any], clock: BenchClock, name: str) -> Bms:
+    from instruments.sunspec_bms import SunSpecBms
+    extra = {k: cfg[k] for k in ("timeout_s", "heartbeat_period_s") if cfg.get(k) is not None}
+    return SunSpecBms(cfg["host"], int(cfg["port"]), int(cfg.get("device_id", 1)), clock=clock.now,
+                      name=name, **extra)
+
+
+def _bms_from(station: dict[str, Any], clock: BenchClock) -> tuple[Bms | None, Bms | None]:
+    """(the Bms role, the SunSpec client): CAN is the role when the station has it; a Modbus
+    bus is opened as well (as ``bench.sunspec``), and is the role on a Modbus-only station.
+    The SunSpec client's own CtrlHb keep-alive stays off: the role's keep-alive is the one."""
     buses = station.get("bms") or {}
+    can_bms = _can_bms_from(buses, clock)
+    if not buses.get("modbus"):
+        return can_bms, None
+    try:
+        sunspec = _sunspec_from(buses["modbus"], clock, "sunspec" if can_bms is not None else "bms")
+    except BaseException:
+        if can_bms is not None:
+            can_bms.close()
+        raise
+    return (can_bms if can_bms is not None else sunspec), sunspec
+
+
+def _can_bms_from(buses: dict[str, Any], clock: BenchClock) -> Bms | None:
     if "can" in buses and buses["can"]:
         from instruments.can_bms import CanBms
         cfg = dict(buses["can"])
@@ -145,10 +172,7 @@ def _bms_from(station: dict[str, Any], clock: BenchClock) -> Bms | None:
             cfg.pop("bitrate", None)
         cfg = {k: v for k, v in cfg.items() if v is not None}
         return CanBms(interface, channel, clock=clock.now, log_path=_can_log_path(), **cfg)
-    if "modbus" in buses and buses["modbus"]:
-        from instruments.sunspec_bms import SunSpecBms
-        cfg = buses["modbus"]
-        return SunSpecBms(cfg["host"], int(cfg["port"]), int(cfg.get("device_id", 1)), clock=clock.now)
+    return None
 
 
 def _can_log_path() -> str:
@@ -172,9 +196,9 @@ class AssembledBench:
                 instrument.close()
             except Exception:  # noqa: BLE001 - closing goes on for every instrument
                 pass
-        if self.bench.bms is not None:
+        for client in {id(c): c for c in (self.bench.bms, self.bench.sunspec) if c is not None}.values():
             try:
-                self.bench.bms.close()
+                client.close()
             except Exception:  # noqa: BLE001
                 pass
         self.bench.clock.stop()  # type: ignore[attr-defined]
@@ -206,7 +230,7 @@ def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
     try:
         for role, entry in runtime["instruments"].items():
             instruments[role] = _connect(role, entry)
-        bms = _bms_from(runtime, clock)
+        bms, sunspec = _bms_from(runtime, clock)
     except BaseException:
         for instrument in instruments.values():
             instrument.close()
@@ -214,5 +238,5 @@ def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
             emulated_station.stop()
         raise
     bench = Bench(instruments, ChannelMap.from_dict(runtime.get("channels") or {}), clock, bms,
-                  runtime.get("name", ""), bool(runtime.get("emulated")))
+                  runtime.get("name", ""), bool(runtime.get("emulated")), sunspec)
     return AssembledBench(bench, runtime, emulated_station)

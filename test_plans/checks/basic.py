@@ -5,6 +5,10 @@ Diagnoses come from the troubleshooting table of 004_580db881af34243e.txt (DOMAI
 
 from __future__ import annotations
 
+import math
+import re
+from typing import Any
+
 from test_plans.checks import StepContext, check
 
 DIAG_REDUCED_CAPACITY = ("module not accepted by the BMS (004: inverter reports reduced capacity) "
@@ -13,6 +17,59 @@ DIAG_MISMATCH = ("voltage or SOC mismatch (004: modules exchange current at rest
                  "-- check pre-connect voltage and SOC")
 DIAG_SHARING = ("unequal cable resistance (004: one module current much higher) "
                 "-- check cable length, gauge, busbar landing")
+DIAG_OLDER_MODULE = ("lower resistance path or older module (004: one module discharges faster) "
+                     "-- check cable length, gauge and module health")
+DIAG_OFFLINE = ("BMS address, breaker or contactor issue (004: one module stays offline) "
+                "-- check address setting, branch breaker, communication cable")
+DIAG_FUSE = ("overcurrent or wrong fuse rating (004: branch fuse trips) "
+             "-- check branch current and fuse specification")
+
+# a branch carrying less than this fraction of the mean is open, not just unequal
+OPEN_BRANCH_FRACTION = 0.05
+_POSITION = re.compile(r"^s(\d+)p(\d+)$")
+
+
+def series_groups(branches: list[str]) -> dict[str, list[str]]:
+    """Branches that share current, by series position: ``sXpY`` branches (a bank of series
+    groups) grouped by X; ``pY`` strings (a bank of parallel strings) all in one group."""
+    groups: dict[str, list[str]] = {}
+    for branch in branches:
+        match = _POSITION.match(branch)
+        key = f"s{match.group(1)}" if match else "strings"
+        groups.setdefault(key, []).append(branch)
+    return {k: sorted(v, key=_natural) for k, v in sorted(groups.items(), key=lambda kv: _natural(kv[0]))}
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def imbalance_pct(currents: dict[str, float]) -> float:
+    """max |I - mean| / |mean| of parallel branches, in percent (nan if the mean is zero)."""
+    mean = sum(currents.values()) / len(currents)
+    if not mean:
+        return math.nan
+    return max(abs(i - mean) for i in currents.values()) / abs(mean) * 100.0
+
+
+def bms_alarm_note(bench: Any) -> str:
+    """`` (BMS alarms: ...)`` when the BMS reports any, for a diagnosis; empty otherwise."""
+    try:
+        alarms = sorted(bench.bms.status().alarms) if bench.bms is not None else []
+    except Exception:  # noqa: BLE001 - a diagnosis never fails a check on its own
+        return ""
+    return f" (BMS alarms: {', '.join(alarms)})" if alarms else ""
+
+
+def sharing_diagnosis(currents: dict[str, float], bench: Any) -> str:
+    """A branch carrying (almost) nothing is open (fuse, breaker, contactor or its BMS switch);
+    otherwise the split is unequal (cable, joint or an older module)."""
+    mean = sum(currents.values()) / len(currents)
+    if mean and min(abs(i) for i in currents.values()) < OPEN_BRANCH_FRACTION * abs(mean):
+        text = f"{DIAG_OFFLINE}; {DIAG_FUSE}"
+    else:
+        text = f"{DIAG_SHARING}; {DIAG_OLDER_MODULE}"
+    return text + bms_alarm_note(bench)
 
 
 @check("bms_identity")
@@ -36,30 +93,109 @@ def module_ocv_match(ctx: StepContext) -> None:
 
 @check("configuration")
 def configuration(ctx: StepContext) -> None:
-    """Bank voltage and the BMS-reported capacity match the DUT's NsMp configuration (000)."""
-    ctx.bench.load.input(False)
-    ctx.measure("bank_voltage", ctx.bench.load.measure_voltage(), "V", ctx.limit("bank_voltage"))
-    status = ctx.bench.bms.status()
+    """Bank voltage and the BMS-reported capacity match the DUT's NsMp configuration (000).
+
+    Nominal voltage, capacity and energy come from the DUT file (N x module voltage, M x module
+    Ah); the bank's open-circuit voltage at the load terminals and the BMS's installed and
+    online capacity are measured against them as deviations, so a plan limits the deviation
+    (``bank_voltage_deviation``, ``capacity_deviation``, ``energy_deviation`` in %) and the same
+    plan fits a 1S4P and a 4S4P. ``modules_missing`` is the DUT's module count minus the
+    modules the BMS reports online.
+    """
+    bench = ctx.bench
+    bench.load.input(False)
+    if "supply" in bench.instruments:
+        bench.supply.output(False)
+    ctx.bench.clock.wait(float(ctx.param("rest_s", 0.0)))
+    volts = bench.load.measure_voltage()
+    ctx.measure("bank_voltage", volts, "V", ctx.limit("bank_voltage"))
+    status = bench.bms.status()
     ctx.measure("installed_capacity", status.installed_capacity_ah, "Ah",
                 ctx.limit("installed_capacity"), diagnosis=DIAG_REDUCED_CAPACITY)
     ctx.measure("online_capacity", status.online_capacity_ah, "Ah",
                 ctx.limit("online_capacity"), diagnosis=DIAG_REDUCED_CAPACITY)
+    if ctx.dut is None:
+        return
+    dut, module = ctx.dut.dut, ctx.dut.module_type
+    nominal_v = dut.series * module.nominal_voltage_v
+    nominal_ah = dut.parallel * module.capacity_ah
+    nominal_kwh = nominal_v * nominal_ah / 1000.0
+    ctx.measure("configuration", f"{dut.series}S{dut.parallel}P", "")
+    ctx.measure("nominal_voltage", nominal_v, "V")
+    ctx.measure("nominal_capacity", nominal_ah, "Ah")
+    ctx.measure("nominal_energy", nominal_kwh, "kWh")
+    ctx.measure("bank_voltage_deviation", (volts - nominal_v) / nominal_v * 100.0, "%",
+                ctx.limit("bank_voltage_deviation"),
+                diagnosis="series count or a module off the bank (000: series adds voltage) "
+                          + "-- " + DIAG_OFFLINE)
+    installed = status.installed_capacity_ah
+    if installed is not None:
+        ctx.measure("capacity_deviation", (installed - nominal_ah) / nominal_ah * 100.0, "%",
+                    ctx.limit("capacity_deviation"), diagnosis=DIAG_REDUCED_CAPACITY)
+        energy = nominal_v * installed / 1000.0
+        ctx.measure("energy", energy, "kWh")
+        ctx.measure("energy_deviation", (energy - nominal_kwh) / nominal_kwh * 100.0, "%",
+                    ctx.limit("energy_deviation"), diagnosis=DIAG_REDUCED_CAPACITY)
+    if status.modules_online is not None:
+        ctx.measure("modules_missing", dut.series * dut.parallel - status.modules_online, "",
+                    ctx.limit("modules_missing"), diagnosis=DIAG_OFFLINE)
+
+
+def _sharing_phase(ctx: StepContext, phase: str, amps: float) -> None:
+    """One operating point: per-branch currents, imbalance per series group, the total against
+    the instrument and the BMS. ``phase`` is ``""`` (load) or ``"charge_"`` (supply)."""
+    bench = ctx.bench
+    charging = phase == "charge_"
+    if charging:
+        volts = ctx.params.get("charge_voltage")
+        bench.supply.set_voltage(float(volts) if volts is not None else bench.bms.limits().charge_voltage_v)
+        bench.supply.set_current(amps)
+        bench.supply.output(True)
+    else:
+        bench.load.set_current(amps)
+        bench.load.input(True)
+    try:
+        bench.clock.wait(float(ctx.param("settle_s", 5.0)))
+        currents = bench.branch_currents()
+        total = bench.supply.measure_current() if charging else -bench.load.measure_current()
+        bms_amps = bench.bms.telemetry().current_a if bench.bms is not None else None
+        diagnosis = sharing_diagnosis(currents, bench)
+    finally:
+        if charging:
+            bench.supply.output(False)
+        else:
+            bench.load.input(False)
+    branch_limit = ctx.limits.get(f"{phase}branch_current") or ctx.limit("branch_current")
+    for branch, value in sorted(currents.items(), key=lambda kv: _natural(kv[0])):
+        ctx.measure(f"{phase}current_{branch}", value, "A", branch_limit, diagnosis=diagnosis)
+    groups = series_groups(list(currents))
+    worst = max(imbalance_pct({b: currents[b] for b in members}) for members in groups.values())
+    limit = ctx.limits.get(f"{phase}imbalance") or ctx.limit("imbalance")
+    ctx.measure(f"{phase}imbalance", worst, "%", limit, diagnosis=diagnosis)
+    first = next(iter(groups.values()))
+    ctx.measure(f"{phase}bank_current", total, "A")
+    ctx.measure(f"{phase}shunt_total_error", abs(sum(currents[b] for b in first) - total), "A",
+                ctx.limit("shunt_total_error"), diagnosis=diagnosis)
+    if bms_amps is not None:
+        ctx.measure(f"{phase}bms_current", bms_amps, "A")
+        ctx.measure(f"{phase}bms_current_error", abs(bms_amps - total), "A",
+                    ctx.limit("bms_current_error"),
+                    diagnosis="BMS current disagrees with the bench (004: inverter reports reduced "
+                              "capacity / module not counted) -- check CAN/RS485 order, firmware, protocol")
 
 
 @check("current_sharing")
 def current_sharing(ctx: StepContext) -> None:
-    """Per-branch currents under load from the shunts; imbalance = max|I - mean| / |mean|."""
-    amps = float(ctx.param("load_current"))
-    bench = ctx.bench
-    bench.load.set_current(amps)
-    bench.load.input(True)
-    try:
-        bench.clock.wait(float(ctx.param("settle_s", 5.0)))
-        currents = bench.branch_currents()
-    finally:
-        bench.load.input(False)
-    mean = sum(currents.values()) / len(currents)
-    for branch, value in sorted(currents.items()):
-        ctx.measure(f"current_{branch}", value, "A", ctx.limit("branch_current"))
-    imbalance = max(abs(i - mean) for i in currents.values()) / abs(mean) * 100.0 if mean else float("nan")
-    ctx.measure("imbalance", imbalance, "%", ctx.limit("imbalance"), diagnosis=DIAG_SHARING)
+    """Per-branch currents from the shunts at a load (``load_current``) and, if the plan gives
+    ``charge_current``, at a charge from the supply (CV ``charge_voltage``, default the BMS's
+    charge voltage limit); imbalance = max|I - mean| / |mean| within each group of parallel
+    branches (the worst group); the total from the shunts and from the BMS (0x356) against the
+    instrument's own reading (001, 004: equal cables, one module carrying more)."""
+    amps = ctx.params.get("load_current")
+    if amps is not None:
+        _sharing_phase(ctx, "", float(amps))
+    charge = ctx.params.get("charge_current")
+    if charge is not None:
+        if amps is not None:
+            ctx.bench.clock.wait(float(ctx.param("rest_s", 0.0)))
+        _sharing_phase(ctx, "charge_", float(charge))
