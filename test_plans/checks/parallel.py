@@ -550,10 +550,11 @@ def bms_sync_gating(ctx: StepContext) -> None:
     peers recorded; while ΔV is above ``safe_delta_v`` the bank is charged (module higher) or
     discharged (module lower) at ``align_current`` for ``align_s`` and left ``rest_s`` (the master
     compares at rest), up to ``max_steps`` times; once ΔV is within ``safe_delta_v`` the BMS has
-    ``admit_s`` to admit it. Measured: capacity and discharge limit counted for pending modules
-    (must be none), the charge moved to align them, modules still pending, the capacity not
-    counted at the end (004: reduced capacity = module not accepted) and the discharge limit
-    against modules online x the module's limit (DUT module type).
+    ``admit_s`` to admit it. Measured: capacity and discharge limit counted beyond the modules
+    heard and admitted (``capacity_overcounted``, ``pending_limit_counted``: must be none -- a
+    pending module, or one gone silent, that still counts), the charge moved to align them,
+    modules still pending, the capacity not counted at the end (004: reduced capacity = module
+    not accepted) and the discharge limit against the DUT's parallel count x the module's limit.
     """
     bench, dut = ctx.bench, ctx.dut
     module_ah = dut.module_type.capacity_ah
@@ -563,31 +564,27 @@ def bms_sync_gating(ctx: StepContext) -> None:
         return
     outputs_off(bench)
     connect_bank(bench)
-    worst_offline, worst_excess = 0, -math.inf
+    worst_offline, overcounted, over_limit = 0, 0.0, 0.0
     for _ in range(max(int(float(ctx.param("observe_s", 5.0))), 1)):
         bench.clock.wait(1.0)
-        status = bench.bms.status()
-        worst_offline = max(worst_offline, int(status.modules_offline or 0))
-        excess = float(status.online_capacity_ah or 0.0) - int(status.modules_online or 0) * module_ah
-        worst_excess = max(worst_excess, excess)
-    reports = module_reports(bench)
-    assert reports is not None
-    state = _gate_state(bench, reports)
+        reports = module_reports(bench)
+        assert reports is not None
+        state = _gate_state(bench, reports)
+        may_count = _countable(reports, state.pending)
+        worst_offline = max(worst_offline, state.modules_offline)
+        overcounted = max(overcounted, state.online_ah - may_count * module_ah)
+        over_limit = max(over_limit, state.discharge_limit_a - may_count * module_limit_a)
     ctx.measure("modules_online", state.modules_online, "")
     ctx.measure("modules_offline", worst_offline, "", ctx.limit("modules_offline"),
                 diagnosis=DIAG_OFFLINE + bms_alarm_note(bench))
     ctx.measure("modules_pending_start", len(state.pending), "")
     for module in state.pending:
         ctx.measure(f"pending_{module}_delta_v", _delta_v(module, reports, state.pending), "V")
-    # nothing may count beyond the modules online and admitted, pending or not
-    allowed = (state.modules_online - len(state.pending)) * module_ah
-    overcounted = max(worst_excess, state.online_ah - allowed, 0.0)
+    # nothing may count beyond the modules heard and admitted (the weakest series position)
     ctx.measure("capacity_overcounted", overcounted, "Ah", ctx.limit("capacity_overcounted"),
                 diagnosis=DIAG_COUNTED)
-    if state.pending:
-        over = state.discharge_limit_a - (state.modules_online - len(state.pending)) * module_limit_a
-        ctx.measure("pending_limit_counted", max(over, 0.0), "A", ctx.limit("pending_limit_counted"),
-                    diagnosis=DIAG_COUNTED)
+    ctx.measure("pending_limit_counted", over_limit, "A", ctx.limit("pending_limit_counted"),
+                diagnosis=DIAG_COUNTED)
     moved_ah = _align(ctx, state.pending) if state.pending else 0.0
     ctx.measure("alignment_charge", moved_ah, "Ah", ctx.limit("alignment_charge"), diagnosis=DIAG_STARTUP)
     reports = module_reports(bench)
@@ -599,9 +596,20 @@ def bms_sync_gating(ctx: StepContext) -> None:
     ctx.measure("capacity_not_counted", end.installed_ah - end.online_ah, "Ah",
                 ctx.limit("capacity_not_counted"), diagnosis=DIAG_REDUCED_CAPACITY)
     ctx.measure("discharge_limit", end.discharge_limit_a, "A")
-    ctx.measure("discharge_limit_shortfall",
-                end.modules_online * module_limit_a - end.discharge_limit_a, "A",
-                ctx.limit("discharge_limit_shortfall"), diagnosis=DIAG_REDUCED_CAPACITY)
+    ctx.measure("discharge_limit_shortfall", dut.dut.parallel * module_limit_a - end.discharge_limit_a, "A",
+                ctx.limit("discharge_limit_shortfall"), diagnosis=DIAG_REDUCED_CAPACITY + bms_alarm_note(bench))
+
+
+def _countable(reports: dict[str, ModuleReport], pending: list[str]) -> int:
+    """Modules per series position that may count (heard and admitted), at the weakest
+    position: the master adds parallel modules and the weakest position limits the bank."""
+    per_position: dict[int, int] = {}
+    for module, report in reports.items():
+        s = module_position(module)[0]
+        per_position.setdefault(s, 0)
+        if report.volts is not None and module not in pending:
+            per_position[s] += 1
+    return min(per_position.values()) if per_position else 0
 
 
 def _align(ctx: StepContext, pending: list[str]) -> float:
@@ -1042,3 +1050,37 @@ def group_voltage_match(ctx: StepContext) -> None:
     ctx.measure("series_voltage", string_v, "V", ctx.limit("series_voltage"))
     ctx.measure("series_voltage_error", abs(string_v - sum(means.values())), "V",
                 ctx.limit("series_voltage_error"), diagnosis=DIAG_POLARITY)
+
+
+@check("as_built_layout")
+def as_built_layout(ctx: StepContext) -> None:
+    """004 commissioning steps 6-7, 000, 001, 003: the bank as built, from its record (the DUT
+    file) -- equal-length, equal-gauge module leads (000: even 15 cm matters at 200 A+; figures
+    in m and mm2, plain numbers), diagonal take-off (001, 003: positive at the first battery,
+    negative at the last) and busbars where the bank's rated current (parallel x module limit)
+    exceeds 200 A (000). Nothing is energised; the torque and lead lengths are verified under
+    current later (terminal temperature, current sharing)."""
+    dut = ctx.dut.dut
+    ic = dut.interconnect
+    lengths, sections = [], []
+    for p in range(1, dut.parallel + 1):
+        for s in range(1, dut.series + 1):
+            override = ic.leads.get(f"s{s}p{p}")
+            lengths.append(override.length_m if override and override.length_m is not None else ic.lead.length_m)
+            sections.append(override.cross_section_mm2 if override and override.cross_section_mm2 is not None
+                            else ic.lead.cross_section_mm2)
+    ctx.measure("lead_length_spread", max(lengths) - min(lengths), "m", ctx.limit("lead_length_spread"),
+                diagnosis=DIAG_SHARING_LAYOUT)
+    ctx.measure("lead_section_spread", max(sections) - min(sections), "mm2", ctx.limit("lead_section_spread"),
+                diagnosis=DIAG_SHARING_LAYOUT)
+    ctx.measure("diagonal_takeoff", dut.takeoff == "diagonal", "", ctx.limit("diagonal_takeoff"),
+                diagnosis=DIAG_SHARING_LAYOUT)
+    rated = dut.parallel * ctx.dut.module_type.bms.limits.discharge_current_a
+    ctx.measure("rated_bank_current", rated, "A")
+    ctx.measure("bus_kind", ic.bus.kind, "")
+    ctx.measure("busbar_where_needed", ic.bus.kind == "busbar" or rated <= float(ctx.param("busbar_above", 200.0)),
+                "", ctx.limit("busbar_where_needed"), diagnosis=DIAG_BUSBAR)
+
+
+DIAG_SHARING_LAYOUT = ("unequal cable resistance (004: one module current much higher) -- check cable "
+                       "length, gauge, busbar landing; diagonal take-off (001, 003)")
