@@ -495,7 +495,7 @@ def twin_kernel(op: int, dt: float, mod: np.ndarray, region: np.ndarray, allow: 
                 br: np.ndarray, res: np.ndarray, ind: np.ndarray, fuse: np.ndarray,
                 topo: np.ndarray, lu: np.ndarray, meta: np.ndarray, v_nodes: np.ndarray,
                 sc: np.ndarray, fl: np.ndarray, cells: np.ndarray, balancing: np.ndarray,
-                heat_matrix: np.ndarray, mod_th: np.ndarray, th: np.ndarray,
+                heat_r: np.ndarray, mod_th: np.ndarray, th: np.ndarray,
                 th_cond: np.ndarray, th_lu: np.ndarray, th_meta: np.ndarray, tsc: np.ndarray,
                 ocv_x: np.ndarray, ocv_y: np.ndarray, bms_f: np.ndarray, bms_b: np.ndarray,
                 bms_count: np.ndarray, bms_par: np.ndarray) -> int:
@@ -530,15 +530,17 @@ def twin_kernel(op: int, dt: float, mod: np.ndarray, region: np.ndarray, allow: 
     if op == OP_CHEMISTRY:
         _refresh_chemistry(cells, mod, ocv_x, ocv_y)
         return 0
+    # topo: cell stack, FET, resistive, inductor and fuse branches, branch ends a and b,
+    # supply and load branches, then the (thermal node, resistor) pairs of Joule heating
+    o_fet, o_res = n, 2 * n
+    o_ind = o_res + nr
+    o_fuse = o_ind + ni
+    o_a = o_fuse + nf
+    o_b = o_a + nb
+    o_sup = o_b + nb
     ev = 0
     with_bms = op == OP_SLOW_BMS
     if op == OP_SOLVE or op == OP_STEP:
-        o_fet, o_res = n, 2 * n
-        o_ind = o_res + nr
-        o_fuse = o_ind + ni
-        o_a = o_fuse + nf
-        o_b = o_a + nb
-        o_sup = o_b + nb  # supply, then load
         if sc[S_ACC_DT] == 0.0:
             drift = 0.0
             for j in range(th.shape[1]):
@@ -767,7 +769,7 @@ def twin_kernel(op: int, dt: float, mod: np.ndarray, region: np.ndarray, allow: 
             i2 = i * i
             res[R_ACC, j] += i2 * dt
             e_res += i2 * res[R_R, j]
-        k_sup, k_load = topo[topo.size - 2], topo[topo.size - 1]
+        k_sup, k_load = topo[o_sup], topo[o_sup + 1]
         sc[E_SUPPLY_IN] -= bv[k_sup] * bi[k_sup] * dt
         sc[E_LOAD_OUT] += bv[k_load] * bi[k_load] * dt
         sc[E_CHEMICAL] += e_chem * dt
@@ -810,12 +812,15 @@ def twin_kernel(op: int, dt: float, mod: np.ndarray, region: np.ndarray, allow: 
     if span > 0:
         bleed_i = bms_par[P_BAL_I]
         sd = sc[S_SELF_DISCHARGE] * span
+        # Joule heat of the resistive parts into their thermal nodes: pairs (node, resistor)
+        # follow the supply and load in topo, with the parts' resistances in heat_r
         heat = th[T_HEAT]
         for t in range(heat.size):
-            acc = 0.0
-            for j in range(res.shape[1]):
-                acc += heat_matrix[t, j] * res[R_ACC, j]
-            heat[t] = acc
+            heat[t] = 0.0
+        o_heat = o_sup + 2
+        n_heat = heat_r.size
+        for p in range(n_heat):
+            heat[topo[o_heat + p]] += heat_r[p] * res[R_ACC, topo[o_heat + n_heat + p]]
         total_bleed_w = 0.0
         for k in range(n):
             # cell voltages under the span's mean current decide balancing

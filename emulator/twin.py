@@ -225,7 +225,11 @@ class Twin:
         self._module_thermal = np.array([self.thermal.index[m] for m in self.modules], dtype=np.int64)
         self._resistance_temperatures = self.thermal._rows[kn.T_RES_TEMP]
         self._resistance_temperatures[:] = self.thermal.temperature
-        self._heat_matrix = np.zeros((len(names), len(layout.resistive)))
+        # Joule heat: (thermal node, resistive element) pairs, the part's resistance in _heat_r
+        heat_pairs = [(self.thermal.index[node], k) for k, element in enumerate(layout.resistive)
+                      for node in element.heat_to.values()]
+        self._heat_pairs = np.array(heat_pairs, dtype=np.int64).reshape(-1, 2).T
+        self._heat_r = np.zeros(len(heat_pairs))
         # master
         self.master = MasterBms(spec.firmware, self.modules, layout.branch_of_module,
                                 spec.dut.series, mt.bms.limits)
@@ -257,11 +261,12 @@ class Twin:
         # what the kernels work on, in their argument order (arrays updated in place)
         self._topo = np.concatenate([self.stack_idx, self.fet_idx, self.res_idx, self.ind_idx,
                                      self._fuse_idx, self.solver.branch_a, self.solver.branch_b,
-                                     [layout.supply, layout.load]]).astype(np.int64)
+                                     [layout.supply, layout.load], self._heat_pairs[0],
+                                     self._heat_pairs[1]]).astype(np.int64)
         self._kernel_args = (self._mod, self.fet_region, self.bms._allow, branches, self._res,
                              self._ind, self._fuse, self._topo, self.solver.lu,
                              self.solver.lu_meta, self.v_nodes, self._sc, self._flags,
-                             self._cells, self.bms.balancing, self._heat_matrix,
+                             self._cells, self.bms.balancing, self._heat_r,
                              self._module_thermal, self.thermal._rows, self.thermal.conductance,
                              self.thermal._lu, self.thermal._lu_meta, self.thermal._scalars,
                              SOC_POINTS, OCV_POINTS, self.bms._state_f, self.bms._state_b,
@@ -464,13 +469,14 @@ class Twin:
         temperature, open if its contactor is open or its fuse blown (done in Python: rare)."""
         temps = self.thermal.temperature
         values = self._resistive_g
-        self._heat_matrix[:] = 0.0
+        pair = 0
         for k, element in enumerate(self.layout.resistive):
             parts = dict(element.parts)
             if element.copper_part and element.copper_node:
                 parts[element.copper_part] *= temperature_factor(temps[self.thermal.index[element.copper_node]])
-            for part, node in element.heat_to.items():
-                self._heat_matrix[self.thermal.index[node], k] += parts[part]
+            for part in element.heat_to:  # in the order of _heat_pairs
+                self._heat_r[pair] = parts[part]
+                pair += 1
             open_ = ((element.contactor and not self.contactor_closed[element.contactor])
                      or (element.fuse and self.fuse_blown[element.fuse]))
             values[k] = G_OFF if open_ else 1.0 / max(sum(parts.values()), 1e-9)
