@@ -9,6 +9,7 @@ import math
 import re
 from typing import Any
 
+from instruments.roles import InstrumentError
 from test_plans.checks import StepContext, check
 
 DIAG_REDUCED_CAPACITY = ("module not accepted by the BMS (004: inverter reports reduced capacity) "
@@ -50,6 +51,63 @@ def imbalance_pct(currents: dict[str, float]) -> float:
     if not mean:
         return math.nan
     return max(abs(i - mean) for i in currents.values()) / abs(mean) * 100.0
+
+
+def outputs_off(bench: Any) -> None:
+    """Load input and supply output off (roles the station has)."""
+    if "load" in bench.instruments:
+        bench.load.input(False)
+    if "supply" in bench.instruments:
+        bench.supply.output(False)
+
+
+def branch_contactors(bench: Any) -> list[str]:
+    """Branch contactors the actuator drives (every one but ``main``), in bank order."""
+    return sorted((name for name in bench.channels.actuator.values() if name != "main"), key=_natural)
+
+
+def connect_bank(bench: Any, gap_s: float = 0.5) -> list[str]:
+    """Close every branch contactor that is open, then the main one: the bank as built.
+
+    A check that needs the whole bank calls this first, so it runs after an earlier step (or the
+    safety supervisor) opened something. Gated plans stop before it when a step failed.
+    """
+    closed = []
+    for name in branch_contactors(bench) + ["main"]:
+        try:
+            channel = bench.channels.contactor_channel(name)
+        except KeyError:
+            continue
+        if not bench.actuator.is_closed(channel):
+            bench.set_contactor(name, True)
+            closed.append(name)
+            bench.clock.wait(gap_s)
+    return closed
+
+
+def bms_now(bench: Any) -> Any:
+    """The BMS client that answers with the bank's present state: the SunSpec (Modbus) client
+    when the station has one -- a request is answered from the BMS as it is now -- else the Bms
+    role. The CAN client keeps the frames it has decoded so far; on an emulated bench under CPU
+    load its receive thread can trail the virtual clock by seconds (a minute of bench time passes
+    in milliseconds), so a value that just changed is read where it cannot be stale."""
+    client = getattr(bench, "sunspec", None)
+    return client if client is not None else bench.bms
+
+
+def bms_read(bench: Any, what: str, client: Any = None, tries: int = 10) -> Any:
+    """``client.<what>()`` (default the Bms role), waiting on the bench clock while the BMS has
+    not yet sent the frame it needs -- a BMS reports about once a second after power-up, and
+    an emulated bench's CAN client may not have decoded its first frames yet."""
+    client = client if client is not None else bench.bms
+    for attempt in range(tries):
+        try:
+            return getattr(client, what)()
+        except InstrumentError as exc:
+            if "received yet" not in exc.problem or attempt == tries - 1:
+                raise
+            bench.clock.wait(0.5)
+    raise AssertionError("unreachable")
 
 
 def bms_alarm_note(bench: Any) -> str:
@@ -109,7 +167,7 @@ def configuration(ctx: StepContext) -> None:
     ctx.bench.clock.wait(float(ctx.param("rest_s", 0.0)))
     volts = bench.load.measure_voltage()
     ctx.measure("bank_voltage", volts, "V", ctx.limit("bank_voltage"))
-    status = bench.bms.status()
+    status = bms_read(bench, "status")
     ctx.measure("installed_capacity", status.installed_capacity_ah, "Ah",
                 ctx.limit("installed_capacity"), diagnosis=DIAG_REDUCED_CAPACITY)
     ctx.measure("online_capacity", status.online_capacity_ah, "Ah",
@@ -148,7 +206,7 @@ def _sharing_phase(ctx: StepContext, phase: str, amps: float) -> None:
     charging = phase == "charge_"
     if charging:
         volts = ctx.params.get("charge_voltage")
-        bench.supply.set_voltage(float(volts) if volts is not None else bench.bms.limits().charge_voltage_v)
+        bench.supply.set_voltage(float(volts) if volts is not None else bms_read(bench, "limits").charge_voltage_v)
         bench.supply.set_current(amps)
         bench.supply.output(True)
     else:
@@ -158,7 +216,7 @@ def _sharing_phase(ctx: StepContext, phase: str, amps: float) -> None:
         bench.clock.wait(float(ctx.param("settle_s", 5.0)))
         currents = bench.branch_currents()
         total = bench.supply.measure_current() if charging else -bench.load.measure_current()
-        bms_amps = bench.bms.telemetry().current_a if bench.bms is not None else None
+        bms_amps = bms_now(bench).telemetry().current_a if bench.bms is not None else None
         diagnosis = sharing_diagnosis(currents, bench)
     finally:
         if charging:
@@ -191,6 +249,9 @@ def current_sharing(ctx: StepContext) -> None:
     charge voltage limit); imbalance = max|I - mean| / |mean| within each group of parallel
     branches (the worst group); the total from the shunts and from the BMS (0x356) against the
     instrument's own reading (001, 004: equal cables, one module carrying more)."""
+    outputs_off(ctx.bench)
+    if ctx.bench.channels.actuator:
+        connect_bank(ctx.bench)
     amps = ctx.params.get("load_current")
     if amps is not None:
         _sharing_phase(ctx, "", float(amps))

@@ -27,9 +27,10 @@ from typing import Any, Callable
 
 from instruments.roles import Waveform
 from test_plans.checks import StepContext, check
-from test_plans.checks.basic import (DIAG_FUSE, DIAG_MISMATCH, DIAG_OFFLINE, DIAG_OLDER_MODULE,
+from test_plans.checks.basic import (DIAG_FUSE, DIAG_MISMATCH, DIAG_OFFLINE,
                                      DIAG_REDUCED_CAPACITY, _natural, bms_alarm_note,
-                                     imbalance_pct, series_groups, sharing_diagnosis)
+                                     bms_now, bms_read, branch_contactors, connect_bank, outputs_off,
+                                     series_groups)
 
 # ------------------------------------------------------------------ diagnoses (004 first)
 DIAG_STARTUP = ("voltage difference or communication fault (004: alarm during startup) "
@@ -59,6 +60,8 @@ DIAG_COUNT = ("parallel or series count outside what the BMS allows (004: manual
 DIAG_COUNTED = ("capacity or limits counted for a module that is not online and accepted (004: "
                 "master reports combined limits only for modules online and accepted) "
                 "-- check firmware, protocol")
+DIAG_SHARING_LAYOUT = ("unequal cable resistance (004: one module current much higher) -- check cable "
+                       "length, gauge, busbar landing; diagonal take-off (001, 003)")
 DIAG_POLARITY = ("reversed or open lead (004: verify polarity on every cable before landing it) "
                  "-- check polarity, branch breaker")
 
@@ -71,40 +74,8 @@ _TERMINAL = re.compile(r"^(s\d+p\d+)\.[+-]$")
 
 
 # ================================================================== bench helpers
-def outputs_off(bench: Any) -> None:
-    """Load input and supply output off (roles the station has)."""
-    if "load" in bench.instruments:
-        bench.load.input(False)
-    if "supply" in bench.instruments:
-        bench.supply.output(False)
-
-
-def branch_contactors(bench: Any) -> list[str]:
-    """Branch contactors the actuator drives (every one but ``main``), in bank order."""
-    return sorted((name for name in bench.channels.actuator.values() if name != "main"), key=_natural)
-
-
 def contactor_closed(bench: Any, name: str) -> bool:
     return bool(bench.actuator.is_closed(bench.channels.contactor_channel(name)))
-
-
-def connect_bank(bench: Any, gap_s: float = 0.5) -> list[str]:
-    """Close every branch contactor that is open, then the main one: the bank as built.
-
-    A check that needs the whole bank calls this first, so it runs after an earlier step (or the
-    safety supervisor) opened something. Gated plans stop before it when a step failed.
-    """
-    closed = []
-    for name in branch_contactors(bench) + ["main"]:
-        try:
-            channel = bench.channels.contactor_channel(name)
-        except KeyError:
-            continue
-        if not bench.actuator.is_closed(channel):
-            bench.set_contactor(name, True)
-            closed.append(name)
-            bench.clock.wait(gap_s)
-    return closed
 
 
 def module_position(module: str) -> tuple[int, int]:
@@ -142,7 +113,8 @@ def spread(values: dict[str, float]) -> float:
 
 @dataclass
 class ModuleReport:
-    """One module as its BMS reports it over SunSpec model 805 (None where unimplemented)."""
+    """One module as its BMS reports it over SunSpec model 805 (None where unimplemented); the
+    voltage is the sum of its cell voltages (1 mV each) where reported, else 805 V (0.1 V)."""
 
     position: str
     volts: float | None
@@ -167,8 +139,10 @@ def module_reports(bench: Any) -> dict[str, ModuleReport] | None:
             value = block.value(name)
             return None if value is None else float(value)
 
+        cells = [c.value("CellV") for c in next(iter(block.groups.values()), [])]
+        volts = sum(cells) if cells and all(v is not None for v in cells) else num("V")
         serial = block.value("SN")
-        out[position] = ModuleReport(position, num("V"), num("SoC"), num("SoH"),
+        out[position] = ModuleReport(position, volts, num("SoC"), num("SoH"),
                                      None if serial is None else str(serial).strip("\0 "),
                                      num("CellTmpAvg"))
     return dict(sorted(out.items(), key=lambda kv: _natural(kv[0])))
@@ -209,8 +183,7 @@ def _ah_while(bench: Any, read_amps: Callable[[], float], seconds: float, sample
 def bms_soc(bench: Any) -> float:
     """The bank SOC the BMS reports: SunSpec 802 SoC (0.1 %) when the station has it, else the
     Bms role's (CAN 0x355 carries whole percent)."""
-    client = getattr(bench, "sunspec", None)
-    return float((client if client is not None else bench.bms).telemetry().soc_pct)
+    return float(bms_now(bench).telemetry().soc_pct)
 
 
 # ================================================================== pre-parallel matching
@@ -503,7 +476,8 @@ class _Gate:
 
 
 def _gate_state(bench: Any, reports: dict[str, ModuleReport]) -> _Gate:
-    status, limits = bench.bms.status(), bench.bms.limits()
+    status, limits = bench.sunspec.status(), bench.sunspec.limits()
+    installed = bms_read(bench, "status").installed_capacity_ah  # CAN 0x379 (SunSpec has none): fixed
     client = bench.sunspec
     pending: list[str] = []
     for ref in client.refs(804):
@@ -513,7 +487,7 @@ def _gate_state(bench: Any, reports: dict[str, ModuleReport]) -> _Gate:
         p = int(block.value("Idx"))
         members = [m for m in reports if module_position(m)[1] == p]
         pending.extend(_most_off(members, reports))
-    return _Gate(float(status.installed_capacity_ah or 0.0), float(status.online_capacity_ah or 0.0),
+    return _Gate(float(installed or 0.0), float(status.online_capacity_ah or 0.0),
                  int(status.modules_online or 0), int(status.modules_offline or 0),
                  float(limits.discharge_current_a), sorted(pending, key=_natural))
 
@@ -641,7 +615,7 @@ def _align(ctx: StepContext, pending: list[str]) -> float:
                 break
             continue
         if worst > 0:  # the module is higher: charge the bank up towards it
-            bench.supply.set_voltage(float(ctx.param("charge_voltage", bench.bms.limits().charge_voltage_v)))
+            bench.supply.set_voltage(float(ctx.param("charge_voltage", bms_read(bench, "limits").charge_voltage_v)))
             bench.supply.set_current(amps)
             bench.supply.output(True)
             try:
@@ -784,7 +758,7 @@ def soc_drift(ctx: StepContext) -> None:
         bench.clock.wait(rest_s)
         soc1 = bms_soc(bench)
         errors.append(abs((soc0 - soc1) - ah_out / nameplate_ah * 100.0))
-        bench.supply.set_voltage(float(ctx.param("charge_voltage", bench.bms.limits().charge_voltage_v)))
+        bench.supply.set_voltage(float(ctx.param("charge_voltage", bms_read(bench, "limits").charge_voltage_v)))
         bench.supply.set_current(float(ctx.param("charge_current", ctx.param("discharge_current"))))
         bench.supply.output(True)
         try:
@@ -828,7 +802,7 @@ def bank_at_rest(ctx: StepContext) -> None:
     if ctx.params.get("open_main", False):
         ctx.measure("main_closed", contactor_closed(bench, "main"), "", ctx.limit("main_closed"),
                     diagnosis=DIAG_CONTACTOR)
-    ctx.measure("bank_current", abs(bench.bms.telemetry().current_a), "A", ctx.limit("bank_current"),
+    ctx.measure("bank_current", abs(bms_now(bench).telemetry().current_a), "A", ctx.limit("bank_current"),
                 diagnosis=DIAG_MISMATCH)
 
 
@@ -903,12 +877,12 @@ def bms_network(ctx: StepContext) -> None:
     missing_worst, offline_worst, silence_worst = 0, 0, 0.0
     for _ in range(max(int(float(ctx.param("observe_s", 5.0))), 1)):
         bench.clock.wait(1.0)
-        status = bench.bms.status()
+        status = bms_now(bench).status()
         missing_worst = max(missing_worst, expected - int(status.modules_online or 0))
         offline_worst = max(offline_worst, int(status.modules_offline or 0))
-        silence_worst = max(silence_worst, bench.bms.seconds_since_heard())
+        silence_worst = max(silence_worst, bms_now(bench).seconds_since_heard())
     ctx.measure("bms_silence", silence_worst, "s", ctx.limit("bms_silence"), diagnosis=DIAG_STARTUP)
-    ctx.measure("bms_firmware", bench.bms.firmware(), "", ctx.limit("bms_firmware"), diagnosis=DIAG_IDENTITY)
+    ctx.measure("bms_firmware", bms_read(bench, "firmware"), "", ctx.limit("bms_firmware"), diagnosis=DIAG_IDENTITY)
     ctx.measure("modules_missing", missing_worst, "", ctx.limit("modules_missing"),
                 diagnosis=DIAG_OFFLINE + bms_alarm_note(bench))
     ctx.measure("modules_offline", offline_worst, "", ctx.limit("modules_offline"),
@@ -932,7 +906,7 @@ def main_disconnect(ctx: StepContext) -> None:
     normal -- no alarm, every module admitted (capacity counted = installed), charge and
     discharge enabled. If any of those fails the main contactor is left as it is."""
     bench = ctx.bench
-    status = bench.bms.status()
+    status = bms_read(bench, "status")
     alarms = sorted(status.alarms)
     shortfall = float(status.installed_capacity_ah or 0.0) - float(status.online_capacity_ah or 0.0)
     normal = [
@@ -970,7 +944,7 @@ def inverter_recognition(ctx: StepContext) -> None:
                 diagnosis=DIAG_STARTUP)
     ctx.measure("bms_silence", bms.seconds_since_heard(), "s", ctx.limit("bms_silence"), diagnosis=DIAG_STARTUP)
     ctx.measure("bms_identity", bms.identity(), "")
-    limits = bms.limits()
+    limits = bms_read(bench, "limits")
     ctx.measure("charge_current_limit", limits.charge_current_a, "A", ctx.limit("charge_current_limit"),
                 diagnosis=DIAG_REDUCED_CAPACITY)
     ctx.measure("discharge_current_limit", limits.discharge_current_a, "A",
@@ -1080,7 +1054,3 @@ def as_built_layout(ctx: StepContext) -> None:
     ctx.measure("bus_kind", ic.bus.kind, "")
     ctx.measure("busbar_where_needed", ic.bus.kind == "busbar" or rated <= float(ctx.param("busbar_above", 200.0)),
                 "", ctx.limit("busbar_where_needed"), diagnosis=DIAG_BUSBAR)
-
-
-DIAG_SHARING_LAYOUT = ("unequal cable resistance (004: one module current much higher) -- check cable "
-                       "length, gauge, busbar landing; diagonal take-off (001, 003)")
