@@ -1,24 +1,32 @@
 """Compiled kernels for the twin's per-step arithmetic (numba, cached on disk).
 
-Why: one twin step is ~60 tiny array operations on vectors of 4..115 elements. In numpy each
-costs a microsecond or two of interpreter and dispatch overhead whatever its size, so a step took
-~750 us while the arithmetic itself is a few microseconds. Here the same arithmetic runs as
-plain loops in a handful of compiled functions that work in place on the twin's arrays; Python
-keeps everything rare and stateful (events, trips, fuse blows, scheduled faults, master ticks)
-and reacts to the flags these kernels leave in the twin's integer array.
+Why: one twin step was ~60 tiny numpy operations on vectors of 4..115 elements, each costing a
+microsecond or two of interpreter and dispatch overhead whatever its size, so a step took
+~750 us while its arithmetic is a few microseconds. Here that arithmetic runs as plain loops
+working in place on the twin's arrays. Python keeps everything rare and stateful (events,
+trips, fuse blows, welding, scheduled faults, master ticks) and reacts to the EV_* bits the
+kernels return.
 
-Data layout: the twin packs its per-module, per-branch, per-resistor, per-inductor and per-fuse
-quantities as rows of a few 2-D float arrays (row constants below); its public attributes
-(``v_rc1``, ``r_series``, ``branch_i`` ...) are views of those rows, so the kernels and Python
-share the same memory and each kernel call passes ~20 arrays, not ~60 (numba's dispatcher
-costs ~0.2 us per argument).
+Shape: one entry point, :func:`twin_kernel`, does a solve, a step (and the slow path when it is
+due), the slow path alone or the OCV refresh, with its parts written inline and only small
+helpers below it. Numba compiles each function separately and re-optimises every linked
+callee at each level of the call tree, so a flat tree compiles markedly faster than a deep
+one. A few tiny kernels serve the master link and the classes' own APIs (``MnaSolver.solve``,
+``ThermalNetwork.step``, ``BmsArray.step``), which call the same helpers as the twin.
+
+Data layout: the twin packs its per-module, per-branch, per-resistor, per-inductor, per-fuse,
+per-cell and per-thermal-node quantities as rows of a few arrays (row constants below); its
+public attributes (``v_rc1``, ``r_series``, ``branch_i`` ...) are views of those rows, so the
+kernels and Python share memory and a call passes ~30 arrays rather than ~80 (numba's
+dispatcher costs ~0.1 us per argument).
 
 Linear solves: the nodal and thermal matrices are factorised with partial pivoting (the same
-algorithm as LAPACK's getrf) only when they change; each solve then walks only the nonzeros
-of L and U, recorded at factorisation time (a bank's nodal matrix is mostly zeros).
+algorithm as LAPACK's getrf) only when they change; each solve then walks only the nonzeros of
+L and U, recorded at factorisation time (a 4S4P bank's 101-node matrix has ~480 of 10,100).
 
-Compile time: every function is ``cache=True``; a cold cache compiles in a few seconds once,
-later processes load the machine code from ``emulator/__pycache__``.
+Compile time: every function is ``cache=True``. With an empty cache the first twin of a
+process compiles for 10-15 s on this 2-core machine, once per machine and change of this file;
+every later process loads the machine code from ``emulator/__pycache__`` in ~0.5 s.
 """
 
 from __future__ import annotations
@@ -28,9 +36,8 @@ import math
 import numpy as np
 from numba import njit
 
-# Every kernel: cached on disk; numpy's floating-point error model (x / 0 gives inf or nan as
-# the numpy code it replaces did, and no exception path per division, which also halves the
-# compile time).
+# Every kernel: cached on disk; numpy's floating-point error model (x / 0 gives inf or nan, as
+# the numpy code it replaces did, rather than raising).
 _kernel = njit(cache=True, error_model="numpy")
 # helpers only kernels call: no Python entry point to generate
 _helper = njit(cache=True, error_model="numpy", no_cpython_wrapper=True)
