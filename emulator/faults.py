@@ -122,6 +122,8 @@ def _apply(twin: "Twin", fault: object, resolve: _Resolver) -> None:  # noqa: C9
                       f"{twin.modules[k]} stops talking to the master")
     elif isinstance(fault, sc.HeartbeatLoss):
         twin.master.deaf_from = fault.at_s
+    elif isinstance(fault, sc.SilentBms):
+        twin.master.silent_from = fault.at_s
     elif isinstance(fault, sc.StuckContactor):
         name = resolve.branch(fault.contactor, "contactor")
         twin.contactor_stuck[name] = fault.stuck

@@ -101,6 +101,9 @@ class MasterBms:
         self.last_seen = np.zeros(count)
         self.last_heartbeat: float | None = None
         self.deaf_from: float | None = None
+        # bench time from which the master stops transmitting to the inverter (the silent_bms
+        # fault): its own decisions go on; the endpoints that publish them read this and go quiet
+        self.silent_from: float | None = None
         self._tick: _Tick | None = None       # the latest update's snapshot
         self._report: MasterReport | None = None  # its report, once built
         self._heartbeat_lost = False          # what the latest report says

@@ -26,6 +26,15 @@ will jump -- from the bench clock's periodic duties calling :meth:`CanBms.send_k
 (the thread then stands back). ``heartbeat(False)`` stops it, ``heartbeat(True)`` resumes it at
 once.
 
+Bench service commands (``instruments/dbc/bankhil_service.dbc``, IDs 0x3F0/0x3F1, loaded beside
+the protocol DBC): :meth:`CanBms.force_disconnect` opens one module's BMS switch (the fault
+disconnect of 000's series MOSFET stress test) and :meth:`CanBms.silence_module` makes one
+module stop reporting to its master (004's silent module). They are not part of the inverter
+protocol: a real bench sends the same commands with the BMS vendor's service tool (or pulls the
+module's link cable through a relay) -- the station decides which; the emulated BMS takes them
+from the bus. A command returns after ``command_settle_s`` of wall time, so a node on the far
+side of a bridge (socketcand) has it before the caller moves bench time on.
+
 ``safe_state()`` de-energises nothing (a BMS client has no output) and never raises. What it
 does with the keep-alive is the ``safe_state_heartbeat`` policy:
 ``"keep"`` (default) leaves it as it is, so the bank's comm-loss behaviour does not change
@@ -50,7 +59,10 @@ from cantools.database.can import Database
 from instruments.roles import Bms, BmsLimits, BmsStatus, BmsTelemetry, InstrumentError
 
 DBC_PATH = Path(__file__).resolve().parent / "dbc" / "pylontech_lv.dbc"
+SERVICE_DBC_PATH = Path(__file__).resolve().parent / "dbc" / "bankhil_service.dbc"
 KEEPALIVE_ID = 0x305
+FORCE_DISCONNECT_ID = 0x3F0
+SILENCE_MODULE_ID = 0x3F1
 PN_MARKER = (0x50, 0x4E)
 # 0x359 signal suffix -> the name the role reports in BmsStatus.alarms / .warnings
 ALARM_NAMES = {"OverVoltage": "over_voltage", "UnderVoltage": "under_voltage",
@@ -146,7 +158,8 @@ class CanBms(Bms):
                  dbc_path: str | Path | None = None, heartbeat_on: bool = True,
                  safe_state_heartbeat: SafeStateHeartbeat = "keep",
                  stale_after_s: float | None = None, wait_s: float = 1.0,
-                 poll_s: float = 0.005, name: str = "bms", **bus_kwargs: Any):
+                 poll_s: float = 0.005, name: str = "bms", service_dbc_path: str | Path | None = None,
+                 command_settle_s: float = 0.05, **bus_kwargs: Any):
         if safe_state_heartbeat not in ("keep", "resume", "stop"):
             raise ValueError(f"safe_state_heartbeat {safe_state_heartbeat!r}: keep, resume or stop")
         self.name = name
@@ -159,7 +172,11 @@ class CanBms(Bms):
         self._poll_s = poll_s
         db = cantools.database.load_file(str(dbc_path or DBC_PATH), strict=True)
         assert isinstance(db, Database)
+        db.add_dbc_file(str(service_dbc_path or SERVICE_DBC_PATH))  # bench service frames (0x3F0..)
         self.db = db
+        self.command_settle_s = command_settle_s
+        # frames the inverter side sends (0x305, service commands): never a sign of the battery's life
+        self._inverter_ids = {m.frame_id for m in db.messages if "INVERTER" in m.senders}
         self._decoder = _Decoder(db)
         self._state_lock = threading.Lock()
         self._latest: dict[int, tuple[float, dict[str, Any]]] = {}
@@ -213,11 +230,11 @@ class CanBms(Bms):
         reason, values = self._decoder.decode(msg)
         with self._state_lock:
             self.frames_received += 1
-            if not msg.is_error_frame and (msg.arbitration_id != KEEPALIVE_ID or msg.is_extended_id):
+            if not msg.is_error_frame and (msg.arbitration_id not in self._inverter_ids or msg.is_extended_id):
                 self._last_heard = now  # anything the battery side sent, even garbage, is a sign of life
             if reason is not None:
                 self.malformed[reason] += 1
-            elif msg.arbitration_id != KEEPALIVE_ID:
+            elif msg.arbitration_id not in self._inverter_ids:
                 self._latest[msg.arbitration_id] = (now, values)  # type: ignore[assignment]
                 self._heard_at[msg.arbitration_id] = now
         return reason
@@ -308,6 +325,45 @@ class CanBms(Bms):
     @property
     def heartbeat_on(self) -> bool:
         return self._heartbeat_on
+
+    # ================================================================== bench service commands
+    def _service(self, frame_id: int, values: dict[str, int], what: str) -> None:
+        message = self.db.get_message_by_frame_id(frame_id)
+        data = message.encode(values, strict=True)
+        msg = can.Message(arbitration_id=frame_id, data=data, is_extended_id=False,
+                          timestamp=self._clock(), is_rx=False)
+        try:
+            with self._send_lock:
+                self._bus.send(msg)
+        except Exception as exc:
+            self._bus_error(exc)
+            raise InstrumentError(self.name, self.resource, what, str(exc)) from exc
+        self._write_log(msg)
+        with self._state_lock:
+            self.frames_sent += 1
+        if self.command_settle_s > 0:
+            time.sleep(self.command_settle_s)  # wall time: the command crosses the bus, bench time stands
+
+    def force_disconnect(self, module_index: int, on: bool) -> None:
+        """Service command 0x3F0: open (``on``) or release one module's BMS switch.
+
+        ``module_index`` is the module's 0-based index in bank order (series position first, then
+        parallel index: s1p1, s1p2, ..., s2p1, ...; the order of the SunSpec 805 models). On a real
+        bench this is the BMS vendor's service tool; the frame is this bench's stand-in for it.
+        """
+        if not 0 <= int(module_index) <= 255:
+            raise ValueError(f"module index {module_index}: 0..255")
+        self._service(FORCE_DISCONNECT_ID, {"ModuleIndex": int(module_index), "ForceOff": int(bool(on))},
+                      f"force_disconnect({module_index}, {bool(on)})")
+
+    def silence_module(self, module_index: int, on: bool) -> None:
+        """Service command 0x3F1: make one module stop reporting to its master (``on``), or
+        restore it -- a pulled link cable (004: one module stays offline). Index as in
+        :meth:`force_disconnect`."""
+        if not 0 <= int(module_index) <= 255:
+            raise ValueError(f"module index {module_index}: 0..255")
+        self._service(SILENCE_MODULE_ID, {"ModuleIndex": int(module_index), "Silent": int(bool(on))},
+                      f"silence_module({module_index}, {bool(on)})")
 
     # ================================================================== state
     def seconds_since_heard(self, frame_id: int | None = None) -> float:

@@ -2,7 +2,8 @@
 
 Each step looks up its check by name, hands it the bench (roles only), its parameters and
 limits, and ``measure``; the step fails if any measurement failed. A step with ``retries`` is
-tried again (all attempts stay recorded).
+tried again (all attempts stay recorded). A check that must bring the bench to its safe state
+itself (a silent BMS) finds the session's safety supervisor in ``ctx.extras["supervisor"]``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-d
     check = checks[plan_step.check]
     session = bankhil_session
     ctx = StepContext(session.bench, step_params(plan_step), step_limits(plan_step), measure,
-                      plan_step.name, session.ctx.dut_spec)
+                      plan_step.name, session.ctx.dut_spec, extras={"supervisor": session.supervisor})
     for attempt in range(plan_step.retries + 1):
         first = len(measure.taken)
         try:

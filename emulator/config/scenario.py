@@ -72,6 +72,14 @@ class HeartbeatLoss(FileModel):
     at_s: NonNegative = 0.0
 
 
+class SilentBms(FileModel):
+    """The master BMS stops transmitting to the inverter (CAN) from ``at_s`` on, while it still
+    listens and decides: a broken transmit side or a hung communication task (004: comm loss)."""
+
+    kind: Literal["silent_bms"]
+    at_s: NonNegative = 0.0
+
+
 class StuckContactor(FileModel):
     kind: Literal["stuck_contactor"]
     contactor: Annotated[str, Field(pattern=r"^(s\d+p\d+|p\d+|first|middle|last|main)$")]
@@ -92,7 +100,7 @@ class HotModule(FileModel):
 
 Fault = Annotated[
     Union[SocOffset, AgedModule, LooseLug, UnequalCable, WeakFet, FirmwareMismatch, SilentModule,
-          HeartbeatLoss, StuckContactor, BlownFuse, HotModule],
+          HeartbeatLoss, SilentBms, StuckContactor, BlownFuse, HotModule],
     Field(discriminator="kind"),
 ]
 

@@ -33,8 +33,17 @@ What goes where (the mapping the harness relies on):
 - 0x373: min/max cell voltage in mV and min/max module temperature in K (integer kelvin).
 - Force-charge and full-charge requests (0x35C bits 5, 4, 3) are not modelled: always 0.
 
-A silent BMS (``silent = True``) sends nothing while still listening, so the harness's
-silence detection can be exercised.
+A silent BMS (``silent = True``, or from bench time ``twin.master.silent_from`` on: the
+``silent_bms`` fault) sends nothing while still listening, so the harness's silence detection
+can be exercised.
+
+Bench service frames (``instruments/dbc/bankhil_service.dbc``; what a vendor's service tool does
+on a real bench) are taken in with the keep-alives, at the bench time they are drained:
+0x3F0 ``Service_ForceDisconnect`` opens or releases one module's BMS switch
+(``twin.bms_force_off``), 0x3F1 ``Service_SilenceModule`` makes one module stop reporting to
+the master or talk again. The module index is the 0-based position in ``twin.modules``
+(series position first, then parallel index). A service frame naming no module, or one that
+does not decode, is counted in ``frames_ignored``.
 
 Run as a process (``python -m emulator.endpoints.can_bms --dut 1s4p_diagonal``) it serves the
 twin over a socketcand server on loopback and follows wall time: the cross-process transport.
@@ -56,6 +65,8 @@ from emulator.bms import PROTECTIONS
 from emulator.twin import Twin
 
 KEEPALIVE_ID = 0x305
+FORCE_DISCONNECT_ID = 0x3F0
+SILENCE_MODULE_ID = 0x3F1
 PN_MARKER = (0x50, 0x4E)  # 'P', 'N' in 0x359 bytes 5-6
 # 0x359 alarm/warning bit (DBC signal suffix) <- module BMS protections that raise it.
 ALARM_SOURCES: dict[str, tuple[str, ...]] = {
@@ -81,6 +92,11 @@ def load_dbc(path: str | Path | None = None) -> Database:
     db = cantools.database.load_file(str(path or dbc_path()), strict=True)
     assert isinstance(db, Database)
     return db
+
+
+def service_dbc_path() -> Path:
+    """The bench's vendor service frames (0x3F0..), beside the protocol DBC."""
+    return dbc_path().parent / "bankhil_service.dbc"
 
 
 def firmware_code(version: str) -> int:
@@ -213,6 +229,8 @@ class EmulatedCanBms:
         self.encoder = FrameEncoder(db or load_dbc())
         self.model_code = model_code
         self.rx_interval_s = rx_interval_s
+        self.service = {m.frame_id: m for m in load_dbc(service_dbc_path()).messages}
+        self.service_commands = 0
         self.silent = False
         self.frames_sent = 0
         self.reports_sent = 0
@@ -267,7 +285,8 @@ class EmulatedCanBms:
         twin = self.bench.twin
         self._last_report = twin.master.report
         self._last_sent_at = twin.clock.now
-        if self.silent:
+        silent_from = getattr(twin.master, "silent_from", None)
+        if self.silent or (silent_from is not None and twin.clock.now >= silent_from):
             return
         values = protocol_values(twin, self.model_code)
         self.last_values = values
@@ -304,8 +323,35 @@ class EmulatedCanBms:
                 with self.bench.lock:  # re-entrant: already held when called from the observer
                     self.bench.twin.inverter_heartbeat()
                 self.heartbeats_received += 1  # any payload counts (DOMAIN.md section 4)
+            elif (msg.arbitration_id in self.service and not msg.is_extended_id
+                    and not msg.is_error_frame and not msg.is_remote_frame):
+                self._service(msg)
             else:
                 self.frames_ignored += 1
+
+    def _service(self, msg: can.Message) -> None:
+        """One bench service command, applied now (bench lock held or taken here)."""
+        try:
+            values = self.service[msg.arbitration_id].decode(bytes(msg.data), decode_choices=False)
+        except Exception:  # cantools raises several types; a bad frame is ignored, never fatal
+            self.frames_ignored += 1
+            return
+        assert isinstance(values, dict)
+        twin = self.bench.twin
+        index = int(values["ModuleIndex"])
+        if not 0 <= index < len(twin.modules):
+            self.frames_ignored += 1
+            return
+        module = twin.modules[index]
+        with self.bench.lock:
+            if msg.arbitration_id == FORCE_DISCONNECT_ID:
+                twin.bms_force_off(module, bool(values["ForceOff"]))
+            elif msg.arbitration_id == SILENCE_MODULE_ID:
+                silent = bool(values["Silent"])
+                twin.silent[index] = silent
+                twin.events.append((twin.clock.now, f"{module} {'stops talking to' if silent else 'talks to'} "
+                                                     "the master (service command)"))
+        self.service_commands += 1
 
 
 def main(argv: list[str] | None = None) -> int:
