@@ -146,6 +146,7 @@ class Session:
     supervisor: Any
     store: Any
     run_id: Any
+    started_wall: float = field(default_factory=time.monotonic)
 
     @property
     def bench(self) -> Any:
@@ -336,6 +337,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.write_line("")
     terminalreporter.write(summary_table(ctx))
     session = getattr(config, "_bankhil_session", None)
+    if session is not None:
+        bench_s = session.bench.clock.now()
+        wall_s = time.monotonic() - session.started_wall
+        terminalreporter.write_line(f"bench time {bench_s / 3600:.2f} h ({bench_s:.0f} s) in "
+                                    f"{wall_s:.1f} s wall ({bench_s / max(wall_s, 1e-9):.0f}x)")
     if session is not None and session.supervisor.actions:
         reasons = sorted({a.reason for a in session.supervisor.actions})
         terminalreporter.write_line(f"safety: bench brought to safe state ({'; '.join(reasons)})")
