@@ -180,7 +180,8 @@ def _can_log_path() -> str:
     import time as _time
     from pathlib import Path
     folder = Path(__file__).resolve().parents[1] / "reports" / "can"
-    return str(folder / f"{_time.strftime('%Y%m%d-%H%M%S')}.log")
+    import os as _os
+    return str(folder / f"{_time.strftime('%Y%m%d-%H%M%S')}-{_os.getpid()}.log")
     return None
 
 

@@ -106,6 +106,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "plan_step: a step of a bankhil test plan")
     if not config.getoption("--plan", default=None):
         return
+    # python-can's socketcand client warns on every TCP read that splits a frame: not news
+    logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)
+    logging.getLogger("can.interfaces.socketcand.socketcand").setLevel(logging.ERROR)
     try:
         config._bankhil = RunContext.load(config)  # type: ignore[attr-defined]
     except FileError as err:
@@ -352,8 +355,10 @@ def step_limits(step: Any) -> dict[str, Limits]:
     return {name: limit.to_limits() for name, limit in step.limits.items()}
 
 
-def step_params(step: Any) -> dict[str, Any]:
-    return {name: (value.si if hasattr(value, "si") else value) for name, value in step.parameters.items()}
+def step_params(step: Any, plan: Any = None) -> dict[str, Any]:
+    """The step's parameters over the plan's defaults, quantities in SI."""
+    merged = plan.parameters_for(step) if plan is not None else dict(step.parameters)
+    return {name: (value.si if hasattr(value, "si") else value) for name, value in merged.items()}
 
 
 def now() -> float:

@@ -17,7 +17,7 @@ def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-d
     checks = load_all()
     check = checks[plan_step.check]
     session = bankhil_session
-    ctx = StepContext(session.bench, step_params(plan_step), step_limits(plan_step), measure,
+    ctx = StepContext(session.bench, step_params(plan_step, session.ctx.plan), step_limits(plan_step), measure,
                       plan_step.name, session.ctx.dut_spec, extras={"supervisor": session.supervisor})
     for attempt in range(plan_step.retries + 1):
         first = len(measure.taken)
