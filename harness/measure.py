@@ -121,13 +121,39 @@ class MeasurementFailed(AssertionError):
 Sink = Callable[[Measurement], None]
 
 
+@dataclass
+class Trace:
+    """A recorded series (waveform, per-branch table, timeline) that a picture explains better
+    than a number: the report draws it (harness/reporting/plots.py, by ``kind``) and keeps a CSV
+    beside the picture.
+
+    ``columns`` are equal-length sequences, the first one the x axis (or the category names);
+    ``units`` gives each column's unit; ``marks`` holds the values to draw against -- limits,
+    ratings, means, thresholds -- in the same units as the columns they belong to.
+    """
+
+    name: str
+    kind: str  # inrush | sharing | timeline | vds | modules | xy
+    columns: dict[str, list[Any]]
+    units: dict[str, str] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
+    title: str = ""
+    step: str = ""
+    at: float = 0.0
+
+
+TraceSink = Callable[[Trace], None]
+
+
 class Recorder:
     """The ``measure`` fixture: judges, records to every sink at once, collects failures."""
 
     def __init__(self, clock_now: Callable[[], float], sinks: list[Sink] | None = None):
         self._now = clock_now
         self.sinks: list[Sink] = list(sinks or [])
+        self.trace_sinks: list[TraceSink] = []
         self.taken: list[Measurement] = []
+        self.traces: list[Trace] = []
 
     def __call__(self, name: str, value: Any, unit: str = "", limits: Limits | None = None,
                  diagnosis: str | None = None, stop: bool = False) -> Measurement:
@@ -141,6 +167,20 @@ class Recorder:
         if stop and verdict in ("fail", "error"):
             raise MeasurementFailed(m.line())
         return m
+
+    def trace(self, name: str, kind: str, columns: dict[str, Any], units: dict[str, str] | None = None,
+              marks: dict[str, float | None] | None = None, title: str = "") -> Trace:
+        """Keep a series for the report (plot + CSV). Never judges: verdicts come from measurements."""
+        cols = {key: [_plain(v) for v in values] for key, values in columns.items()}
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"trace '{name}': columns of different lengths {sorted(lengths)}")
+        t = Trace(name, kind, cols, dict(units or {}),
+                  {k: float(v) for k, v in (marks or {}).items() if v is not None}, title, at=self._now())
+        self.traces.append(t)
+        for sink in self.trace_sinks:
+            sink(t)
+        return t
 
     @property
     def failures(self) -> list[Measurement]:
@@ -158,3 +198,13 @@ class Recorder:
     def raise_if_failed(self) -> None:
         if self.failures:
             raise MeasurementFailed("; ".join(m.line() for m in self.failures))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and the like as plain Python values (CSV and JSON friendly)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    try:
+        return value.item()
+    except AttributeError:
+        return str(value)
