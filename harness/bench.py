@@ -9,7 +9,10 @@ the clock -- nothing that says which kind of bench it is.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harness.clock import BenchClock, VirtualClock, WallClock
@@ -145,12 +148,13 @@ def _sunspec_from(cfg: dict[str, Any], clock: BenchClock, name: str) -> Bms:
                       name=name, **extra)
 
 
-def _bms_from(station: dict[str, Any], clock: BenchClock) -> tuple[Bms | None, Bms | None]:
+def _bms_from(station: dict[str, Any], clock: BenchClock,
+              log_dir: Path | None = None) -> tuple[Bms | None, Bms | None]:
     """(the Bms role, the SunSpec client): CAN is the role when the station has it; a Modbus
     bus is opened as well (as ``bench.sunspec``), and is the role on a Modbus-only station.
     The SunSpec client's own CtrlHb keep-alive stays off: the role's keep-alive is the one."""
     buses = station.get("bms") or {}
-    can_bms = _can_bms_from(buses, clock)
+    can_bms = _can_bms_from(buses, clock, log_dir)
     if not buses.get("modbus"):
         return can_bms, None
     try:
@@ -162,7 +166,7 @@ def _bms_from(station: dict[str, Any], clock: BenchClock) -> tuple[Bms | None, B
     return (can_bms if can_bms is not None else sunspec), sunspec
 
 
-def _can_bms_from(buses: dict[str, Any], clock: BenchClock) -> Bms | None:
+def _can_bms_from(buses: dict[str, Any], clock: BenchClock, log_dir: Path | None = None) -> Bms | None:
     if "can" in buses and buses["can"]:
         from instruments.can_bms import CanBms
         cfg = dict(buses["can"])
@@ -171,18 +175,17 @@ def _can_bms_from(buses: dict[str, Any], clock: BenchClock) -> Bms | None:
         if interface in ("socketcand", "virtual"):
             cfg.pop("bitrate", None)
         cfg = {k: v for k, v in cfg.items() if v is not None}
-        return CanBms(interface, channel, clock=clock.now, log_path=_can_log_path(), **cfg)
+        return CanBms(interface, channel, clock=clock.now, log_path=_can_log_path(log_dir), **cfg)
     return None
 
 
-def _can_log_path() -> str:
-    """Every CAN frame of the run, in candump format (reports/can/<time>.log)."""
-    import time as _time
-    from pathlib import Path
+def _can_log_path(log_dir: Path | None = None) -> str:
+    """Every CAN frame of the run, in candump format: the run's folder when there is one (the
+    report attaches it), else reports/can/<time>-<pid>.log."""
+    if log_dir is not None:
+        return str(Path(log_dir) / "can.log")
     folder = Path(__file__).resolve().parents[1] / "reports" / "can"
-    import os as _os
-    return str(folder / f"{_time.strftime('%Y%m%d-%H%M%S')}-{_os.getpid()}.log")
-    return None
+    return str(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
 
 
 @dataclass
@@ -208,7 +211,7 @@ class AssembledBench:
 
 
 def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
-             seed: int = 0) -> AssembledBench:
+             seed: int = 0, log_dir: Path | None = None) -> AssembledBench:
     """Connect every instrument of a validated station (starting the emulated bench first if it
     is one, and filling its ``auto`` entries from the running emulator)."""
     from harness.config.station import resolve_emulated
@@ -231,7 +234,7 @@ def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
     try:
         for role, entry in runtime["instruments"].items():
             instruments[role] = _connect(role, entry)
-        bms, sunspec = _bms_from(runtime, clock)
+        bms, sunspec = _bms_from(runtime, clock, log_dir)
     except BaseException:
         for instrument in instruments.values():
             instrument.close()

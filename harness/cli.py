@@ -11,8 +11,9 @@ exit status. This module only wires them up and turns failures into one line on 
 
 No traceback reaches the user unless ``--debug`` is given.
 
-Subcommands to come: ``run`` (a plan on a station), ``emulate`` (serve the twin), ``report``
-and ``compare``. ``hil`` with no arguments will run the default plan; for now it prints help.
+Subcommands: ``run`` (a plan on a station; ``hil`` alone runs the default plan), ``simulate``
+(a bench program on the twin), ``emulate`` (serve the twin), ``report`` (a run's Allure report
+and summary page), ``compare`` (two runs, regressions first).
 """
 
 from __future__ import annotations
@@ -69,11 +70,25 @@ def _add_run(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.set_defaults(handler=run.run, passthrough=True)
 
 
-# name -> function adding the subcommand; later: report, compare
+def _add_report(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from harness.reporting import render
+
+    parser = subparsers.add_parser(
+        "report", parents=[common],
+        help="render a run's Allure report (one HTML file) and its one-page summary",
+        description="Render the Allure 3 HTML report of a run (default: the last one) from its "
+                    "allure-results, with history from the earlier reports, and write the run's "
+                    "one-page qualification summary; print both paths. Needs Node.js and `npm ci`.")
+    render.add_arguments(parser)
+    parser.set_defaults(handler=render.command)
+
+
+# name -> function adding the subcommand
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = {
     "simulate": _add_simulate,
     "emulate": _add_emulate,
     "run": _add_run,
+    "report": _add_report,
 }
 
 

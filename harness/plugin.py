@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import pytest
 
 from emulator.files import FileError
 from harness.measure import Limits, Measurement, Recorder
+from harness.reporting.allure_labels import measurement_parameter
+from harness.reporting.artifacts import TraceArtifacts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STATION = REPO / "fixtures" / "stations" / "emulated.yaml"
@@ -47,6 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--scenario", default=None, help="twin fault scenario (emulated stations only)")
     group.addoption("--results", default=None, help="result store URL (default: reports/results.sqlite)")
     group.addoption("--seed", type=int, default=0, help="emulator noise seed")
+    group.addoption("--run-dir", default=None,
+                    help="folder for this run's plots, CAN log and summary (default: beside --alluredir, "
+                         "else reports/runs/<time>-<id>)")
+    group.addoption("--run-uuid", default=None, help="the run's id in the result store (default: new)")
 
 
 def _resolve(value: str, folder: Path) -> Path:
@@ -72,6 +79,9 @@ class RunContext:
     operator: str
     results_url: str
     seed: int
+    run_uuid: str = ""
+    run_dir: Path = REPO / "reports" / "runs" / "unnamed"
+    allure_dir: Path | None = None
     gate_failed: str | None = None
     verdicts: dict[str, str] = field(default_factory=dict)
     measurements: list[tuple[str, Measurement]] = field(default_factory=list)
@@ -96,10 +106,24 @@ class RunContext:
         dut_spec = load_bank_spec(dut_arg, scenario)
         serial = config.getoption("--serial") or f"{dut_spec.dut.serial_prefix}{dut_spec.dut.batch}"
         validate_run(plan, station, dut_spec, checks, scenario=scenario, serial=serial)
+        run_uuid = config.getoption("--run-uuid") or str(uuid.uuid4())
+        allure_dir = getattr(config.option, "allure_report_dir", None)
         return cls(plan, plan_path, hashlib.sha256(plan_path.read_bytes()).hexdigest()[:16],
                    station, station_path, dut_spec, str(dut_arg), scenario, serial,
                    config.getoption("--operator"),
-                   config.getoption("--results") or DEFAULT_RESULTS, config.getoption("--seed"))
+                   config.getoption("--results") or DEFAULT_RESULTS, config.getoption("--seed"),
+                   run_uuid, _run_dir(config.getoption("--run-dir"), allure_dir, run_uuid),
+                   Path(allure_dir) if allure_dir else None)
+
+
+def _run_dir(option: str | None, allure_dir: str | None, run_uuid: str) -> Path:
+    """Where the run keeps its plots, CAN log and summary: asked for, or beside its Allure
+    results (``hil run`` puts those in reports/runs/<run>/allure-results), or a new folder."""
+    if option:
+        return Path(option).resolve()
+    if allure_dir and Path(allure_dir).name == "allure-results":
+        return Path(allure_dir).resolve().parent
+    return REPO / "reports" / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_uuid[:8]}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -150,6 +174,7 @@ class Session:
     store: Any
     run_id: Any
     started_wall: float = field(default_factory=time.monotonic)
+    summary_path: Path | None = None
 
     @property
     def bench(self) -> Any:
@@ -163,12 +188,14 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
     from harness.supervisor import SafetySupervisor
 
     ctx = _ctx(request.config)
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
     store = ResultStore(ctx.results_url)
     run_id = store.start_run(station=ctx.station.name, operator=ctx.operator,
                              plan_name=ctx.plan.name, plan_version=str(ctx.plan.version),
                              plan_hash=ctx.plan_hash, harness_version=_version(),
-                             emulated=bool(ctx.station.emulated))
-    assembled = assemble(ctx.station, ctx.dut_arg, ctx.scenario, seed=ctx.seed)
+                             emulated=bool(ctx.station.emulated), uuid=ctx.run_uuid,
+                             extra=_run_extra(ctx))
+    assembled = assemble(ctx.station, ctx.dut_arg, ctx.scenario, seed=ctx.seed, log_dir=ctx.run_dir)
     bench = assembled.bench
     modules = [{"position": pos, "serial": entry.serial, "firmware": entry.firmware}
                for pos, entry in ctx.dut_spec.dut.modules.items()]
@@ -190,7 +217,8 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
         if bench.bms is not None:
             bench.clock.every(getattr(bench.bms, "period_s", 1.0), _keepalive_duty(bench.bms))
             bench.clock.wait(2.0)  # let the BMS report once before anyone asks it
-        _record_identities(session, modules)
+        identities = _record_identities(session, modules)
+        _report_environment(session, identities)
         yield session
     finally:
         supervisor.stop_watchdog()
@@ -201,6 +229,7 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
         finally:
             supervisor.restore_signal_handlers()
             assembled.close()
+            _report_closing(session)
 
 
 def _keepalive_duty(bms: Any):  # type: ignore[no-untyped-def]
@@ -212,10 +241,11 @@ def _keepalive_duty(bms: Any):  # type: ignore[no-untyped-def]
     return duty
 
 
-def _record_identities(session: Session, modules: list[dict[str, Any]]) -> None:
+def _record_identities(session: Session, modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ctx, store = session.ctx, session.store
     dut = ctx.dut_spec.dut
     store.add_dut(session.run_id, ctx.serial, dut.name, modules)
+    identities = []
     for role, instrument in session.bench.instruments.items():
         entry = session.assembled.runtime.get("instruments", {}).get(role, {})
         try:
@@ -224,6 +254,57 @@ def _record_identities(session: Session, modules: list[dict[str, Any]]) -> None:
             identity = f"(no answer: {exc})"
         store.add_instrument(session.run_id, role, entry.get("driver", ""), entry.get("resource", ""),
                              identity, entry.get("calibration_due"))
+        identities.append({"role": role, "driver": entry.get("driver", ""), "resource": entry.get("resource", ""),
+                           "identity": identity, "calibration_due": entry.get("calibration_due")})
+    return identities
+
+
+def _run_extra(ctx: RunContext) -> dict[str, Any]:
+    """Kept with the run in the store: where its files are, how it was made, and each step's
+    requirement text and sources (the summary page is rebuilt from the store alone)."""
+    return {"run_dir": str(ctx.run_dir), "allure_dir": str(ctx.allure_dir) if ctx.allure_dir else None,
+            "dut": ctx.dut_arg, "scenario": ctx.scenario, "seed": ctx.seed, "serial": ctx.serial,
+            "steps": {step.name: {"description": step.description, "source": list(step.source),
+                                  "check": step.check, "severity": step.severity}
+                      for step in ctx.plan.steps}}
+
+
+def _report_environment(session: Session, identities: list[dict[str, Any]]) -> None:
+    """Allure's environment, categories and executor files, and the station's identities."""
+    from harness.reporting.artifacts import attach_json
+    from harness.reporting.environment import (RunEnvironment, write_categories, write_environment,
+                                               write_executor)
+    ctx = session.ctx
+    spec = ctx.dut_spec
+    firmware = sorted({spec.firmware.version} | {str(e.firmware) for e in spec.dut.modules.values() if e.firmware})
+    env = RunEnvironment(ctx.station.name, bool(ctx.station.emulated), ctx.plan.name, str(ctx.plan.version),
+                         ctx.plan_hash, _version(), ctx.serial, spec.module_type.model,
+                         f"{spec.dut.name} ({spec.dut.series}S{spec.dut.parallel}P)", firmware, ctx.operator,
+                         ctx.run_uuid, ctx.scenario, identities)
+    if ctx.allure_dir is not None:
+        write_environment(ctx.allure_dir, env)
+        write_categories(ctx.allure_dir)
+        write_executor(ctx.allure_dir, env, session.run_id, ctx.run_dir)
+    attach_json({"station": ctx.station.name, "emulated": bool(ctx.station.emulated), "instruments": identities},
+                "station and instrument identities")
+
+
+def _report_closing(session: Session) -> None:
+    """The CAN log and the one-page summary, attached to the session's teardown in Allure."""
+    from harness.reporting.artifacts import attach_file, safe_name
+    from harness.reporting.summary import write_summary
+    ctx = session.ctx
+    can_log = getattr(session.bench.bms, "log_path", None)
+    if can_log is not None and Path(can_log).is_file():
+        attach_file(Path(can_log), "CAN log (candump)", "text")
+    try:
+        path = write_summary(session.store, session.run_id,
+                             ctx.run_dir / f"summary-{safe_name(ctx.serial)}.html", ctx.run_dir)
+    except Exception as exc:  # noqa: BLE001 - the record is in the store; the page can be rebuilt
+        log.warning("summary page not written: %s", exc)
+        return
+    session.summary_path = path
+    attach_file(path, f"qualification summary {ctx.serial}", "html")
 
 
 def _version() -> str:
@@ -259,6 +340,11 @@ def measure(request: pytest.FixtureRequest, bankhil_session: Session) -> Recorde
     request.node._bankhil_step_id = step_id  # type: ignore[attr-defined]
     recorder = Recorder(session.bench.clock.now)
 
+    def note(text: str) -> None:
+        session.store.record_event(session.run_id, "attachment", text, step_id=step_id)
+
+    recorder.trace_sinks.append(TraceArtifacts(session.ctx.run_dir, name, note))
+
     def to_store(m: Measurement) -> None:
         value = m.value if isinstance(m.value, (int, float, str, bool, type(None))) else str(m.value)
         session.store.record_measurement(step_id, m.name, value, m.unit, m.limits.as_dict(),
@@ -270,7 +356,8 @@ def measure(request: pytest.FixtureRequest, bankhil_session: Session) -> Recorde
         except ImportError:
             return
         with allure.step(m.line()):
-            allure.dynamic.parameter(m.name, f"{m.value} {m.unit}".strip())
+            pass
+        measurement_parameter(m.name, f"{m.value} {m.unit} [{m.limits.describe()}] {m.verdict.upper()}")
 
     def to_console(m: Measurement) -> None:
         session.ctx.measurements.append((name, m))

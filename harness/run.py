@@ -1,7 +1,8 @@
 """``hil run``: a thin wrapper around pytest with the plan, station and DUT options.
 
-Every option pytest knows passes through (``-k``, ``-m``, ``-x``, ``--lf`` ...). Outputs go to
-reports/: allure-results, JUnit XML, and the result store. Exit status: 0 pass, 1 fail, 2 bad
+Every option pytest knows passes through (``-k``, ``-m``, ``-x``, ``--lf`` ...). Each run gets
+its folder reports/runs/<time>-<id>/ (allure-results, JUnit XML, plots with their CSV, the CAN
+log, the one-page summary); the result store (reports/results.sqlite) holds every run. Exit status: 0 pass, 1 fail, 2 bad
 input (a file that does not validate, before anything is energised), 130 interrupted.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,10 +73,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports", default=str(REPORTS), help="output folder (default: reports/)")
 
 
+def new_run_dir(reports: Path) -> tuple[str, Path]:
+    """A fresh run id and its folder, reports/runs/<UTC time>-<id[:8]>/: each run's Allure
+    results stay apart, so a report shows one run and history links runs together."""
+    run_uuid = str(uuid.uuid4())
+    return run_uuid, reports / "runs" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{run_uuid[:8]}"
+
+
 def pytest_args(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    reports = Path(args.reports)
+    reports = Path(args.reports).resolve()
+    run_uuid, run_dir = new_run_dir(reports)
     out = [str(STEPS_MODULE), "--plan", args.plan, "-p", "no:randomly",
-           f"--junitxml={reports / 'junit.xml'}", f"--alluredir={reports / 'allure-results'}",
+           f"--junitxml={run_dir / 'junit.xml'}", f"--alluredir={run_dir / 'allure-results'}",
+           "--run-uuid", run_uuid, "--run-dir", str(run_dir),
            "--rootdir", str(REPO), "-v", "-rfE", ]
     for option in ("station", "dut", "serial", "operator", "scenario", "results", "seed"):
         value = getattr(args, option)

@@ -1,12 +1,14 @@
 """`hil run`: the README's main command end to end on the embedded emulated station.
 
 Exit 0 on pass, 1 on fail, 2 on a bad file (before anything is energised); outputs: console
-verdicts, allure-results, JUnit XML, result-store rows. Pytest's own selection (-k) passes
+verdicts, the run's folder (allure-results with labels, environment, categories and executor,
+JUnit XML, the one-page summary), result-store rows. Pytest's own selection (-k) passes
 through.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -28,13 +30,29 @@ def test_default_plan_passes_and_writes_every_output(tmp_path):
     result = hil_run(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "PASS" in result.stdout and "4 passed" in result.stdout
-    junit = ET.parse(tmp_path / "reports" / "junit.xml").getroot()
-    assert junit.find("testsuite").get("tests") == "4"
-    allure = list((tmp_path / "reports" / "allure-results").glob("*-result.json"))
-    assert len(allure) == 4
     store = ResultStore(f"sqlite:///{tmp_path / 'results.sqlite'}")
     run = store.runs()[0]
     assert run.verdict == "pass" and run.emulated and run.plan_name == "bank_smoke"
+    run_dir = Path(run.extra["run_dir"])
+    assert run_dir.parent == tmp_path / "reports" / "runs" and run.uuid[:8] in run_dir.name
+    junit = ET.parse(run_dir / "junit.xml").getroot()
+    assert junit.find("testsuite").get("tests") == "4"
+    results = run_dir / "allure-results"
+    allure = [json.loads(p.read_text()) for p in results.glob("*-result.json")]
+    assert len(allure) == 4
+    # labels for the report: epic/feature/story/severity, serial in the title, measured parameters
+    for result_file in allure:
+        labels = {label["name"]: label["value"] for label in result_file["labels"]}
+        assert {"epic", "feature", "story", "severity", "tag"} <= set(labels)
+        assert run.serials[0] in result_file["name"]
+        assert any(p["name"].startswith("limit ") or "[" in p["value"] for p in result_file["parameters"])
+    environment = (results / "environment.properties").read_text()
+    assert f"dut.serial={run.serials[0]}" in environment and "plan=bank_smoke" in environment
+    assert "instrument.supply.calibration_due=" in environment and "bench=emulated" in environment
+    assert [c["name"] for c in json.loads((results / "categories.json").read_text())][0] == "Safety limit exceeded"
+    assert json.loads((results / "executor.json").read_text())["buildOrder"] == run.id
+    summary = next(run_dir.glob("summary-*.html")).read_text()
+    assert run.serials[0] in summary and "PASS" in summary and "Calibration due" in summary
     names = {m.name for m in store.measurements(run.id)}
     assert {"bms_firmware", "ocv_spread", "installed_capacity", "imbalance"} <= names
     assert {i.role for i in store.instruments(run.id)} >= {"supply", "load", "scanner"}

@@ -11,6 +11,8 @@ Format::
     name: end_of_line_12v8
     version: "1.2.0"                 # text: YAML would read 1.10 as the number 1.1
     description: Factory end-of-line test of one 12.8 V 100 Ah module
+    epic: End-of-line                # optional: the report's epic for every step (else each
+                                     # check's family, test_plans/checks/catalogue.py)
     applies_to: [LFP12.8-100, 1s1p]  # DUT names, module models or names, topologies (4S4P), globs
     serial_pattern: "BH12-[0-9]{6}"  # whole serial must match
     requires: [supply, load, bms]    # roles every step needs
@@ -397,6 +399,8 @@ class PlanFile(SourcedFile):
     name: Annotated[str, Field(min_length=1)]
     version: Annotated[str, BeforeValidator(_version), Field(min_length=1)]
     description: str = ""
+    epic: Literal["Series string", "Parallel bank", "BMS communication", "Commissioning",
+                  "End-of-line"] | None = None
     applies_to: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     serial_pattern: Annotated[str, AfterValidator(_pattern)] | None = None
     requires: list[Role] = Field(default_factory=list)

@@ -1,0 +1,90 @@
+"""Allure labels for a plan step, so a report reads by requirement rather than by pytest id.
+
+- epic: the plan's ``epic`` if it has one (commissioning, end-of-line), else the check's family
+  (series string, parallel bank, BMS communication) from test_plans/checks/catalogue.py;
+- feature: the check; story: the requirement -- the step's description and its source documents;
+- severity: *blocker* for safety checks, else the step's own severity;
+- tags: DUT model, topology, firmware; title: step and DUT serial, so a unit's record is found by
+  its serial years later;
+- parameters: each measured value with its limits, excluded from Allure's history id so the same
+  step of the next run is recognised as the same test and trends show.
+
+Everything here is a no-op without allure-pytest (``pytest -p no:allure_pytest``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from test_plans.checks.catalogue import info
+
+# the plan's severities (critical/major/minor/info) on Allure's scale
+SEVERITY = {"critical": "critical", "major": "normal", "minor": "minor", "info": "trivial"}
+SAFETY_PREFIX = "SAFETY LIMIT EXCEEDED"
+
+
+def _allure() -> Any:
+    try:
+        import allure
+    except ImportError:  # allure-pytest not installed: labels are optional
+        return None
+    return allure
+
+
+def severity(step: Any) -> str:
+    return "blocker" if info(step.check).safety else SEVERITY.get(step.severity, "normal")
+
+
+def story(step: Any) -> str:
+    """The requirement as a reader of the report names it: what, and from which document."""
+    what = step.description or step.name.replace("_", " ")
+    return f"{what} ({', '.join(step.source)})" if step.source else what
+
+
+def dut_tags(dut_spec: Any) -> list[str]:
+    """DUT model, bank topology and every firmware on it (a mixed bank shows both)."""
+    dut = dut_spec.dut
+    firmware = {dut_spec.firmware.version} | {str(e.firmware) for e in dut.modules.values() if e.firmware}
+    return ([f"model:{dut_spec.module_type.model}", f"bank:{dut.series}S{dut.parallel}P"]
+            + [f"firmware:{fw}" for fw in sorted(firmware)])
+
+
+def label_step(step: Any, plan: Any, dut_spec: Any, serial: str) -> None:
+    """Label the running test (one plan step) for the report."""
+    allure = _allure()
+    if allure is None:
+        return
+    check = info(step.check)
+    allure.dynamic.epic(plan.epic or check.epic)
+    allure.dynamic.feature(check.feature)
+    allure.dynamic.story(story(step))
+    allure.dynamic.severity(severity(step))
+    allure.dynamic.title(f"{step.name} — {serial}")
+    allure.dynamic.tag(*dut_tags(dut_spec), *(["safety"] if check.safety else []))
+    allure.dynamic.label("plan", f"{plan.name} {plan.version}")
+    allure.dynamic.label("dut_serial", serial)
+    allure.dynamic.description(_description(step, plan, serial))
+    for name, limit in step.limits.items():
+        allure.dynamic.parameter(f"limit {name}", limit.to_limits().describe(), excluded=True)
+
+
+def _description(step: Any, plan: Any, serial: str) -> str:
+    lines = [f"**{step.description or step.name}**", "",
+             f"- check: `{step.check}`; plan `{plan.name}` {plan.version}; DUT serial `{serial}`",
+             f"- source: {', '.join(step.source) or '(none given)'}"]
+    if step.gate:
+        lines.append("- gate: nothing after this step is energised if it fails")
+    return "\n".join(lines)
+
+
+def measurement_parameter(name: str, shown: str) -> None:
+    """A measured value with its limits and verdict as an Allure parameter (not in the history id)."""
+    allure = _allure()
+    if allure is not None:
+        allure.dynamic.parameter(name, shown, excluded=True)
+
+
+def failure_message(check_name: str, lines: list[str]) -> str:
+    """The step's failure text; safety checks lead with the marker the categories match on."""
+    text = "; ".join(lines)
+    return f"{SAFETY_PREFIX}: {text}" if info(check_name).safety else text

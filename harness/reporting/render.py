@@ -1,0 +1,123 @@
+"""``hil report [RUN]``: the Allure HTML report of a run, and its one-page summary.
+
+The report generator is Allure 3, the npm package ``allure`` pinned in package.json (installed by
+``npm ci`` in the repository). It reads the run's allure-results (labels, measurements as steps
+and parameters, plots and CSV, the CAN log, environment, categories, executor) and writes one
+self-contained ``index.html`` (``--multi-file`` for the usual folder). Each report adds its run to
+``reports/allure-history.jsonl``, so the next report shows trends and what changed since.
+
+Without Node.js nothing crashes: the message says what to install, and the summary page (made
+from the result store alone) is still written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.reporting.environment import CATEGORIES
+from harness.reporting.runs import resolve_run
+from harness.reporting.summary import write_summary
+from harness.store import ResultStore, RunRecord
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_RESULTS = "sqlite:///" + str(REPO / "reports" / "results.sqlite")
+ALLURE_CLI = REPO / "node_modules" / "allure" / "cli.js"
+NODE_HINT = ("hil report: Node.js is needed to draw the Allure report (Allure 3 is an npm package). "
+             "Install Node.js >= 20 (Debian: apt-get install nodejs npm), then run `npm ci` in "
+             f"{REPO}.")
+NPM_HINT = f"hil report: the Allure generator is not installed: run `npm ci` in {REPO}."
+
+
+class ReportToolMissing(RuntimeError):
+    """Node.js or the allure npm package is not there: a set-up step, not a bug."""
+
+
+@dataclass
+class Rendered:
+    run: RunRecord
+    report: Path | None
+    summary: Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", nargs="?", default="last",
+                        help="run number, run id (or unique prefix), 'last' or 'last~N' (default: last)")
+    parser.add_argument("--results", default=None, help="result store URL (default: reports/results.sqlite)")
+    parser.add_argument("--multi-file", action="store_true",
+                        help="write the report as a folder of files instead of one index.html")
+    parser.add_argument("--output", default=None, help="report folder (default: <run folder>/report)")
+
+
+def allure_command() -> list[str]:
+    """``node .../allure/cli.js``, or an explanation of what is missing."""
+    node = shutil.which("node")
+    if node is None:
+        raise ReportToolMissing(NODE_HINT)
+    cli = Path(os.environ.get("BANKHIL_ALLURE_CLI", ALLURE_CLI))
+    if not cli.is_file():
+        raise ReportToolMissing(NPM_HINT)
+    return [node, str(cli)]
+
+
+def allure_config(run: RunRecord, output: Path, history: Path, single_file: bool) -> dict:
+    serial = ", ".join(run.serials) or "?"
+    return {
+        "name": f"{run.plan_name} {run.plan_version or ''} — {serial} — {(run.verdict or 'unfinished').upper()}",
+        "output": str(output),
+        "historyPath": str(history),
+        "categories": {"rules": CATEGORIES},
+        "plugins": {"awesome": {"options": {
+            "singleFile": single_file, "reportLanguage": "en",
+            "reportName": f"bankhil: {run.plan_name} on {serial}",
+            "groupBy": ["epic", "feature", "story"]}}},
+    }
+
+
+def render(store: ResultStore, run: RunRecord, *, single_file: bool = True,
+           output: Path | None = None, timeout_s: float = 300.0) -> Rendered:
+    """Write the summary page, then the Allure report (raises ReportToolMissing without Node)."""
+    extra = run.extra or {}
+    run_dir = Path(extra.get("run_dir") or REPO / "reports" / "runs" / run.uuid)
+    summary = write_summary(store, run.id, run_dir / f"summary-{(run.serials or ('dut',))[0]}.html", run_dir)
+    results = Path(extra.get("allure_dir") or run_dir / "allure-results")
+    if not results.is_dir():
+        raise FileNotFoundError(f"run {run.id} has no Allure results at {results} (was it run with "
+                                f"`hil run`, or pytest without --alluredir?)")
+    command = allure_command()
+    output = output or run_dir / "report"
+    history = run_dir.parent.parent / "allure-history.jsonl"  # reports/allure-history.jsonl
+    config = run_dir / "allurerc.json"
+    config.write_text(json.dumps(allure_config(run, output, history, single_file), indent=2), encoding="utf-8")
+    proc = subprocess.run([*command, "generate", "--config", str(config), str(results)], cwd=run_dir,
+                          capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "NO_COLOR": "1"})
+    index = output / "index.html"
+    if proc.returncode != 0 or not index.is_file():
+        raise RuntimeError(f"allure generate failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
+    return Rendered(run, index, summary)
+
+
+def command(args: argparse.Namespace) -> int:
+    store = ResultStore(args.results or DEFAULT_RESULTS)
+    try:
+        run = resolve_run(store, args.run)
+        try:
+            rendered = render(store, run, single_file=not args.multi_file,
+                              output=Path(args.output).resolve() if args.output else None)
+        except ReportToolMissing as missing:
+            extra = run.extra or {}
+            run_dir = Path(extra.get("run_dir") or REPO / "reports")
+            summary = write_summary(store, run.id, run_dir / f"summary-{(run.serials or ('dut',))[0]}.html", run_dir)
+            print(str(missing), file=__import__("sys").stderr)
+            print(f"summary: {summary}")
+            return 1
+    finally:
+        store.close()
+    print(f"report:  {rendered.report}")
+    print(f"summary: {rendered.summary}")
+    return 0
