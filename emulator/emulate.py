@@ -133,7 +133,7 @@ def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, 
         "instruments": instruments,
         "bms": {
             "can": {"interface": "socketcand", "host": can_host, "port": can_port,
-                    "channel": channel, "bitrate": 500000},
+                    "channel": channel, "bitrate": 500000, "timestamps": "sender"},
             "modbus": {"host": host, "port": sunspec.port, "device_id": 1},
         },
         "channels": channel_map(bench.wiring),

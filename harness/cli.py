@@ -83,12 +83,27 @@ def _add_report(subparsers: argparse._SubParsersAction, common: argparse.Argumen
     parser.set_defaults(handler=render.command)
 
 
+def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from harness.reporting import compare
+
+    parser = subparsers.add_parser(
+        "compare", parents=[common],
+        help="compare two runs step by step and measurement by measurement, regressions first",
+        description="Compare run B against run A (e.g. a candidate firmware against the released "
+                    "one): verdicts and values per step and measurement, regressions first; write "
+                    "CSV, JSON and HTML to reports/compare/ and attach the comparison to Allure. "
+                    "Exit 1 when B regresses.")
+    compare.add_arguments(parser)
+    parser.set_defaults(handler=compare.command)
+
+
 # name -> function adding the subcommand
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = {
     "simulate": _add_simulate,
     "emulate": _add_emulate,
     "run": _add_run,
     "report": _add_report,
+    "compare": _add_compare,
 }
 
 

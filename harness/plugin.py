@@ -244,7 +244,8 @@ def _keepalive_duty(bms: Any):  # type: ignore[no-untyped-def]
 def _record_identities(session: Session, modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ctx, store = session.ctx, session.store
     dut = ctx.dut_spec.dut
-    store.add_dut(session.run_id, ctx.serial, dut.name, modules)
+    store.add_dut(session.run_id, ctx.serial, ctx.dut_spec.dut.name, modules,
+                  firmware=ctx.dut_spec.firmware.version)
     identities = []
     for role, instrument in session.bench.instruments.items():
         entry = session.assembled.runtime.get("instruments", {}).get(role, {})

@@ -159,17 +159,27 @@ class CanBms(Bms):
                  safe_state_heartbeat: SafeStateHeartbeat = "keep",
                  stale_after_s: float | None = None, wait_s: float = 1.0,
                  poll_s: float = 0.005, name: str = "bms", service_dbc_path: str | Path | None = None,
-                 command_settle_s: float = 0.05, **bus_kwargs: Any):
+                 command_settle_s: float = 0.05, timestamps: str = "receiver",
+                 catch_up_s: float = 1.0, **bus_kwargs: Any):
         if safe_state_heartbeat not in ("keep", "resume", "stop"):
             raise ValueError(f"safe_state_heartbeat {safe_state_heartbeat!r}: keep, resume or stop")
         self.name = name
         self.resource = f"{interface}:{channel}" + "".join(f" {k}={v}" for k, v in sorted(bus_kwargs.items()))
         self.period_s = period_s
+        self.report_period_s = 1.0  # the BMS reports every second (Pylontech protocol)
         self.safe_state_heartbeat = safe_state_heartbeat
         self.stale_after_s = stale_after_s
         self.wait_s = wait_s
         self._clock = clock
         self._poll_s = poll_s
+        if timestamps not in ("receiver", "sender"):
+            raise ValueError(f"timestamps {timestamps!r}: receiver or sender")
+        # "sender": the frame's own stamp dates it (the emulated bench stamps in bench time), and
+        # a read first lets the receive thread catch up with what was sent up to now
+        self._sender_stamps = timestamps == "sender"
+        self.catch_up_s = catch_up_s
+        self._arrived = threading.Condition()
+        self._behind_since_frame = False  # the last catch-up timed out and nothing came since
         db = cantools.database.load_file(str(dbc_path or DBC_PATH), strict=True)
         assert isinstance(db, Database)
         db.add_dbc_file(str(service_dbc_path or SERVICE_DBC_PATH))  # bench service frames (0x3F0..)
@@ -224,7 +234,7 @@ class CanBms(Bms):
 
         The receive thread's whole path, public so a benchmark can time it without a bus.
         """
-        now = self._clock()
+        now = msg.timestamp if self._sender_stamps and msg.timestamp else self._clock()
         msg.timestamp, msg.is_rx = now, True
         self._write_log(msg)
         reason, values = self._decoder.decode(msg)
@@ -237,7 +247,32 @@ class CanBms(Bms):
             elif msg.arbitration_id not in self._inverter_ids:
                 self._latest[msg.arbitration_id] = (now, values)  # type: ignore[assignment]
                 self._heard_at[msg.arbitration_id] = now
+        if self._sender_stamps:
+            with self._arrived:
+                self._behind_since_frame = False
+                self._arrived.notify_all()
         return reason
+
+    def _catch_up(self) -> None:
+        """With sender stamps: before answering, wait (wall time, at most ``catch_up_s``) until
+        the newest frame dates from the last report period, so frames still in flight on a busy
+        host are not taken for silence. A BMS that stays silent costs this wait once, not on
+        every read."""
+        if not self._sender_stamps:
+            return
+        due = self._clock() - 1.5 * self.report_period_s
+        deadline = time.monotonic() + self.catch_up_s
+        with self._arrived:
+            while not self._behind_since_frame:
+                with self._state_lock:
+                    last = self._last_heard
+                if last is not None and last >= due:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._behind_since_frame = True
+                    return
+                self._arrived.wait(min(left, 0.05))
 
     def _receive_loop(self) -> None:
         while not self._closing.is_set():
@@ -369,6 +404,7 @@ class CanBms(Bms):
     def seconds_since_heard(self, frame_id: int | None = None) -> float:
         """Clock seconds since the battery sent anything (or ``frame_id`` decoded cleanly);
         counted from opening if never heard."""
+        self._catch_up()
         with self._state_lock:
             last = self._last_heard if frame_id is None else self._heard_at.get(frame_id)
         return self._clock() - (self._opened_at if last is None else last)
@@ -384,6 +420,7 @@ class CanBms(Bms):
         return dict(entry[1]) if entry else None
 
     def _need(self, frame_id: int, what: str, wait: bool = False) -> dict[str, Any]:
+        self._catch_up()
         deadline = time.monotonic() + (self.wait_s if wait else 0.0)
         while True:
             with self._state_lock:

@@ -40,12 +40,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from harness.plugin import DEFAULT_RESULTS, REPO
-from harness.store import (MeasurementRecord, ResultStore, RunRecord, StepRecord, StoreError,
-                           UnknownRecord, run_table)
+from harness.reporting.runs import RunNotFound, resolve_run
+from harness.store import MeasurementRecord, ResultStore, RunRecord, StepRecord, StoreError
 
 __all__ = [
     "KINDS", "DEFAULT_REL_TOL", "RunNotFound", "RunHeader", "Row", "Comparison",
@@ -61,12 +60,7 @@ BAD = frozenset({"fail", "error", "unfinished"})  # "unfinished": no verdict (ki
 GOOD = frozenset({"pass", "marginal"})
 DEFAULT_OUT = REPO / "reports" / "compare"
 DEFAULT_ALLUREDIR = REPO / "reports" / "allure-results"
-_MIN_UUID_PREFIX = 4  # shorter prefixes are too easily a mistyped run id
 EXIT_OK, EXIT_REGRESSION, EXIT_NOT_FOUND = 0, 1, 2
-
-
-class RunNotFound(LookupError):
-    """A run reference that names no run (or names several): the message says which."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,47 +176,6 @@ class Comparison:
 
 # --------------------------------------------------------------------------------------------
 # Finding the runs
-
-
-def resolve_run(store: ResultStore, ref: str) -> RunRecord:
-    """The run a command-line reference names: ``last``/``last~N`` (newest first), a run id, or a
-    uuid or uuid prefix (at least 4 characters, unambiguous). :class:`RunNotFound` otherwise."""
-    text = str(ref).strip()
-    latest = re.fullmatch(r"last(?:~(\d+))?", text.lower())
-    if latest:
-        return _nth_latest(store, int(latest.group(1) or 0), text)
-    if text.isdigit():
-        try:
-            return store.run(int(text))
-        except UnknownRecord:
-            pass  # maybe a uuid prefix made of digits
-    return _by_uuid_prefix(store, text)
-
-
-def _nth_latest(store: ResultStore, n: int, text: str) -> RunRecord:
-    runs = store.runs(limit=n + 1)
-    if len(runs) <= n:
-        raise RunNotFound(f"no run {text!r} in result store {store.display_url!r}: "
-                          f"it holds {len(runs)} run(s)")
-    return runs[n]
-
-
-def _by_uuid_prefix(store: ResultStore, text: str) -> RunRecord:
-    lowered = text.lower()
-    if len(lowered) < _MIN_UUID_PREFIX or not re.fullmatch(r"[0-9a-f-]+", lowered):
-        raise RunNotFound(f"no run {text!r} in result store {store.display_url!r} "
-                          "(give a run id, a run uuid or a uuid prefix of 4+ characters, "
-                          "last or last~N)")
-    query = (sa.select(run_table.c.uuid).where(run_table.c.uuid.like(f"{lowered}%"))
-             .order_by(run_table.c.id).limit(2))
-    with store.engine.connect() as conn:
-        found = list(conn.execute(query).scalars())
-    if not found:
-        raise RunNotFound(f"no run {text!r} in result store {store.display_url!r}")
-    if len(found) > 1:
-        raise RunNotFound(f"run {text!r} is ambiguous in result store {store.display_url!r}: "
-                          f"{found[0]}, {found[1]}, ...; give more of the uuid")
-    return store.run_by_uuid(found[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -748,9 +701,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="result store URL (default: reports/results.sqlite)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
                         help="folder for <a>-vs-<b>.csv/.json/.html (default: reports/compare)")
-    parser.add_argument("--alluredir", default=str(DEFAULT_ALLUREDIR), metavar="DIR",
-                        help="allure-results folder for the comparison's test result "
-                             "(default: reports/allure-results)")
+    parser.add_argument("--alluredir", default=None, metavar="DIR",
+                        help="allure-results folder for the comparison's test result (default: "
+                             "run B's, so `hil report` of run B shows it)")
     parser.add_argument("--no-allure", action="store_true", help="write no Allure result")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="console output: a table (text) or the comparison as JSON")
@@ -776,7 +729,8 @@ def command(args: argparse.Namespace) -> int:
         store.close()
     files = write_files(comparison, Path(args.out))
     if not args.no_allure:
-        files.allure = write_allure(comparison, files, Path(args.alluredir)) or Path(args.alluredir)
+        alluredir = Path(args.alluredir or (run_b.extra or {}).get("allure_dir") or DEFAULT_ALLUREDIR)
+        files.allure = write_allure(comparison, files, alluredir) or alluredir
     _print(comparison, files, args.format)
     return EXIT_REGRESSION if comparison.regressions else EXIT_OK
 

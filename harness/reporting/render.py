@@ -17,11 +17,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.reporting.environment import CATEGORIES
-from harness.reporting.runs import resolve_run
+from harness.reporting.runs import RunNotFound, resolve_run
 from harness.reporting.summary import write_summary
 from harness.store import ResultStore, RunRecord
 
@@ -105,7 +106,11 @@ def render(store: ResultStore, run: RunRecord, *, single_file: bool = True,
 def command(args: argparse.Namespace) -> int:
     store = ResultStore(args.results or DEFAULT_RESULTS)
     try:
-        run = resolve_run(store, args.run)
+        try:
+            run = resolve_run(store, args.run)
+        except RunNotFound as missing:
+            print(f"hil report: {missing}", file=sys.stderr)
+            return 2
         try:
             rendered = render(store, run, single_file=not args.multi_file,
                               output=Path(args.output).resolve() if args.output else None)
@@ -113,7 +118,7 @@ def command(args: argparse.Namespace) -> int:
             extra = run.extra or {}
             run_dir = Path(extra.get("run_dir") or REPO / "reports")
             summary = write_summary(store, run.id, run_dir / f"summary-{(run.serials or ('dut',))[0]}.html", run_dir)
-            print(str(missing), file=__import__("sys").stderr)
+            print(str(missing), file=sys.stderr)
             print(f"summary: {summary}")
             return 1
     finally:
