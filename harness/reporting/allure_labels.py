@@ -64,6 +64,7 @@ def label_step(step: Any, plan: Any, dut_spec: Any, serial: str) -> None:
     allure.dynamic.label("plan", f"{plan.name} {plan.version}")
     allure.dynamic.label("dut_serial", serial)
     allure.dynamic.description(_description(step, plan, serial))
+    allure.dynamic.parameter("plan_step", step.name)  # the step's name, not its whole record
     for name, limit in step.limits.items():
         allure.dynamic.parameter(f"limit {name}", limit.to_limits().describe(), excluded=True)
 
