@@ -42,8 +42,7 @@ from typing import Any, Iterable, Sequence
 
 from sqlalchemy.engine import make_url
 
-from harness.plugin import DEFAULT_RESULTS, REPO
-from harness.reporting.runs import RunNotFound, resolve_run
+from harness.reporting.runs import DEFAULT_RESULTS, REPO, RunNotFound, resolve_run
 from harness.store import MeasurementRecord, ResultStore, RunRecord, StepRecord, StoreError
 
 __all__ = [

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.reporting.environment import CATEGORIES
-from harness.reporting.runs import RunNotFound, resolve_run
+from harness.reporting.runs import DEFAULT_RESULTS, REPO, RunNotFound, resolve_run
 from harness.reporting.summary import write_summary
 from harness.store import ResultStore, RunRecord
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_RESULTS = "sqlite:///" + str(REPO / "reports" / "results.sqlite")
 ALLURE_CLI = REPO / "node_modules" / "allure" / "cli.js"
 NODE_HINT = ("hil report: Node.js is needed to draw the Allure report (Allure 3 is an npm package). "
              "Install Node.js >= 20 (Debian: apt-get install nodejs npm), then run `npm ci` in "

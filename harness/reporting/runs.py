@@ -8,12 +8,16 @@ it (4+ characters: shorter is too easily a mistyped run number), or as ``last`` 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import sqlalchemy as sa
 
 from harness.store import ResultStore, RunRecord, UnknownRecord, run_table
 
 _MIN_UUID_PREFIX = 4
+REPO = Path(__file__).resolve().parents[2]
+# the store `hil run` writes by default (harness/plugin.py DEFAULT_RESULTS)
+DEFAULT_RESULTS = "sqlite:///" + str(REPO / "reports" / "results.sqlite")
 
 
 class RunNotFound(LookupError):
