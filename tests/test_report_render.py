@@ -135,6 +135,8 @@ def test_report_is_one_file_and_the_summary_names_the_failure(rendered):  # type
     page = summary.read_text(encoding="utf-8")
     assert "FAIL" in page and DIAGNOSIS in page and "<img" in page  # the failed step's plot, embedded
     assert all(step in page for step in STEPS)
+    history = rendered["tmp"] / "reports" / "allure-history.jsonl"  # carried to the next report
+    assert history.is_file() and history.read_text(encoding="utf-8").count("\n") >= 1
 
 
 def test_report_shows_steps_diagnosis_and_plot_in_chromium(rendered, browser):  # type: ignore[no-untyped-def]
