@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Sequence
 
-from instruments.roles import InstrumentError
+from instruments.roles import InstrumentError, Waveform
 from test_plans.checks import StepContext, check
 
 DIAG_REDUCED_CAPACITY = ("module not accepted by the BMS (004: inverter reports reduced capacity) "
@@ -27,6 +27,8 @@ DIAG_FUSE = ("overcurrent or wrong fuse rating (004: branch fuse trips) "
 
 # a branch carrying less than this fraction of the mean is open, not just unequal
 OPEN_BRANCH_FRACTION = 0.05
+# the most samples a trace keeps: a report picture shows no more, and a CSV stays small
+TRACE_POINTS = 5000
 _POSITION = re.compile(r"^s(\d+)p(\d+)$")
 
 
@@ -136,6 +138,68 @@ def sharing_diagnosis(currents: dict[str, float], bench: Any) -> str:
     else:
         text = f"{DIAG_SHARING}; {DIAG_OLDER_MODULE}"
     return text + bms_alarm_note(bench)
+
+
+# ================================================================== traces for the report
+def peak_indices(values: Sequence[float], limit: int = TRACE_POINTS) -> list[int]:
+    """Indices of at most ``limit`` samples to keep of a long series: the first and the last
+    (the span stays the capture's) and the lowest and the highest of each of equal slices, in
+    time order. Every excursion survives -- the peak a measurement reports included -- where
+    taking every n-th sample would step over a spike."""
+    n = len(values)
+    if n <= limit:
+        return list(range(n))
+    size = math.ceil(n / max((limit - 2) // 2, 1))
+    keep = {0, n - 1}
+    for start in range(0, n, size):
+        chunk = range(start, min(start + size, n))
+        keep.add(min(chunk, key=values.__getitem__))
+        keep.add(max(chunk, key=values.__getitem__))
+    return sorted(keep)
+
+
+def waveform_columns(wave: Waveform, name: str, limit: int = TRACE_POINTS) -> dict[str, list[float]]:
+    """A captured waveform as trace columns: ``t`` (s from the capture's start) and ``name``,
+    reduced to ``limit`` samples with its peaks kept."""
+    keep = peak_indices(wave.samples, limit)
+    return {"t": [k * wave.interval_s for k in keep], name: [wave.samples[k] for k in keep]}
+
+
+class TraceRows:
+    """Readings a check takes anyway, kept as timed rows for a report trace (never judged).
+
+    ``add(at, name=value, ...)`` files values under the bench time ``at``: readings of different
+    quantities taken at the same moment share a row, a second reading of the same quantity gets
+    a row of its own (a state that changed at that moment shows both sides). ``columns()`` gives
+    ``t`` (s from ``origin``) and one column per name, None where a row has no reading of it,
+    reduced to ``limit`` rows around the extremes of ``key`` when the check ran long."""
+
+    def __init__(self, origin: float):
+        self.origin = origin
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, at: float, **values: Any) -> None:
+        t = at - self.origin
+        last = self.rows[-1] if self.rows else None
+        if last is not None and abs(last["t"] - t) < 1e-9 and not values.keys() & last.keys():
+            last.update(values)
+        else:
+            self.rows.append({"t": t, **values})
+
+    def columns(self, key: str | None = None, limit: int = TRACE_POINTS) -> dict[str, list[Any]]:
+        names = list(dict.fromkeys(n for row in self.rows for n in row if n != "t"))
+        rows = self.rows
+        if key is not None and len(rows) > limit:
+            series = [math.nan if row.get(key) is None else float(row[key]) for row in rows]
+            rows = [rows[k] for k in peak_indices(series, limit)]
+        elif len(rows) > limit:
+            rows = rows[::math.ceil(len(rows) / limit)]
+        out = {"t": [row["t"] for row in rows]}
+        for name in names:
+            values = [row.get(name) for row in rows]
+            if any(v is not None for v in values):
+                out[name] = values
+        return out
 
 
 @check("bms_identity")
@@ -248,6 +312,21 @@ def _sharing_phase(ctx: StepContext, phase: str, amps: float) -> None:
                     ctx.limit("bms_current_error"),
                     diagnosis="BMS current disagrees with the bench (004: inverter reports reduced "
                               "capacity / module not counted) -- check CAN/RS485 order, firmware, protocol")
+    _trace_sharing(ctx, "charge" if charging else "load", amps, currents, limit.high)
+
+
+def _trace_sharing(ctx: StepContext, side: str, amps: float, currents: dict[str, float],
+                   tolerance_pct: float | None) -> None:
+    """The branch currents of one operating point for the report: bars around their mean and
+    the band the plan's imbalance limit allows, so the branch that carries more (or nothing)
+    is seen at once. One mean over every branch: parallel groups of a series bank carry the
+    same string current."""
+    branches = sorted(currents, key=_natural)
+    values = [currents[b] for b in branches]
+    ctx.measure.trace(f"sharing_{side}", "sharing", {"branch": branches, "current": values},
+                      units={"current": "A"},
+                      marks={"mean": sum(values) / len(values), "tolerance_pct": tolerance_pct},
+                      title=f"Branch currents at {amps:g} A {side} (+ = charging)")
 
 
 @check("current_sharing")

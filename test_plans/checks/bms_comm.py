@@ -35,7 +35,7 @@ import math
 from typing import Any, Callable
 
 from test_plans.checks import StepContext, check
-from test_plans.checks.basic import DIAG_OFFLINE, DIAG_REDUCED_CAPACITY
+from test_plans.checks.basic import DIAG_OFFLINE, DIAG_REDUCED_CAPACITY, TraceRows
 from test_plans.checks.parallel import (DIAG_COUNTED, DIAG_STARTUP, _countable, connect_bank,
                                         module_reports, outputs_off)
 from test_plans.checks.series import module_order
@@ -138,30 +138,41 @@ def comm_loss_heartbeat(ctx: StepContext) -> None:
     poll_s = float(ctx.param("poll_s", 0.5))
     observe_s = float(ctx.param("observe_s", 30.0))
     outputs_off(bench)
-    before = poll_until(bench, lambda: _BmsState(client, zero_a).normal(), observe_s, poll_s)
-    start = _BmsState(client, zero_a)
+    rows = TraceRows(bench.clock.now())
+    marks: dict[str, float | None] = {}
+
+    def read(heartbeat: bool) -> _BmsState:
+        state = _BmsState(client, zero_a)
+        _keep(rows, bench, state, heartbeat)
+        return state
+
+    before = poll_until(bench, lambda: read(True).normal(), observe_s, poll_s)
+    start = read(True)
     ctx.measure("charge_limit_before", start.charge_a, "A")
     ctx.measure("discharge_limit_before", start.discharge_a, "A")
     if before is None:
         ctx.measure("normal_before", False, "", ctx.limits.get("normal_before") or _true(),
                     diagnosis=DIAG_STARTUP + f" (alarms: {', '.join(sorted(start.alarms)) or 'none'})")
+        _trace_heartbeat(ctx, rows, marks)
         return
     seen: dict[str, float] = {}
     bench.bms.heartbeat(False)
     try:
         t0 = bench.clock.now()
+        marks["heartbeat_stopped_s"] = t0 - rows.origin
 
         def all_reached() -> bool:
-            state = _BmsState(client, zero_a)
+            state = read(False)
             for b in wanted:
                 if b not in seen and state.reached(b):
                     seen[b] = bench.clock.now() - t0
             return len(seen) == len(wanted)
 
         poll_until(bench, all_reached, observe_s, poll_s)
-        after = _BmsState(client, zero_a)
+        after = read(False)
     finally:
         bench.bms.heartbeat(True)
+    marks["heartbeat_restored_s"] = bench.clock.now() - rows.origin
     missing = [b for b in wanted if b not in seen]
     ctx.measure("charge_limit_after_loss", after.charge_a, "A")
     ctx.measure("discharge_limit_after_loss", after.discharge_a, "A")
@@ -172,13 +183,34 @@ def comm_loss_heartbeat(ctx: StepContext) -> None:
     ctx.measure("reaction_time", reaction, "s", ctx.limit("reaction_time"),
                 diagnosis=DIAG_COMM_LOSS + (f" (not reached within {observe_s:g} s: {', '.join(missing)})"
                                             if missing else f" ({', '.join(wanted)} after {reaction:.3g} s)"))
-    recovery = poll_until(bench, lambda: _BmsState(client, zero_a).normal(),
-                          float(ctx.param("recover_observe_s", 30.0)), poll_s)
-    end = _BmsState(client, zero_a)
+    recovery = poll_until(bench, lambda: read(True).normal(), float(ctx.param("recover_observe_s", 30.0)), poll_s)
+    end = read(True)
     ctx.measure("recovery_time", recovery if recovery is not None else float(ctx.param("recover_observe_s", 30.0)),
                 "s", ctx.limit("recovery_time"),
                 diagnosis=DIAG_COMM_RECOVERY + (f" (limits {end.charge_a:g}/{end.discharge_a:g} A, alarms: "
                                                 f"{', '.join(sorted(end.alarms)) or 'none'})"))
+    marks["limit_s"] = _after(marks["heartbeat_stopped_s"], ctx.limit("reaction_time").high)
+    marks["recovery_limit_s"] = _after(marks["heartbeat_restored_s"], ctx.limit("recovery_time").high)
+    _trace_heartbeat(ctx, rows, marks)
+
+
+def _keep(rows: TraceRows, bench: Any, state: _BmsState, heartbeat: bool) -> None:
+    """One poll of the BMS, kept for the report's timeline."""
+    rows.add(bench.clock.now(), heartbeat=heartbeat, charge_limit=state.charge_a,
+             discharge_limit=state.discharge_a, comm_alarm=state.comm_alarm, contactor_closed=state.connected)
+
+
+def _after(moment: float | None, seconds: float | None) -> float | None:
+    return None if moment is None or seconds is None else moment + seconds
+
+
+def _trace_heartbeat(ctx: StepContext, rows: TraceRows, marks: dict[str, float | None]) -> None:
+    """What the BMS did while the inverter was quiet, poll by poll: keep-alive, the limits it
+    published, its communication alarm and contactor, against the moments the keep-alive
+    stopped and resumed and the plan's deadlines (``limit_s``: reaction, ``recovery_limit_s``)."""
+    ctx.measure.trace("comm_loss_heartbeat", "timeline", rows.columns(),
+                      units={"t": "s", "charge_limit": "A", "discharge_limit": "A"}, marks=marks,
+                      title="BMS state with the inverter keep-alive stopped and resumed")
 
 
 def _true() -> Any:
@@ -245,11 +277,16 @@ def comm_loss_silent_module(ctx: StepContext) -> None:
         else:  # CAN only: every module offline counts against the bank
             may = 0 if (status.modules_offline or 0) else ctx.dut.dut.parallel if ctx.dut else 0
         online_ah = float(status.online_capacity_ah or 0.0)
-        return (online_ah - may * module_ah, float(limits.discharge_current_a) - may * module_a,
-                int(status.modules_offline if status.modules_offline is not None
-                    else total - int(status.modules_online or 0)))
+        offline_now = int(status.modules_offline if status.modules_offline is not None
+                          else total - int(status.modules_online or 0))
+        rows.add(bench.clock.now(), modules_offline=offline_now, online_capacity=online_ah,
+                 countable_capacity=may * module_ah, discharge_limit=float(limits.discharge_current_a),
+                 countable_limit=may * module_a)
+        return online_ah - may * module_ah, float(limits.discharge_current_a) - may * module_a, offline_now
 
     t0 = bench.clock.now()
+    rows = TraceRows(t0)
+    marks: dict[str, float | None] = {}
     if inject:
         bench.bms.silence_module(order.index(target), True)
     try:
@@ -288,14 +325,23 @@ def comm_loss_silent_module(ctx: StepContext) -> None:
     finally:
         if inject:
             bench.bms.silence_module(order.index(target), False)
+    offline_s = None if offline_at is None else offline_at - t0
+    silenced_s = 0.0 if inject else None
+    marks.update(silenced_s=silenced_s, offline_s=offline_s,
+                 detect_limit_s=_after(silenced_s, ctx.limit("offline_detect_time").high),
+                 drop_limit_s=_after(silenced_s if inject else offline_s, ctx.limit("totals_drop_time").high))
     if not inject:
+        _trace_silent_module(ctx, rows, marks, target)
         return
+    marks["released_s"] = bench.clock.now() - rows.origin
     installed = first.online_capacity_ah
 
     def back() -> bool:
         status = client.status()
         offline_now = status.modules_offline if status.modules_offline is not None \
             else total - int(status.modules_online or 0)
+        rows.add(bench.clock.now(), modules_offline=int(offline_now or 0),
+                 online_capacity=float(status.online_capacity_ah or 0.0))
         return not offline_now and (installed is None
                                     or float(status.online_capacity_ah or 0.0) >= float(installed) - tol_ah)
 
@@ -303,6 +349,20 @@ def comm_loss_silent_module(ctx: StepContext) -> None:
     ctx.measure("recovery_time", recovery if recovery is not None else float(ctx.param("recover_observe_s", 30.0)),
                 "s", ctx.limit("recovery_time"),
                 diagnosis=DIAG_OFFLINE + " (the module talks again but the master does not count it)")
+    marks["recovery_limit_s"] = _after(marks["released_s"], ctx.limit("recovery_time").high)
+    _trace_silent_module(ctx, rows, marks, target)
+
+
+def _trace_silent_module(ctx: StepContext, rows: TraceRows, marks: dict[str, float | None],
+                         target: str | None) -> None:
+    """The master's view of the bank, poll by poll, while a module was silent and after: modules
+    offline, the capacity and discharge limit it reported against what the modules heard and
+    admitted may give (``countable_*``), with the moments of silence and release and the plan's
+    deadlines."""
+    ctx.measure.trace("comm_loss_silent_module", "timeline", rows.columns(),
+                      units={"t": "s", "online_capacity": "Ah", "countable_capacity": "Ah",
+                             "discharge_limit": "A", "countable_limit": "A"}, marks=marks,
+                      title=f"Master BMS totals with {target or 'a module'} silent")
 
 
 # ================================================================== (c) a silent BMS

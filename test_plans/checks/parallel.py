@@ -28,9 +28,9 @@ from typing import Any, Callable
 from instruments.roles import Waveform
 from test_plans.checks import StepContext, check
 from test_plans.checks.basic import (DIAG_FUSE, DIAG_MISMATCH, DIAG_OFFLINE,
-                                     DIAG_REDUCED_CAPACITY, _natural, bms_alarm_note,
+                                     DIAG_REDUCED_CAPACITY, TraceRows, _natural, bms_alarm_note,
                                      bms_now, bms_read, branch_contactors, connect_bank, outputs_off,
-                                     series_groups)
+                                     series_groups, waveform_columns)
 
 # ------------------------------------------------------------------ diagnoses (004 first)
 DIAG_STARTUP = ("voltage difference or communication fault (004: alarm during startup) "
@@ -432,6 +432,11 @@ def parallel_inrush(ctx: StepContext) -> None:
                 diagnosis=DIAG_INRUSH + ("" if settled else f" (still above {threshold:g} A at the "
                                                             "end of the capture)")
                 + "; " + DIAG_MISMATCH)
+    ctx.measure.trace(f"inrush_{branch}", "inrush", waveform_columns(wave, "current"),
+                      units={"t": "s", "current": "A"},
+                      marks={"peak_limit": ctx.limit("peak_current").high, "settle_threshold": threshold,
+                             "settle_limit_s": ctx.limit("settle_time").high},
+                      title=f"Inrush: {branch} closed onto the bus at ΔV {delta:+.3g} V")
 
 
 # ================================================================== circulating current
@@ -661,7 +666,9 @@ def thermal_rise(ctx: StepContext) -> None:
     outputs_off(bench)
     connect_bank(bench)
     kinds = thermocouple_kinds(list(bench.channels.thermocouple_channels()))
+    rows = TraceRows(bench.clock.now())
     start = bench.temperatures()
+    rows.add(bench.clock.now(), **start)
     highest = dict(start)
     amps = float(ctx.param("load_current"))
     duration = float(ctx.param("duration_s", 1800.0))
@@ -676,6 +683,7 @@ def thermal_rise(ctx: StepContext) -> None:
             bench.clock.wait(chunk)
             left -= chunk
             now = bench.temperatures()
+            rows.add(bench.clock.now(), **now)
             for point, value in now.items():
                 highest[point] = max(highest[point], value)
             for terminal in kinds["terminal"]:
@@ -708,6 +716,29 @@ def thermal_rise(ctx: StepContext) -> None:
         hottest = max(bodies, key=lambda m: bodies[m])
         ctx.measure("module_spread", spread(bodies), "K", ctx.limit("module_spread"),
                     diagnosis=f"{DIAG_WARM_MODULE} (hottest: {hottest})")
+    _trace_thermal(ctx, rows, kinds, start, amps)
+
+
+def _trace_thermal(ctx: StepContext, rows: TraceRows, kinds: dict[str, list[str]],
+                   start: dict[str, float], amps: float) -> None:
+    """The temperatures the check sampled, for the report: module bodies over time (a warm
+    module is the line above the rest) and the rise of every bus segment and terminal against
+    the plan's rise limits (where a joint crosses 30 K, and whether it was still climbing)."""
+    columns = rows.columns()
+    t = columns["t"]
+    bodies = {f"temp_{m}": columns[m] for m in kinds["module"] if m in columns}
+    if bodies:
+        ctx.measure.trace("thermal_modules", "modules", {"t": t, **bodies},
+                          units={"t": "s", **{name: "degC" for name in bodies}},
+                          title=f"Module temperatures at {amps:g} A")
+    joints = {f"rise_{p}": [None if v is None else v - start[p] for v in columns[p]]
+              for p in kinds["bus"] + kinds["terminal"] if p in columns}
+    if joints:
+        ctx.measure.trace("thermal_joints", "xy", {"t": t, **joints},
+                          units={"t": "s", **{name: "K" for name in joints}},
+                          marks={"busbar_rise_limit": ctx.limit("busbar_rise").high,
+                                 "terminal_rise_limit": ctx.limit("terminal_rise").high},
+                          title=f"Bus and terminal temperature rise at {amps:g} A")
 
 
 # ================================================================== SOC drift
@@ -735,19 +766,28 @@ def soc_drift(ctx: StepContext) -> None:
     sample_s = float(ctx.param("sample_s", 60.0))
     rest_s = float(ctx.param("rest_s", 600.0))
 
+    rows = TraceRows(bench.clock.now())
+
     def soc_spread() -> float:
         now = module_reports(bench)
         assert now is not None
+        rows.add(bench.clock.now(), **{f"soc_{m}": r.soc_pct for m, r in now.items()},
+                 **{f"temp_{m}": r.temperature_c for m, r in now.items()})
         socs = {m: r.soc_pct for m, r in now.items()}
         if any(v is None for v in socs.values()):
             return math.nan
         return spread(socs)  # type: ignore[arg-type]
 
+    def bank_soc() -> float:
+        value = bms_soc(bench)
+        rows.add(bench.clock.now(), soc_bank=value)
+        return value
+
     start = soc_spread()
     ctx.measure("soc_spread_start", start, "%", ctx.limit("soc_spread_start"), diagnosis=DIAG_SOC_DRIFT)
     spreads, rested, errors = [start], [], []
     for cycle in range(1, int(ctx.param("cycles", 3)) + 1):
-        soc0 = bms_soc(bench)
+        soc0 = bank_soc()
         bench.load.set_current(float(ctx.param("discharge_current")))
         bench.load.input(True)
         try:
@@ -756,7 +796,7 @@ def soc_drift(ctx: StepContext) -> None:
         finally:
             bench.load.input(False)
         bench.clock.wait(rest_s)
-        soc1 = bms_soc(bench)
+        soc1 = bank_soc()
         errors.append(abs((soc0 - soc1) - ah_out / nameplate_ah * 100.0))
         bench.supply.set_voltage(float(ctx.param("charge_voltage", bms_read(bench, "limits").charge_voltage_v)))
         bench.supply.set_current(float(ctx.param("charge_current", ctx.param("discharge_current"))))
@@ -766,7 +806,7 @@ def soc_drift(ctx: StepContext) -> None:
         finally:
             bench.supply.output(False)
         bench.clock.wait(rest_s)
-        soc2 = bms_soc(bench)
+        soc2 = bank_soc()
         errors.append(abs((soc2 - soc1) - ah_in / nameplate_ah * 100.0))
         after = soc_spread()
         spreads += [at_end, after]
@@ -781,6 +821,16 @@ def soc_drift(ctx: StepContext) -> None:
                 ctx.limit("soc_spread_growth"), diagnosis=DIAG_SOC_DRIFT)
     ctx.measure("bms_soc_error", max(errors) if errors else 0.0, "%", ctx.limit("bms_soc_error"),
                 diagnosis=DIAG_SOC_DRIFT + " (BMS SOC runs ahead of the coulomb count: capacity missing)")
+    _trace_modules(ctx, rows, "soc_drift", "Per-module SOC and temperature over the cycles (bank: BMS SOC)")
+
+
+def _trace_modules(ctx: StepContext, rows: TraceRows, name: str, title: str) -> None:
+    """Per-module readings the check took (``soc_<pos>``, ``temp_<pos>``), for the report: SOC
+    lines that fan out cycle after cycle are the drift 004 names."""
+    columns = rows.columns()
+    units = {"t": "s", **{c: "%" for c in columns if c.startswith("soc_")},
+             **{c: "degC" for c in columns if c.startswith("temp_")}}
+    ctx.measure.trace(name, "modules", columns, units=units, title=title)
 
 
 # ================================================================== commissioning (004)

@@ -29,7 +29,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from harness.measure import Limits
 from test_plans.checks import StepContext, check
+from test_plans.checks.basic import TraceRows
 from test_plans.checks.bms_comm import state_client
 from test_plans.checks.parallel import connect_bank, outputs_off
 
@@ -59,11 +61,17 @@ DIAG_RECOVERY = ("protection does not release as specified (001; 004: battery al
 
 
 class _Drive:
-    """The source or sink that provokes a protection, and the current the bench sees through it."""
+    """The source or sink that provokes a protection, and the current the bench sees through it.
+
+    It keeps what it saw -- every current reading, and what the check adds (cell voltage, alarm,
+    moments such as the cut) -- for the report's timeline of the trip: the reading is taken
+    anyway, keeping it costs nothing."""
 
     def __init__(self, ctx: StepContext, side: str):
         self.bench, self.side = ctx.bench, side
         self.cv = float(ctx.param("charge_voltage", 14.6)) if side == "charge" else None
+        self.seen = TraceRows(ctx.bench.clock.now())
+        self.moments: dict[str, float | None] = {}
 
     def on(self, amps: float) -> None:
         if self.side == "charge":
@@ -76,10 +84,24 @@ class _Drive:
 
     def amps(self) -> float:
         inst = self.bench.supply if self.side == "charge" else self.bench.load
-        return abs(float(inst.measure_current()))
+        value = abs(float(inst.measure_current()))
+        self.seen.add(self.bench.clock.now(), current=value)
+        return value
 
     def off(self) -> None:
+        """Output off; the timeline drops to zero here (an open output carries nothing), not at
+        the next reading -- which may be seconds later, or never."""
         outputs_off(self.bench)
+        self.seen.add(self.bench.clock.now(), current=0.0)
+
+    def moment(self, name: str, at: float | None) -> None:
+        """A bench time worth a line on the timeline (``name`` ends in ``_s``)."""
+        self.moments[name] = None if at is None else at - self.seen.origin
+
+    def delay_window(self, start: float | None, limit: Limits) -> None:
+        """Where the plan's ``trip_delay`` wants the cut, counted from ``start``."""
+        for name, bound in (("delay_min_s", limit.low), ("delay_max_s", limit.high)):
+            self.moment(name, None if start is None or bound is None else start + bound)
 
 
 def _alarms(bench: Any) -> set[str]:
@@ -126,32 +148,53 @@ def protection_trip(ctx: StepContext) -> None:
         connect_bank(bench)
     bench.clock.wait(float(ctx.param("rest_s", 1.0)))
     drive = _Drive(ctx, side)
-    cut = float(ctx.param("cut_current", 1.0))
-    poll = float(ctx.param("poll_s", 0.05))
     try:
-        if protection in ("over_voltage", "under_voltage"):
-            tripped = _voltage_trip(ctx, drive, protection, cut, poll)
-        elif protection == "over_temperature":
-            tripped = _temperature_trip(ctx, drive, cut, poll)
-        else:
-            tripped = _current_trip(ctx, drive, protection, cut, poll)
-        if tripped is None:  # nothing was expected to trip (over-temperature below its limit)
-            return
-
-        def alarm_seen() -> bool:
-            drive.amps()  # keep watching the bench while the BMS reports
-            return alarm in _alarms(bench)
-
-        raised = tripped and _wait_for(bench, alarm_seen, float(ctx.param("alarm_s", 5.0)), poll) is not None
-        ctx.measure("alarms", ", ".join(sorted(_alarms(bench))) or "(none)", "")
-        ctx.measure("alarm_raised", raised, "", ctx.limit("alarm_raised"),
-                    diagnosis=DIAG_ALARM + f" (expected 0x359 {alarm})")
-        after = drive.amps()
-        ctx.measure("current_after_trip", after, "A", ctx.limit("current_after_trip"), diagnosis=_diag(protection))
+        tripped = _provoke(ctx, drive, protection, alarm)
     finally:
         drive.off()
+    _trace_trip(ctx, protection, drive)
     if tripped and ctx.params.get("recover", True):
         _recovery(ctx, protection, alarm)
+
+
+def _provoke(ctx: StepContext, drive: _Drive, protection: str, alarm: str) -> bool | None:
+    """Drive the module into the protection and measure the trip and its alarm: whether it
+    tripped, or None when nothing was expected to trip (over-temperature below its limit)."""
+    bench = ctx.bench
+    cut = float(ctx.param("cut_current", 1.0))
+    poll = float(ctx.param("poll_s", 0.05))
+    if protection in ("over_voltage", "under_voltage"):
+        tripped = _voltage_trip(ctx, drive, protection, cut, poll)
+    elif protection == "over_temperature":
+        tripped = _temperature_trip(ctx, drive, cut, poll)
+    else:
+        tripped = _current_trip(ctx, drive, protection, cut, poll)
+    if tripped is None:
+        return None
+
+    def alarm_seen() -> bool:
+        drive.amps()  # keep watching the bench while the BMS reports
+        present = alarm in _alarms(bench)
+        drive.seen.add(bench.clock.now(), alarm=present)
+        return present
+
+    raised = tripped and _wait_for(bench, alarm_seen, float(ctx.param("alarm_s", 5.0)), poll) is not None
+    ctx.measure("alarms", ", ".join(sorted(_alarms(bench))) or "(none)", "")
+    ctx.measure("alarm_raised", raised, "", ctx.limit("alarm_raised"),
+                diagnosis=DIAG_ALARM + f" (expected 0x359 {alarm})")
+    after = drive.amps()
+    ctx.measure("current_after_trip", after, "A", ctx.limit("current_after_trip"), diagnosis=_diag(protection))
+    return tripped
+
+
+def _trace_trip(ctx: StepContext, protection: str, drive: _Drive) -> None:
+    """The provocation as the bench saw it, for the report: the drive current (the cut is where
+    it falls), the BMS's extreme cell voltage or temperature where the check read them, its
+    alarm while the check waited for it, and the moments -- step, onset, cut -- against the
+    plan's delay window."""
+    ctx.measure.trace(f"trip_{protection}", "timeline", drive.seen.columns(key="current"),
+                      units={"t": "s", "current": "A", "cell_max": "V", "cell_min": "V", "temperature": "degC"},
+                      marks=drive.moments, title=f"{protection.replace('_', ' ').capitalize()} trip")
 
 
 def _trip_watch(ctx: StepContext, drive: _Drive, cut: float, poll: float, observe: float,
@@ -194,6 +237,7 @@ def _voltage_trip(ctx: StepContext, drive: _Drive, protection: str, cut: float, 
         if math.isnan(value):
             return False
         extreme["v"] = max(extreme["v"], value) if over else min(extreme["v"], value)
+        drive.seen.add(bench.clock.now(), **{f"cell_{which}": value})
         close = value >= approach if over else value <= approach
         if close:  # the BMS's own onset (its warning: debounce running) and the plan's level
             now = bench.clock.now()
@@ -211,8 +255,12 @@ def _voltage_trip(ctx: StepContext, drive: _Drive, protection: str, cut: float, 
                 diagnosis=_diag(protection) + f" (no cut within {observe:g} s; cell {which} reached "
                                               f"{extreme['v']:.4g} V)")
     ctx.measure("trip_cell_voltage", extreme["v"], "V", ctx.limit("trip_cell_voltage"), diagnosis=_diag(protection))
+    drive.moment("warning_s", onset.get("warning"))
+    drive.moment("threshold_s", onset.get("level"))
     if t_cut is not None:
         at = onset.get("warning", onset.get("level"))
+        drive.moment("trip_s", started + t_cut)
+        drive.delay_window(at, ctx.limit("trip_delay"))
         what = "the BMS's warning" if "warning" in onset else f"the cell passed {threshold:g} V"
         delay = started + t_cut - at if at is not None else math.nan
         ctx.measure("trip_delay", delay, "s", ctx.limit("trip_delay"),
@@ -224,6 +272,7 @@ def _current_trip(ctx: StepContext, drive: _Drive, protection: str, cut: float, 
     bench = ctx.bench
     below = ctx.params.get("below_current")
     if below is not None:
+        drive.moment("below_step_s", bench.clock.now())
         drive.on(float(below))
         t_cut, _, before = _trip_watch(ctx, drive, cut, poll, float(ctx.param("below_s", 5.0)))
         ctx.measure("below_current", before, "A")
@@ -234,9 +283,13 @@ def _current_trip(ctx: StepContext, drive: _Drive, protection: str, cut: float, 
             bench.clock.wait(float(ctx.param("recover_observe_s", 120.0)))
         bench.clock.wait(float(ctx.param("between_s", 2.0)))
     amps = float(ctx.param("trip_current"))
+    step = bench.clock.now()
+    drive.moment("step_s", step)
     drive.on(amps)
     observe = float(ctx.param("observe_s", 10.0))
     t_cut, _, before = _trip_watch(ctx, drive, cut, poll, observe)
+    drive.moment("trip_s", None if t_cut is None else step + t_cut)
+    drive.delay_window(step, ctx.limit("trip_delay"))
     ctx.measure("trip_current", before, "A")
     ctx.measure("tripped", t_cut is not None, "", ctx.limit("tripped"),
                 diagnosis=_diag(protection) + f" (still {before:.4g} A after {observe:g} s)")
@@ -254,9 +307,13 @@ def _temperature_trip(ctx: StepContext, drive: _Drive, cut: float, poll: float) 
     expected = temperature > limit_c
     ctx.measure("module_temperature", temperature, "degC")
     ctx.measure("trip_expected", expected, "")
+    step = bench.clock.now()
+    drive.seen.add(step, temperature=temperature)
+    drive.moment("step_s", step)
     drive.on(float(ctx.param("charge_current")))
     observe = float(ctx.param("observe_s", 10.0))
     t_cut, _, before = _trip_watch(ctx, drive, cut, poll, observe)
+    drive.moment("trip_s", None if t_cut is None else step + t_cut)
     ctx.measure("charge_current_drawn", before, "A")
     ctx.measure("protection_correct", (t_cut is not None) == expected, "", ctx.limit("protection_correct"),
                 diagnosis=_diag("over-temperature") + (
@@ -265,7 +322,10 @@ def _temperature_trip(ctx: StepContext, drive: _Drive, cut: float, poll: float) 
     if not expected:
         return None
     if t_cut is not None:
-        ctx.measure("trip_temperature", _temperature(bench), "degC", ctx.limit("trip_temperature"),
+        at_trip = _temperature(bench)
+        drive.seen.add(bench.clock.now(), temperature=at_trip)
+        drive.delay_window(step, ctx.limit("trip_delay"))
+        ctx.measure("trip_temperature", at_trip, "degC", ctx.limit("trip_temperature"),
                     diagnosis=_diag("over-temperature"))
         ctx.measure("trip_delay", t_cut, "s", ctx.limit("trip_delay"), diagnosis=_diag("over-temperature"))
     return t_cut is not None

@@ -33,7 +33,7 @@ from typing import Any
 
 from instruments.roles import Waveform
 from test_plans.checks import StepContext, check
-from test_plans.checks.basic import DIAG_REDUCED_CAPACITY, _natural
+from test_plans.checks.basic import DIAG_REDUCED_CAPACITY, _natural, waveform_columns
 from test_plans.checks.parallel import (ModuleReport, connect_bank, module_position, module_reports,
                                         outputs_off)
 
@@ -267,4 +267,21 @@ def series_mosfet_stress(ctx: StepContext) -> None:
                 diagnosis=(DIAG_FET_SHORT if opened else DIAG_NOT_OPENED)
                 + f" ({blocked:.4g} A through {module} after the disconnect; Vds peaked at {peak:.4g} V, "
                   f"then {settled:.4g} V)")
+    _trace_vds(ctx, module, wave, rating, amps)
     bench.clock.wait(float(ctx.param("recover_s", 2.0)))
+
+
+def _percent_of(rating: float, pct: float | None) -> float | None:
+    return None if pct is None else rating * pct / 100.0
+
+
+def _trace_vds(ctx: StepContext, module: str, wave: Waveform, rating: float, amps: float) -> None:
+    """The turn-off capture for the report, against the switch's rating and the plan's derated
+    limit (rating x ``settled_vds_utilisation``): the spike and the plateau the string leaves
+    across the open switch. The peak limit is drawn too where the plan derates it."""
+    derated = _percent_of(rating, ctx.limit("settled_vds_utilisation").high)
+    peak_limit = _percent_of(rating, ctx.limit("peak_vds_utilisation").high)
+    ctx.measure.trace(f"vds_{module}", "vds", waveform_columns(wave, "vds"), units={"t": "s", "vds": "V"},
+                      marks={"rating": rating, "derated_limit": derated,
+                             "peak_limit": peak_limit if peak_limit != rating else None},
+                      title=f"Vds across {module}'s BMS switch, forced open at {amps:g} A")
