@@ -60,6 +60,13 @@ STEPS: dict[str, dict[str, Any]] = {
                "setpoints": {"load.current": "100 A"},
                "limits": {"peak_vds_utilisation": {"le": "100 %"}, "settled_vds_utilisation": {"le": "80 %"},
                           "blocked_current": {"le": "1 A"}}},
+    # a 4S4P: the whole group s1 opens (one module alone leaves its peers carrying the string)
+    "stress_group": {"check": "series_mosfet_stress", "source": "000_b9e4f7d000b6acbf.txt",
+                     "parameters": {"load_current": "200 A", "load_s": "5 s", "interval": "20 us",
+                                    "samples": 10000, "open_group": True},
+                     "setpoints": {"load.current": "200 A"},
+                     "limits": {"peak_vds_utilisation": {"le": "100 %"}, "settled_vds_utilisation": {"le": "80 %"},
+                                "blocked_current": {"le": "1 A"}}},
     # ---------------------------------------------------------------- BMS communication (004)
     "aggregation": {"check": "aggregation", "source": "004_580db881af34243e.txt",
                     "parameters": {"settle_s": "2 s"},
@@ -159,6 +166,8 @@ RUNS = [
     SeriesRun("4s1p_weak_fet", S4, "weak_fet_series", [
         Expect("rating", PASS),                  # the DUT's record says 80 V: only the dynamic test sees it
         Expect("stress", FAIL, FAILED_SHORT)]),
+    SeriesRun("4s4p_group_open", "4s4p", None, [Expect("stress_group", PASS)]),
+    SeriesRun("4s4p_weak_fet", "4s4p", "weak_fet_series", [Expect("stress_group", FAIL, FAILED_SHORT)]),
     SeriesRun("4s1p_12v_bms", "series/4s1p_12v_bms", None, [
         Expect("rating", FAIL, NOT_SERIES_RATED), Expect("stress", FAIL, NOT_SERIES_RATED)]),
     SeriesRun("4s1p_70v_bms_borderline", "series/4s1p_70v_bms", None, [

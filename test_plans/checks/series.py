@@ -219,7 +219,11 @@ def series_mosfet_stress(ctx: StepContext) -> None:
     bench = ctx.bench
     dmm_name = str(ctx.param("dmm", "dmm_vds"))
     module = switch_module(bench, dmm_name)
-    index = module_order(bench).index(module)
+    order = module_order(bench)
+    index = order.index(module)
+    series_position = module_position(module)[0]
+    opened_indices = ([k for k, m in enumerate(order) if module_position(m)[0] == series_position]
+                      if bool(ctx.param("open_group", False)) else [index])
     rating = vds_rating(ctx)
     amps = float(ctx.param("load_current"))
     interval = float(ctx.param("interval", 20e-6))
@@ -240,8 +244,9 @@ def series_mosfet_stress(ctx: StepContext) -> None:
         dmm = bench.dmm(dmm_name)
         dmm.arm_digitise(interval, count)
         t_open = bench.clock.now()
-        bench.bms.force_disconnect(index, True)
         forced = True
+        for k in opened_indices:  # all at the same bench instant: the clock moves only in wait()
+            bench.bms.force_disconnect(k, True)
         bench.clock.wait(interval * count, resolution_s=interval)
         raw = dmm.fetch_waveform()
         bench.clock.wait(float(ctx.param("block_s", 0.5)))
@@ -249,7 +254,8 @@ def series_mosfet_stress(ctx: StepContext) -> None:
     finally:
         bench.load.input(False)
         if forced:
-            bench.bms.force_disconnect(index, False)
+            for k in opened_indices:
+                bench.bms.force_disconnect(k, False)
     wave = Waveform(raw.interval_s, list(raw.samples), "V", t0_s=t_open)
     ctx.extras.setdefault("waveforms", {})[f"vds_{module}"] = wave
     magnitudes = [abs(v) for v in raw.samples]
