@@ -18,17 +18,13 @@ passes on its healthy DUT (`hil run PLAN --dut DUT`)").
 from __future__ import annotations
 
 import importlib
-import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from test_truth_table_parallel import DRIVER, PASS, WORKERS, Outcome, Run, _argv, _outcome
+from test_truth_table_parallel import PASS, Outcome, Run, run_in_workers
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS_DIR = REPO / "test_plans"
@@ -127,30 +123,8 @@ def test_coverage_split() -> None:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     root = tmp_path_factory.mktemp("shipped_plans")
-    runs = {plan: Run(plan, HEALTHY[plan], None, [], plan=plan) for plan in TO_RUN}
-    # longest first, each to the share with the least work so far
-    shares: list[list[dict[str, Any]]] = [[] for _ in range(WORKERS)]
-    load = [0.0] * WORKERS
-    for plan in sorted(TO_RUN, key=lambda p: -WALL_S.get(p, 30)):
-        k = load.index(min(load))
-        load[k] += WALL_S.get(plan, 30)
-        folder = root / plan
-        shares[k].append({"argv": _argv(runs[plan], folder), "log": str(folder / "log.txt"),
-                          "rc": str(folder / "rc")})
-    procs = []
-    for k, share in enumerate(s for s in shares if s):
-        jobs = root / f"jobs{k}.json"
-        jobs.write_text(json.dumps(share), encoding="utf-8")
-        procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(jobs)], cwd=REPO,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    try:
-        for proc in procs:
-            proc.wait(timeout=600)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return {plan: _outcome(root / plan) for plan in TO_RUN}
+    runs = [Run(plan, HEALTHY[plan], None, [], plan=plan) for plan in TO_RUN]
+    return run_in_workers(root, runs, lambda run: WALL_S.get(run.name, 30))
 
 
 @pytest.mark.parametrize("plan", TO_RUN)

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
@@ -286,18 +286,20 @@ def _outcome(folder: Path) -> Outcome:
     return Outcome(code, output, steps, diagnoses, values)
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    root = tmp_path_factory.mktemp("truth_table")
-    # the longest runs first, dealt round-robin so both processes end at about the same time
-    order = sorted(RUNS, key=lambda r: -sum(e.step in ("drift", "thermal") for e in r.expects))
+def run_in_workers(root: Path, runs: list[Run], weight: Callable[[Run], float] = lambda run: 1.0
+                   ) -> dict[str, Outcome]:
+    """Run every ``hil run`` of ``runs`` in WORKERS driver processes, heaviest first, each to
+    the process with the least work so far, so they end at about the same time; the outcomes
+    by run name."""
     shares: list[list[dict[str, Any]]] = [[] for _ in range(WORKERS)]
-    for k, run in enumerate(order):
+    load = [0.0] * WORKERS
+    for run in sorted(runs, key=lambda r: -weight(r)):
+        k = load.index(min(load))
+        load[k] += weight(run)
         folder = root / run.name
-        shares[k % WORKERS].append({"argv": _argv(run, folder), "log": str(folder / "log.txt"),
-                                    "rc": str(folder / "rc")})
+        shares[k].append({"argv": _argv(run, folder), "log": str(folder / "log.txt"), "rc": str(folder / "rc")})
     procs = []
-    for k, share in enumerate(shares):
+    for k, share in enumerate(s for s in shares if s):
         jobs = root / f"jobs{k}.json"
         jobs.write_text(json.dumps(share), encoding="utf-8")
         procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(jobs)], cwd=REPO,
@@ -309,15 +311,11 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    return {run.name: _outcome(root / run.name) for run in RUNS}
+    return {run.name: _outcome(root / run.name) for run in runs}
 
 
-CASES = [pytest.param(run, expect, id=f"{expect.step}-{run.name}") for run in RUNS for expect in run.expects]
-
-
-@pytest.mark.parametrize("run, expect", CASES)
-def test_truth_table(outcomes: dict[str, Outcome], run: Run, expect: Expect) -> None:
-    outcome = outcomes[run.name]
+def assert_expected(outcome: Outcome, run: Run, expect: Expect) -> None:
+    """One cell of a truth table: the step's verdict, its diagnosis when failed, named values."""
     verdict = outcome.steps.get(expect.step, NOT_RUN)
     found = outcome.diagnoses.get(expect.step, [])
     where = f"{run.name} ({run.dut}, {run.scenario or 'healthy'}) step {expect.step}"
@@ -328,6 +326,21 @@ def test_truth_table(outcomes: dict[str, Outcome], run: Run, expect: Expect) -> 
     for name, value in expect.values.items():
         assert outcome.values.get(expect.step, {}).get(name) == value, \
             f"{where}: {name} = {outcome.values.get(expect.step, {}).get(name)!r}, expected {value!r}"
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    # the long runs (SOC drift, thermal rise) weigh most
+    return run_in_workers(tmp_path_factory.mktemp("truth_table"), RUNS,
+                          lambda r: 1.0 + sum(e.step in ("drift", "thermal") for e in r.expects))
+
+
+CASES = [pytest.param(run, expect, id=f"{expect.step}-{run.name}") for run in RUNS for expect in run.expects]
+
+
+@pytest.mark.parametrize("run, expect", CASES)
+def test_truth_table(outcomes: dict[str, Outcome], run: Run, expect: Expect) -> None:
+    assert_expected(outcomes[run.name], run, expect)
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])

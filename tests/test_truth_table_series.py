@@ -21,19 +21,13 @@ fixtures/modules/series/) and fixtures/scenarios/series/silent_bms.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from test_truth_table_parallel import (DRIVER, FAIL, NOT_RUN, PASS, WORKERS, Expect, Outcome, Run,
-                                       _argv, _outcome)
+from test_truth_table_parallel import FAIL, PASS, Expect, Outcome, Run, assert_expected, run_in_workers
 
-REPO = Path(__file__).resolve().parents[1]
 
 # what the diagnoses must name
 NOT_SERIES_RATED = "not rated for series-stack operation"          # 000
@@ -219,27 +213,9 @@ LONG = {"ovp", "uvp", "over_voltage", "under_voltage"}
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    root = tmp_path_factory.mktemp("truth_table_series")
-    order = sorted(RUNS, key=lambda r: -sum(e.step in LONG for e in r.expects))
-    shares: list[list[dict[str, Any]]] = [[] for _ in range(WORKERS)]
-    for k, run in enumerate(order):
-        folder = root / run.name
-        shares[k % WORKERS].append({"argv": _argv(run, folder), "log": str(folder / "log.txt"),
-                                    "rc": str(folder / "rc")})
-    procs = []
-    for k, share in enumerate(shares):
-        jobs = root / f"jobs{k}.json"
-        jobs.write_text(json.dumps(share), encoding="utf-8")
-        procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(jobs)], cwd=REPO,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    try:
-        for proc in procs:
-            proc.wait(timeout=600)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return {run.name: _outcome(root / run.name) for run in RUNS}
+    # the long ones (a full charge and discharge) weigh most
+    return run_in_workers(tmp_path_factory.mktemp("truth_table_series"), RUNS,
+                          lambda r: 1.0 + 10 * sum(e.step in LONG for e in r.expects))
 
 
 CASES = [pytest.param(run, expect, id=f"{expect.step}-{run.name}") for run in RUNS for expect in run.expects]
@@ -247,16 +223,7 @@ CASES = [pytest.param(run, expect, id=f"{expect.step}-{run.name}") for run in RU
 
 @pytest.mark.parametrize("run, expect", CASES)
 def test_truth_table(outcomes: dict[str, Outcome], run: SeriesRun, expect: Expect) -> None:
-    outcome = outcomes[run.name]
-    verdict = outcome.steps.get(expect.step, NOT_RUN)
-    found = outcome.diagnoses.get(expect.step, [])
-    where = f"{run.name} ({run.dut}, {run.scenario or 'healthy'}) step {expect.step}"
-    assert verdict == expect.verdict, f"{where}: {verdict}, expected {expect.verdict}; failed: {found}\n{outcome.output}"
-    if expect.verdict == FAIL:
-        assert any(expect.text in d for d in found), f"{where}: no diagnosis with '{expect.text}' in {found}"
-    for name, value in expect.values.items():
-        assert outcome.values.get(expect.step, {}).get(name) == value, \
-            f"{where}: {name} = {outcome.values.get(expect.step, {}).get(name)!r}, expected {value!r}"
+    assert_expected(outcomes[run.name], run, expect)
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
