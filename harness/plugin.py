@@ -292,15 +292,15 @@ def _report_environment(session: Session, identities: list[dict[str, Any]]) -> N
 
 def _report_closing(session: Session) -> None:
     """The CAN log and the one-page summary, attached to the session's teardown in Allure."""
-    from harness.reporting.artifacts import attach_file, safe_name
-    from harness.reporting.summary import write_summary
+    from harness.reporting.artifacts import attach_file
+    from harness.reporting.summary import summary_path, write_summary
     ctx = session.ctx
     can_log = getattr(session.bench.bms, "log_path", None)
     if can_log is not None and Path(can_log).is_file():
         attach_file(Path(can_log), "CAN log (candump)", "text")
     try:
         path = write_summary(session.store, session.run_id,
-                             ctx.run_dir / f"summary-{safe_name(ctx.serial)}.html", ctx.run_dir)
+                             summary_path(ctx.run_dir, ctx.serial), ctx.run_dir)
     except Exception as exc:  # noqa: BLE001 - the record is in the store; the page can be rebuilt
         log.warning("summary page not written: %s", exc)
         return

@@ -219,8 +219,10 @@ def test_unparseable_error_query_reply(reply):
 
 def test_error_query_can_be_changed():
     pairs = [("*CLS", None), (":SYST:ERR:NEXT?", NO_ERROR)]
-    with expected_protocol(KeysightN5700, pairs, options={"error_query": ":SYST:ERR:NEXT?"}):
-        pass
+    # opening sends *CLS and then the configured query (not SYST:ERR?); the context manager fails
+    # if a pair is left unsent or a different command arrives
+    with expected_protocol(KeysightN5700, pairs, options={"error_query": ":SYST:ERR:NEXT?"}) as supply:
+        assert supply.options["error_query"] == ":SYST:ERR:NEXT?"
 
 
 def test_unknown_option_is_refused():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.reporting.environment import CATEGORIES
 from harness.reporting.runs import DEFAULT_RESULTS, REPO, RunNotFound, resolve_run
-from harness.reporting.summary import write_summary
+from harness.reporting.summary import summary_path, write_summary
 from harness.store import ResultStore, RunRecord
 
 ALLURE_CLI = REPO / "node_modules" / "allure" / "cli.js"
@@ -40,8 +40,9 @@ class ReportToolMissing(RuntimeError):
 @dataclass
 class Rendered:
     run: RunRecord
-    report: Path | None
+    report: Path | None  # None: Node.js or the allure package is missing (``missing`` says which)
     summary: Path
+    missing: str = ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,15 +81,19 @@ def allure_config(run: RunRecord, output: Path, history: Path, single_file: bool
 
 def render(store: ResultStore, run: RunRecord, *, single_file: bool = True,
            output: Path | None = None, timeout_s: float = 300.0) -> Rendered:
-    """Write the summary page, then the Allure report (raises ReportToolMissing without Node)."""
+    """Write the summary page, then the Allure report (``report`` None, ``missing`` the reason,
+    without Node.js or the allure package)."""
     extra = run.extra or {}
     run_dir = Path(extra.get("run_dir") or REPO / "reports" / "runs" / run.uuid)
-    summary = write_summary(store, run.id, run_dir / f"summary-{(run.serials or ('dut',))[0]}.html", run_dir)
+    summary = write_summary(store, run.id, summary_path(run_dir, (run.serials or ("dut",))[0]), run_dir)
     results = Path(extra.get("allure_dir") or run_dir / "allure-results")
     if not results.is_dir():
         raise FileNotFoundError(f"run {run.id} has no Allure results at {results} (was it run with "
                                 f"`hil run`, or pytest without --alluredir?)")
-    command = allure_command()
+    try:
+        command = allure_command()
+    except ReportToolMissing as missing:
+        return Rendered(run, None, summary, str(missing))
     output = output or run_dir / "report"
     history = run_dir.parent.parent / "allure-history.jsonl"  # reports/allure-history.jsonl
     config = run_dir / "allurerc.json"
@@ -109,18 +114,14 @@ def command(args: argparse.Namespace) -> int:
         except RunNotFound as missing:
             print(f"hil report: {missing}", file=sys.stderr)
             return 2
-        try:
-            rendered = render(store, run, single_file=not args.multi_file,
-                              output=Path(args.output).resolve() if args.output else None)
-        except ReportToolMissing as missing:
-            extra = run.extra or {}
-            run_dir = Path(extra.get("run_dir") or REPO / "reports")
-            summary = write_summary(store, run.id, run_dir / f"summary-{(run.serials or ('dut',))[0]}.html", run_dir)
-            print(str(missing), file=sys.stderr)
-            print(f"summary: {summary}")
-            return 1
+        rendered = render(store, run, single_file=not args.multi_file,
+                          output=Path(args.output).resolve() if args.output else None)
     finally:
         store.close()
+    if rendered.report is None:
+        print(rendered.missing, file=sys.stderr)
+        print(f"summary: {rendered.summary}")
+        return 1
     print(f"report:  {rendered.report}")
     print(f"summary: {rendered.summary}")
     return 0

@@ -149,6 +149,12 @@ def render_summary(store: ResultStore, run_id: int, run_dir: Path | None = None)
 measurement, plot and the CAN log.</small></p></body></html>"""
 
 
+def summary_path(run_dir: Path, serial: str) -> Path:
+    """Where a run keeps its summary page: one name for the run and for ``hil report``."""
+    from harness.reporting.artifacts import safe_name
+    return run_dir / f"summary-{safe_name(serial)}.html"
+
+
 def write_summary(store: ResultStore, run_id: int, path: Path, run_dir: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_summary(store, run_id, run_dir), encoding="utf-8")
