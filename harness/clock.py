@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 
+class StepTimeout(Exception):
+    """A step ran past its plan ``timeout`` (bench time at a wait, or wall time in a hung call):
+    the step ends ERROR and the bench is made safe."""
+
+
 @dataclass
 class _Duty:
     period_s: float
@@ -27,9 +32,25 @@ class BenchClock(ABC):
 
     def __init__(self) -> None:
         self._duties: list[_Duty] = []
+        self._deadline: tuple[float, str] | None = None
 
     @abstractmethod
     def now(self) -> float: ...
+
+    def set_deadline(self, at_s: float | None, what: str = "") -> None:
+        """Raise :class:`StepTimeout` from any wait that would pass bench time ``at_s``
+        (None: no deadline). The harness sets it from a step's ``timeout``."""
+        self._deadline = None if at_s is None else (at_s, what)
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and self.now() >= self._deadline[0] - 1e-9:
+            raise StepTimeout(self._deadline[1] or "step timeout")
+
+    def _until_deadline(self, seconds: float) -> float:
+        """The part of a wait of ``seconds`` that fits before the deadline."""
+        if self._deadline is None:
+            return seconds
+        return min(seconds, max(self._deadline[0] - self.now(), 0.0))
 
     @abstractmethod
     def wait(self, seconds: float, resolution_s: float | None = None) -> None:
@@ -77,7 +98,11 @@ class WallClock(BenchClock):
             self._run_due()
 
     def wait(self, seconds: float, resolution_s: float | None = None) -> None:
-        time.sleep(max(seconds, 0.0))
+        self._check_deadline()
+        allowed = self._until_deadline(max(seconds, 0.0))
+        time.sleep(allowed)
+        if allowed < seconds:
+            self._check_deadline()
 
     def stop(self) -> None:
         self._stop.set()
@@ -105,12 +130,16 @@ class VirtualClock(BenchClock):
         return True
 
     def wait(self, seconds: float, resolution_s: float | None = None) -> None:
-        target = self.now() + max(seconds, 0.0)
+        self._check_deadline()
+        wanted = max(seconds, 0.0)
+        target = self.now() + self._until_deadline(wanted)
         self._run_due()
         while target - self.now() > 1e-9:
             chunk = min(target - self.now(), max(self._next_duty_in(), 1e-6))
             self._bench.advance(chunk, max_step=resolution_s or 1.0)
             self._run_due()
+        if self._deadline is not None:
+            self._check_deadline()
 
     def stop(self) -> None:
         self._duties.clear()

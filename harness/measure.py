@@ -15,7 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-Verdict = Literal["pass", "marginal", "fail", "error"]
+# A measurement ends PASS (within its limit; "marginal" is a pass close to the edge), FAIL,
+# RECORDED (no limit: taken and kept, never shown or counted as a pass) or ERROR (no value).
+Verdict = Literal["pass", "marginal", "fail", "recorded", "error"]
+# A step or a run additionally ends ABORTED (interrupted) or is not run (a gate stopped the plan).
+StepVerdict = Literal["pass", "fail", "recorded", "error", "aborted", "not run"]
+VERDICT_STATES: tuple[str, ...] = ("pass", "fail", "recorded", "error", "aborted")
 Kind = Literal["in_range", "le", "ge", "within_pct", "equals", "record"]
 
 
@@ -55,12 +60,20 @@ class Limits:
         return cls("equals", equals=value)
 
     def judge(self, value: Any) -> Verdict:
-        if self.kind == "record":
-            return "pass"
-        if self.kind == "equals":
-            return "pass" if value == self.equals else "fail"
+        """The one verdict function: every limit of a plan is judged here, in SI units.
+
+        A missing value (None, NaN) is ERROR whatever the limit: nothing was measured. Numbers
+        compare equal within 1e-9 relative (``equals: 400`` against 400.0000000001 Ah); text,
+        flags and identities compare exactly (``True`` is not ``1``).
+        """
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "error"
+        if self.kind == "record":
+            return "recorded"
+        if self.kind == "equals":
+            return "pass" if _same(value, self.equals) else "fail"
+        if isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
+            return "error"  # a flag or text against a numeric bound: a check bug, not a pass
         if self.low is not None and value < self.low:
             return "fail"
         if self.high is not None and value > self.high:
@@ -72,6 +85,11 @@ class Limits:
                     or (self.high is not None and value > self.high - band)):
                 return "marginal"
         return "pass"
+
+    @property
+    def judged(self) -> bool:
+        """True when the limit judges (anything but record-only)."""
+        return self.kind != "record"
 
     def _span(self) -> float:
         if self.low is not None and self.high is not None:
@@ -95,6 +113,15 @@ class Limits:
         return {"kind": self.kind, "low": self.low, "high": self.high, "nominal": self.nominal,
                 "pct": self.pct, "equals": self.equals, "marginal_pct": self.marginal_pct,
                 "unit": self.unit}
+
+
+def _same(value: Any, expected: Any) -> bool:
+    numeric = (int, float)
+    if isinstance(value, bool) or isinstance(expected, bool):
+        return isinstance(value, bool) and isinstance(expected, bool) and value == expected
+    if isinstance(value, numeric) and isinstance(expected, numeric):
+        return math.isclose(float(value), float(expected), rel_tol=1e-9, abs_tol=1e-12)
+    return value == expected
 
 
 @dataclass
@@ -186,13 +213,16 @@ class Recorder:
     def failures(self) -> list[Measurement]:
         return [m for m in self.taken if m.verdict in ("fail", "error")]
 
-    def verdict(self) -> Verdict:
-        if any(m.verdict == "error" for m in self.taken):
+    def verdict(self, since: int = 0) -> str:
+        """The step's verdict from its measurements (from index ``since``): ERROR if a value is
+        missing, FAIL if any failed, RECORDED if none was judged against a limit, else PASS."""
+        taken = self.taken[since:]
+        if any(m.verdict == "error" for m in taken):
             return "error"
-        if self.failures:
+        if any(m.verdict == "fail" for m in taken):
             return "fail"
-        if any(m.verdict == "marginal" for m in self.taken):
-            return "marginal"
+        if not any(m.limits.judged for m in taken):
+            return "recorded"
         return "pass"
 
     def raise_if_failed(self) -> None:

@@ -15,10 +15,13 @@ project's own tests run untouched. With a plan:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -84,6 +87,10 @@ class RunContext:
     allure_dir: Path | None = None
     gate_failed: str | None = None
     verdicts: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # step -> instrument/harness error text
+    running: tuple[str, Any] | None = None  # (step name, store step id) while a step runs
+    aborted: str | None = None  # why the run was interrupted (Ctrl-C, SIGTERM)
+    run_verdict: str | None = None
     measurements: list[tuple[str, Measurement]] = field(default_factory=list)
 
     @classmethod
@@ -223,7 +230,17 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
     finally:
         supervisor.stop_watchdog()
         supervisor.safe_state(supervisor.tripped or "end of session")
-        verdict = _overall(ctx)
+        if supervisor.tripped == "SIGTERM" and ctx.aborted is None:
+            ctx.aborted = "SIGTERM"
+        if ctx.aborted is not None and ctx.running is not None:
+            name, step_id = ctx.running
+            ctx.verdicts[name] = "aborted"
+            ctx.errors[name] = f"interrupted ({ctx.aborted}) while this step ran"
+            try:
+                store.finish_step(step_id, "aborted", None, ctx.errors[name])
+            except Exception:  # noqa: BLE001 - the run's own verdict below matters more
+                log.exception("could not record the aborted step")
+        verdict = ctx.run_verdict = _overall(ctx)
         try:
             store.finish_run(run_id, verdict)
         finally:
@@ -316,13 +333,33 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _overall(ctx: RunContext) -> str:
-    verdicts = list(ctx.verdicts.values())
+# the exit status of ``hil run`` for each run verdict (README "Verdicts")
+EXIT_BY_VERDICT = {"pass": 0, "fail": 1, "error": 3, "recorded": 4, "aborted": 130}
+
+
+def overall_verdict(plan_steps: list[str], verdicts: dict[str, str], aborted: bool) -> str:
+    """The run's verdict: PASS only when every plan step ran and passed against its limits.
+
+    ABORTED if interrupted; else FAIL if a step failed (the DUT is at fault, whatever else went
+    wrong); else ERROR if a step could not be judged; else RECORDED if any step was recorded
+    only, skipped or not selected (``-k``): measurements kept, no qualification verdict.
+    """
+    if aborted:
+        return "aborted"
+    states = [verdicts.get(name, "not run") for name in plan_steps]
     if not verdicts:
         return "error"
-    if any(v in ("fail", "error") for v in verdicts):
+    if "fail" in states:
         return "fail"
-    return "pass"
+    if "error" in states:
+        return "error"
+    if all(state == "pass" for state in states):
+        return "pass"
+    return "recorded"
+
+
+def _overall(ctx: RunContext) -> str:
+    return overall_verdict([s.name for s in ctx.plan.steps], ctx.verdicts, ctx.aborted is not None)
 
 
 # ============================================================================ per step
@@ -339,6 +376,7 @@ def measure(request: pytest.FixtureRequest, bankhil_session: Session) -> Recorde
     step_id = session.store.start_step(session.run_id, name, step.check if step else "",
                                        dict(step.parameters) if step else {})
     request.node._bankhil_step_id = step_id  # type: ignore[attr-defined]
+    session.ctx.running = (name, step_id)
     recorder = Recorder(session.bench.clock.now)
 
     def note(text: str) -> None:
@@ -390,26 +428,56 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type
     step = item.callspec.params.get("plan_step")
     if step is None:
         return report
-    verdict = "pass" if report.passed else ("fail" if report.failed else "skipped")
+    verdict, error = _step_verdict(item, call, report)
     ctx.verdicts[step.name] = verdict
+    ctx.running = None
+    if error:
+        ctx.errors[step.name] = error
+    item.user_properties.append(("verdict", verdict))
     session = getattr(item.config, "_bankhil_session", None)
     step_id = getattr(item, "_bankhil_step_id", None)
     if session is not None and step_id is not None:
-        error = None if report.passed else str(report.longrepr.reprcrash.message
-                                              if hasattr(report.longrepr, "reprcrash") else report.longrepr)[:2000]
-        session.store.finish_step(step_id, verdict, report.duration, error)
-        if report.failed and getattr(step, "safe_state_on_fail", True):
-            session.supervisor.safe_state(f"step {step.name} failed")
+        text = error if error else None if report.passed else \
+            str(report.longrepr.reprcrash.message if hasattr(report.longrepr, "reprcrash")
+                else report.longrepr)[:2000]
+        session.store.finish_step(step_id, verdict if verdict != "not run" else "skipped",
+                                  report.duration, text)
+        if verdict == "error" or (verdict == "fail" and step.on_fail == "safe_state"):
+            session.supervisor.safe_state(f"step {step.name} {'failed' if verdict == 'fail' else 'ended in error'}")
     if report.failed and step.gate:
         ctx.gate_failed = step.name
     return report
 
 
+def _step_verdict(item: pytest.Item, call: pytest.CallInfo, report: Any) -> tuple[str, str | None]:
+    """FAIL for a measurement that failed its limit; ERROR (with the instrument, command and
+    error text) for anything else that stopped the step; RECORDED when nothing was judged."""
+    from harness.measure import MeasurementFailed
+
+    if report.skipped:
+        return "not run", None
+    if report.passed:
+        recorder = item.funcargs.get("measure") if hasattr(item, "funcargs") else None
+        if recorder is not None and recorder.taken and recorder.verdict() == "recorded":
+            return "recorded", None
+        return "pass", None
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(exc, MeasurementFailed):
+        return "fail", None
+    kind = type(exc).__name__ if exc is not None else "error"
+    return "error", f"{kind}: {exc}"[:2000]
+
+
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo) -> None:
     for config in _configs:
+        ctx = getattr(config, "_bankhil", None)
         session = getattr(config, "_bankhil_session", None)
+        reason = "interrupted (Ctrl-C)"
         if session is not None:
-            session.supervisor.safe_state(session.supervisor.tripped or "interrupted (Ctrl-C)")
+            reason = session.supervisor.tripped or reason
+            session.supervisor.safe_state(reason)
+        if ctx is not None and ctx.aborted is None:
+            ctx.aborted = reason
 
 
 _configs: list[pytest.Config] = []
@@ -438,14 +506,51 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"safety: bench brought to safe state ({'; '.join(reasons)})")
 
 
+class StepError(Exception):
+    """A step that could not be judged: a measurement without a value, an instrument or harness
+    failure. The step ends ERROR (Allure: broken), which says nothing about the DUT."""
+
+
+@contextlib.contextmanager
+def step_deadline(session: "Session", step: Any):  # type: ignore[no-untyped-def]
+    """Enforce a step's ``timeout``: bench time at every wait (the clock raises StepTimeout),
+    and wall time in a call that hangs (SIGALRM in the main thread raises it there)."""
+    from harness.clock import StepTimeout
+
+    if step.timeout is None:
+        yield
+        return
+    limit = float(step.timeout.value)
+    clock = session.bench.clock
+    what = f"step '{step.name}' exceeded its timeout of {step.timeout}"
+    clock.set_deadline(clock.now() + limit, what)
+    armed = threading.current_thread() is threading.main_thread()
+    previous = None
+    if armed:
+        def _expired(signum: int, frame: object) -> None:
+            raise StepTimeout(what + " (wall time)")
+        previous = signal.signal(signal.SIGALRM, _expired)
+        signal.setitimer(signal.ITIMER_REAL, limit + 1.0)
+    try:
+        yield
+    finally:
+        if armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)  # type: ignore[arg-type]
+        clock.set_deadline(None)
+
+
 def step_limits(step: Any) -> dict[str, Limits]:
     """The plan step's limits as SI :class:`Limits` (see harness.config for the file form)."""
     return {name: limit.to_limits() for name, limit in step.limits.items()}
 
 
-def step_params(step: Any, plan: Any = None) -> dict[str, Any]:
-    """The step's parameters over the plan's defaults, quantities in SI."""
+def step_params(step: Any, plan: Any = None, spec: Any = None) -> dict[str, Any]:
+    """The step's parameters over the plan's defaults, quantities in SI; with the check's
+    declaration, only the parameters it takes (a plan default may serve other checks)."""
     merged = plan.parameters_for(step) if plan is not None else dict(step.parameters)
+    if spec is not None:
+        merged = {name: value for name, value in merged.items() if spec.declares_param(name)}
     return {name: (value.si if hasattr(value, "si") else value) for name, value in merged.items()}
 
 

@@ -22,17 +22,29 @@ STEPS_MODULE = REPO / "test_plans" / "test_plan_steps.py"
 OUR_VALUE_OPTIONS = {"--station", "--dut", "--serial", "--operator", "--scenario", "--results",
                      "--seed", "--reports"}
 OUR_FLAGS = {"--debug", "-h", "--help"}
-# pytest options that take a separate value: their value must not be taken for the plan
-PYTEST_VALUE_OPTIONS = {"-k", "-m", "-p", "-c", "-o", "-W", "-r", "--maxfail", "--deselect",
-                        "--ignore", "--tb", "--durations", "--junitxml", "--alluredir",
-                        "--log-level", "--basetemp", "--rootdir", "--confcutdir"}
+
+
+def _pytest_parser():  # type: ignore[no-untyped-def]
+    """pytest's own option parser with every installed plugin's options (allure, xdist ...) and
+    the harness plugin's: it alone knows which of its options take a value."""
+    from _pytest.config import get_config
+
+    config = get_config()
+    config.pluginmanager.load_setuptools_entrypoints("pytest11")
+    if not config.pluginmanager.has_plugin("harness.plugin"):
+        config.pluginmanager.import_plugin("harness.plugin")
+    return config._parser
 
 
 def split_argv(tokens: list[str]) -> tuple[list[str], list[str]]:
-    """Separate ``hil run``'s own arguments from pytest's, so ``-k EXPR`` never becomes the plan."""
+    """Separate ``hil run``'s own arguments from pytest's.
+
+    The plan is the first positional argument *as pytest parses the line* (so ``--log-file
+    x.log``, ``-n 2`` or ``-k EXPR`` never become the plan); ``hil run``'s options are taken
+    out first, everything else goes to pytest untouched.
+    """
     ours: list[str] = []
-    extra: list[str] = []
-    plan_seen = False
+    rest: list[str] = []
     k = 0
     while k < len(tokens):
         token = tokens[k]
@@ -44,20 +56,17 @@ def split_argv(tokens: list[str]) -> tuple[list[str], list[str]]:
                 k += 1
         elif name in OUR_FLAGS:
             ours.append(token)
-        elif name in PYTEST_VALUE_OPTIONS:
-            extra.append(token)
-            if "=" not in token and k + 1 < len(tokens):
-                extra.append(tokens[k + 1])
-                k += 1
-        elif token.startswith("-"):
-            extra.append(token)
-        elif not plan_seen:
-            ours.append(token)
-            plan_seen = True
         else:
-            extra.append(token)
+            rest.append(token)
         k += 1
-    return ours, extra
+    namespace, _unknown = _pytest_parser().parse_known_and_unknown_args(list(rest))
+    positionals = list(getattr(namespace, "file_or_dir", None) or [])
+    if positionals:
+        plan = positionals[0]
+        index = rest.index(plan)
+        ours.append(plan)
+        del rest[index]
+    return ours, rest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,13 +103,32 @@ def pytest_args(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return out + list(extra)
 
 
+class _RunVerdict:
+    """A pytest plugin object that keeps the run's verdict when the session ends."""
+
+    def __init__(self) -> None:
+        self.verdict: str | None = None
+
+    def pytest_unconfigure(self, config: object) -> None:
+        ctx = getattr(config, "_bankhil", None)
+        if ctx is not None:
+            self.verdict = ctx.run_verdict or ("aborted" if ctx.aborted else None)
+
+
 def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    """Exit status from the run's verdict: 0 PASS, 1 FAIL, 3 ERROR, 4 RECORDED, 130 ABORTED;
+    2 for a bad file or command line (nothing energised)."""
     import pytest
 
+    from harness.plugin import EXIT_BY_VERDICT
+
     os.chdir(REPO)
-    code = int(pytest.main(pytest_args(args, extra or [])))
+    outcome = _RunVerdict()
+    code = int(pytest.main(pytest_args(args, extra or []), plugins=[outcome]))
     if code == pytest.ExitCode.INTERRUPTED:
         return 130
     if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.NO_TESTS_COLLECTED):
         return 2
-    return 0 if code == pytest.ExitCode.OK else 1
+    if outcome.verdict is not None:
+        return EXIT_BY_VERDICT[outcome.verdict]
+    return 0 if code == pytest.ExitCode.OK else 3

@@ -66,8 +66,10 @@ DEFAULT_PATH = Path("reports") / "results.sqlite"
 DEFAULT_URL = f"sqlite:///{DEFAULT_PATH.as_posix()}"
 SCHEMA_VERSION = 1
 
-MEASUREMENT_VERDICTS = ("pass", "fail", "marginal", "error")
-STEP_VERDICTS = MEASUREMENT_VERDICTS + ("skipped",)
+# the verdict states (README "Verdicts"): a measurement is pass (marginal: a pass near its edge),
+# fail, recorded (no limit) or error; a step or run can also be aborted, a step also skipped
+MEASUREMENT_VERDICTS = ("pass", "fail", "marginal", "recorded", "error")
+STEP_VERDICTS = MEASUREMENT_VERDICTS + ("aborted", "skipped")
 RUN_VERDICTS = MEASUREMENT_VERDICTS + ("aborted",)
 LIMIT_KEYS = ("low", "high", "nominal", "kind")
 MODULE_KEYS = ("position", "serial", "firmware", "model")

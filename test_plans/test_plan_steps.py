@@ -1,18 +1,27 @@
 """Runs a plan: one test per plan step (parametrised by the harness plugin from --plan).
 
-Each step looks up its check by name, hands it the bench (roles only), its parameters and
-limits, and ``measure``; the step fails if any measurement failed (a safety check's failure
-leads with "SAFETY LIMIT EXCEEDED", which the report's categories sort on). A step with ``retries`` is
-tried again (all attempts stay recorded). A check that must bring the bench to its safe state
-itself (a silent BMS) finds the session's safety supervisor in ``ctx.extras["supervisor"]``.
+Each step looks up its check and declaration by name, hands it the bench (roles only), its
+parameters and limits, and ``measure``, and ends in one verdict state (harness/measure.py):
+
+- PASS: every measurement judged against a limit passed (RECORDED ones are shown as such);
+- FAIL: a measurement failed its limit -- the DUT is at fault (pytest: failed);
+- RECORDED: nothing was judged (the test passes, the run does not qualify);
+- ERROR: an instrument or the harness failed (no reading, a timeout, an undeclared name) --
+  the verdict says nothing of the DUT (Allure: broken);
+- ABORTED: interrupted (the session records it).
+
+A step with ``retries`` is tried again after a FAIL (all attempts stay recorded). A step with a
+``timeout`` ends ERROR once it has taken that long (bench time at a wait, wall time in a hung
+call). A check that must bring the bench to its safe state itself (a silent BMS) finds the
+session's safety supervisor in ``ctx.extras["supervisor"]``.
 """
 
 from __future__ import annotations
 
 from harness.measure import MeasurementFailed
-from harness.plugin import step_limits, step_params
-from harness.reporting.allure_labels import SAFETY_PREFIX, failure_message, label_step
-from test_plans.checks import StepContext, load_all
+from harness.plugin import StepError, step_deadline, step_limits, step_params
+from harness.reporting.allure_labels import failure_message, label_step
+from test_plans.checks import SPECS, StepContext, load_all
 
 
 def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-def]
@@ -21,20 +30,23 @@ def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-d
     session = bankhil_session
     # labels in the call phase: allure-pytest names the test when the call starts
     label_step(plan_step, session.ctx.plan, session.ctx.dut_spec, session.ctx.serial)
-    ctx = StepContext(session.bench, step_params(plan_step, session.ctx.plan), step_limits(plan_step), measure,
-                      plan_step.name, session.ctx.dut_spec, extras={"supervisor": session.supervisor})
-    for attempt in range(plan_step.retries + 1):
-        first = len(measure.taken)
-        try:
-            check(ctx)
+    ctx = StepContext(session.bench, step_params(plan_step, session.ctx.plan, SPECS.get(plan_step.check)),
+                      step_limits(plan_step), measure, plan_step.name, session.ctx.dut_spec,
+                      extras={"supervisor": session.supervisor}, spec=SPECS.get(plan_step.check))
+    with step_deadline(session, plan_step):
+        for attempt in range(plan_step.retries + 1):
+            first = len(measure.taken)
+            try:
+                check(ctx)
+            except MeasurementFailed:  # a check that stops at its first failed measurement
+                pass
             session.supervisor.check()
-            failures = [m for m in measure.taken[first:] if m.verdict in ("fail", "error")]
-            if failures:
-                raise MeasurementFailed(failure_message(plan_step.check, [m.line() for m in failures]))
-            return
-        except MeasurementFailed as failed:
+            verdict = measure.verdict(first)
+            if verdict == "error":
+                raise StepError("; ".join(m.line() for m in measure.taken[first:] if m.verdict == "error"))
+            if verdict != "fail":
+                return
             if attempt == plan_step.retries:
-                lines = [m.line() for m in measure.taken[first:] if m.verdict in ("fail", "error")]
-                if lines and not str(failed).startswith(SAFETY_PREFIX):
-                    raise MeasurementFailed(failure_message(plan_step.check, lines)) from None
-                raise
+                lines = [m.line() for m in measure.taken[first:] if m.verdict == "fail"]
+                message = failure_message(plan_step.check, lines)
+                raise MeasurementFailed(message)

@@ -44,7 +44,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
 from emulator.files import FileError
@@ -288,64 +288,20 @@ class Limit(FileModel):
         limits = Limits.within_pct(_base(self.within_pct.nominal), self.within_pct.pct, unit)
         return dataclasses.replace(limits, marginal_pct=self.marginal_pct)
 
-    def evaluate(self, value: Any, unit: str | None = None) -> Literal["pass", "marginal", "fail"]:
-        """Verdict for a measured value (a number in ``unit``, or a Quantity, or an identity)."""
-        if self.equals is not None and not isinstance(self.equals, (Quantity, float, int)):
-            return "pass" if value == self.equals else "fail"
-        x = _in_base(value, unit, self.dimension)
-        if self.equals is not None:
-            return "pass" if math.isclose(x, _base(self.equals), rel_tol=1e-9, abs_tol=1e-12) else "fail"
-        if self.in_range is not None:
-            lo, hi = (_base(v) for v in self.in_range)
-        elif self.within_pct is not None:
-            nominal = _base(self.within_pct.nominal)
-            half = abs(nominal) * self.within_pct.pct / 100.0
-            lo, hi = nominal - half, nominal + half
-        elif self.le is not None:
-            lo, hi = -math.inf, _base(self.le)
-        else:
-            lo, hi = _base(self.ge), math.inf
-        if not lo <= x <= hi:
-            return "fail"
-        if self.marginal_pct is None:
-            return "pass"
-        if math.isfinite(lo) and math.isfinite(hi):
-            margin = (hi - lo) * self.marginal_pct / 100.0
-        else:
-            margin = abs(hi if math.isfinite(hi) else lo) * self.marginal_pct / 100.0
-        return "marginal" if x < lo + margin or x > hi - margin else "pass"
-
-
-def _base(value: Any) -> float:
-    return value.value if isinstance(value, Quantity) else float(value)
-
-
-def _in_base(value: Any, unit: str | None, dimension: str | None) -> float:
-    if isinstance(value, Quantity):
-        quantity = value
-    elif unit is not None:
-        quantity = Quantity.of(float(value), unit)
-    else:
-        if dimension is not None:
-            raise ValueError(f"a measured value against a {_dimension_name(dimension)} limit "
-                             "needs its unit")
-        return float(value)
-    if quantity.dimension != dimension:
-        raise ValueError(f"{quantity} measured against a limit in {_dimension_name(dimension)}")
-    return quantity.value
-
 
 # ================================================================================== steps
 def _seed(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-def _setpoint_key(key: str) -> str:
-    role, _, quantity = key.partition(".")
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", role) or quantity not in SETPOINT_QUANTITIES:
-        raise PydanticCustomError("setpoint_key", "role.quantity with quantity one of "
-                                  + ", ".join(SETPOINT_QUANTITIES) + ", e.g. load.current")
-    return key
+def _base(value: Any) -> float:
+    return value.value if isinstance(value, Quantity) else float(value)
+
+
+def _positive_time(value: Quantity) -> Quantity:
+    if not (0 < value.value <= 7 * 24 * 3600):
+        raise PydanticCustomError("timeout", "a time above 0 and at most a week, e.g. 10 min")
+    return value
 
 
 def _marker(name: str) -> str:
@@ -356,7 +312,12 @@ def _marker(name: str) -> str:
 
 
 class Step(FileModel):
-    """One check with its parameters and limits: one pytest test."""
+    """One check with its parameters and limits: one pytest test.
+
+    There is no ``setpoints:`` field: the check declares which of its parameters command an
+    instrument (``Param(setpoint="load.current")``), and :func:`check_plan` derives the step's
+    setpoints from them, so the station's rating check judges the value the check will command.
+    """
 
     name: Name
     check: CheckName
@@ -364,7 +325,6 @@ class Step(FileModel):
     source: Annotated[list[SeedName], BeforeValidator(_seed)] = Field(default_factory=list)
     requires: list[Role] = Field(default_factory=list)
     parameters: dict[str, Parameter] = Field(default_factory=dict)
-    setpoints: dict[Annotated[str, AfterValidator(_setpoint_key)], Quantity] = Field(default_factory=dict)
     limits: dict[str, Limit] = Field(default_factory=dict)
     gate: bool = False
     retries: int = Field(default=0, ge=0, le=10)
@@ -372,7 +332,25 @@ class Step(FileModel):
                                            "letters, digits and _"), AfterValidator(_marker)]] = \
         Field(default_factory=list)
     severity: Literal["critical", "major", "minor", "info"] = "major"
-    timeout: Quantity["s"] | None = None
+    # bench time the step may take (checked at every wait and measurement) and wall time a
+    # single instrument call may hang before the step ends ERROR with the bench made safe
+    timeout: Annotated[Quantity["s"], AfterValidator(_positive_time)] | None = None
+    # after a failed step: bring the bench to its safe state (the default) or leave it as the
+    # check left it (only for steps whose next step needs the state, e.g. a measured trip)
+    on_fail: Literal["safe_state", "continue"] = "safe_state"
+
+    _setpoints: dict[str, Quantity] = PrivateAttr(default_factory=dict)
+    _setpoint_params: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
+
+    def setpoint_loc(self, index: int, key: str) -> tuple[Any, ...]:
+        """Where a derived setpoint is written: the step's parameter, or the plan's default."""
+        where = self._setpoint_params.get(key, ("parameters", key))
+        return where if where[0] == "defaults" else ("steps", index, *where)
+
+    @property
+    def setpoints(self) -> dict[str, Quantity]:
+        """``role.quantity`` -> value the check will command (derived from its parameters)."""
+        return self._setpoints
 
     def setpoint_roles(self) -> set[str]:
         return {key.partition(".")[0] for key in self.setpoints}
@@ -404,6 +382,8 @@ class PlanFile(SourcedFile):
     applies_to: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     serial_pattern: Annotated[str, AfterValidator(_pattern)] | None = None
     requires: list[Role] = Field(default_factory=list)
+    # the DUT an emulated run of this plan uses when --dut is not given (a DUT file stem)
+    dut: Annotated[str, Field(min_length=1)] | None = None
     defaults: dict[str, Parameter] = Field(default_factory=dict)
     steps: Annotated[list[Step], Field(min_length=1)]
 
@@ -431,34 +411,61 @@ class PlanFile(SourcedFile):
 
 
 # ================================================================================== checks
-# What a measurement's name says about its unit, for checks that do not declare their units:
-# a last word (``peak_current``, ``module_ocv``) or a unit suffix (``delta_v``, ``rise_k``).
-_NAME_WORDS = {"voltage": "V", "ocv": "V", "vds": "V", "current": "A", "inrush": "A",
-               "resistance": "ohm", "ir": "ohm", "power": "W", "temperature": "degC"}
-_NAME_SUFFIXES = {"v": "V", "mv": "V", "a": "A", "ma": "A", "ohm": "ohm", "mohm": "ohm",
-                  "uohm": "ohm", "w": "W", "kw": "W", "s": "s", "ms": "s", "us": "s", "k": "K",
-                  "c": "degC", "pct": "%", "ah": "Ah", "wh": "J", "kwh": "J", "hz": "Hz"}
-
-
-def implied_dimension(name: str) -> str | None:
-    """The dimension a measurement name implies (None when it says nothing)."""
-    words = name.lower().split("_")
-    unit = _NAME_SUFFIXES.get(words[-1]) if len(words) > 1 else None
-    unit = unit or _NAME_WORDS.get(words[-1])
-    return dimension_of(unit) if unit else None
-
-
 def _list(names: Collection[str], limit: int = 30) -> str:
-    ordered = sorted(names)
+    ordered = list(names)
     shown = ", ".join(ordered[:limit])
     return shown + (f", ... ({len(ordered)} in all)" if len(ordered) > limit else "") if ordered \
-        else "(none registered)"
+        else "(none declared)"
 
 
-def check_plan(plan: PlanFile, known_checks: KnownChecks) -> PlanFile:
-    """Checks across fields: unique step names, registered checks, setpoint units, and -- when
-    ``known_checks`` maps each check to ``{measurement: unit}`` -- limit names and dimensions."""
+def _check_parameter(plan: PlanFile, loc: tuple[Any, ...], step: Step, name: str, value: Any,
+                     declared: Any) -> None:
+    """A parameter value against its declaration: unit kind, or plain kind."""
+    want = declared.dimension
+    if want is not None:
+        if not isinstance(value, Quantity):
+            raise plan.error(loc, f"{value!r} (no unit)",
+                             f"{describe_dimension(want)} for {step.check}'s '{name}', e.g. "
+                             f"'{_example_value(want)}'")
+        if value.dimension != want:
+            raise plan.error(loc, f"'{value}'", f"{describe_dimension(want)} for {step.check}'s "
+                             f"'{name}' -- '{value.unit}' is {DIMENSIONS[value.dimension][1]} unit")
+        if not math.isfinite(value.value) or abs(value.value) > 1e9:
+            raise plan.error(loc, f"'{value}'", "a finite value of a sensible size")
+        return
+    if isinstance(value, Quantity):
+        raise plan.error(loc, f"'{value}' (a {DIMENSIONS[value.dimension][1].split(' ', 1)[-1]})",
+                         f"a plain {declared.kind if declared.kind != 'any' else 'value'} for "
+                         f"{step.check}'s '{name}' (it takes no unit)")
+    kind = declared.kind
+    ok = {"any": True,
+          "number": _number(value),
+          "count": isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1_000_000,
+          "flag": isinstance(value, bool),
+          "text": isinstance(value, str)}[kind]
+    if not ok:
+        words = {"number": "a number", "count": "a whole number from 0 to 1000000",
+                 "flag": "true or false", "text": "text", "any": "a value"}[kind]
+        raise plan.error(loc, repr(value), f"{words} for {step.check}'s '{name}'")
+
+
+def _example_value(dimension: str) -> str:
+    return {"time": "10 s", "current": "200 A", "voltage": "14.2 V", "resistance": "3 mohm",
+            "ratio": "5 %", "charge": "50 Ah", "temperature": "25 degC",
+            "temperature_difference": "5 K", "power": "1 kW", "energy": "1 kWh",
+            "frequency": "1 kHz"}.get(dimension, "1 " + DIMENSIONS[dimension][0])
+
+
+def check_plan(plan: PlanFile, known_checks: Mapping[str, Any]) -> PlanFile:
+    """Checks across fields, against what each check declares (test_plans/checks/spec.py):
+
+    unique step names; registered checks; every parameter declared by the step's check, in the
+    declared unit kind; every limit on a declared measurement, in its unit kind; every required
+    limit given. The step's setpoints are derived here from the parameters its check declares
+    as setpoints (the plan's defaults included).
+    """
     seen: dict[str, int] = {}
+    used_defaults: set[str] = set()
     for index, step in enumerate(plan.steps):
         if step.name in seen:
             raise plan.error(("steps", index, "name"),
@@ -467,48 +474,60 @@ def check_plan(plan: PlanFile, known_checks: KnownChecks) -> PlanFile:
         seen[step.name] = index
         if step.check not in known_checks:
             raise plan.error(("steps", index, "check"), f"unknown check '{step.check}'",
-                             "a registered check: " + _list(known_checks))
-        for key, value in step.setpoints.items():
-            unit = SETPOINT_QUANTITIES[key.partition(".")[2]]
-            want = dimension_of(unit)
-            if value.dimension != want:
-                raise plan.error(("steps", index, "setpoints", key), f"'{value}'",
-                                 f"{describe_dimension(want)} for {key} -- '{value.unit}' is "
-                                 f"{DIMENSIONS[value.dimension][1]} unit")
-        measures = known_checks.get(step.check) if isinstance(known_checks, Mapping) else None
-        if not measures:
-            for name, limit in step.limits.items():
-                implied = implied_dimension(name)
-                if limit.dimension is not None and implied is not None and limit.dimension != implied:
-                    raise plan.error(
-                        ("steps", index, "limits", name),
-                        f"a limit in {_dimension_name(limit.dimension)} ({limit.describe()})",
-                        f"{describe_dimension(implied)}: '{name}' names {DIMENSIONS[implied][1]} "
-                        f"(or rename the measurement)")
-        else:
-            for name, limit in step.limits.items():
-                if name not in measures:
-                    raise plan.error(("steps", index, "limits", name),
-                                     f"a limit on '{name}', which {step.check} does not measure",
-                                     f"limits on what {step.check} measures: {_list(measures)}")
-                try:
-                    declared: str | None = dimension_of(measures[name] or "")
-                except KeyError:
-                    declared = None  # a count or an identity: no unit
-                if limit.bounds() and limit.dimension != declared:
-                    raise plan.error(
-                        ("steps", index, "limits", name),
-                        f"a limit in {_dimension_name(limit.dimension)} ({limit.describe()})",
-                        f"{describe_dimension(declared) if declared else 'a plain number'}: "
-                        f"{step.check} measures {name} in {measures[name]}")
+                             "a registered check: " + _list(sorted(known_checks)))
+        spec = known_checks[step.check]
+        for name, value in step.parameters.items():
+            loc = ("steps", index, "parameters", name)
+            if not spec.declares_param(name):
+                raise plan.error(loc, f"parameter '{name}', which {step.check} does not take",
+                                 f"parameters of {step.check}: {_list(spec.params)}")
+            _check_parameter(plan, loc, step, name, value, spec.params[name])
+        for name, value in plan.defaults.items():
+            if spec.declares_param(name):
+                used_defaults.add(name)
+                if name not in step.parameters:
+                    _check_parameter(plan, ("defaults", name), step, name, value, spec.params[name])
+        for name, limit in step.limits.items():
+            loc = ("steps", index, "limits", name)
+            declared = spec.limit_measure(name)
+            if declared is None:
+                raise plan.error(loc, f"a limit on '{name}', which {step.check} does not measure",
+                                 f"limits on what {step.check} measures: {_list(spec.limit_keys())}")
+            want = declared.dimension
+            if limit.bounds() and limit.dimension != want:
+                raise plan.error(
+                    loc, f"a limit in {_dimension_name(limit.dimension)} ({limit.describe()})",
+                    f"{describe_dimension(want) if want else 'a plain number (no unit)'}: "
+                    f"{step.check} measures {name} in {declared.unit or 'no unit'}")
+        for name in spec.required_limits():
+            if name not in step.limits:
+                raise plan.error(("steps", index, "limits"),
+                                 f"no limit on '{name}' in step '{step.name}'",
+                                 f"a limit on every measurement {step.check} must be judged by: "
+                                 + _list(spec.required_limits()))
+        merged = plan.parameters_for(step)
+        derived: dict[str, Quantity] = {}
+        sources: dict[str, tuple[str, ...]] = {}
+        for name, key in spec.setpoints().items():
+            value = merged.get(name)
+            if isinstance(value, Quantity):
+                value = Quantity.of(abs(value.magnitude), value.unit) if key.endswith(".current") else value
+                if key not in derived or abs(value.value) > abs(derived[key].value):
+                    derived[key] = value  # several parameters may command one output: the largest
+                    sources[key] = ("parameters", name) if name in step.parameters else ("defaults", name)
+        step._setpoints = derived
+        step._setpoint_params = sources
+    for name in plan.defaults:
+        if name not in used_defaults:
+            raise plan.error(("defaults", name), f"default '{name}', which no step's check takes",
+                             "parameters of this plan's checks")
     return plan
 
 
-def load_plan(path: Path | str, known_checks: KnownChecks) -> PlanFile:
+def load_plan(path: Path | str, known_checks: Mapping[str, Any]) -> PlanFile:
     """Load and check a plan file; raise FileError (file, line, field, found, allowed).
 
-    ``known_checks``: the registered check names, or a mapping ``{check: {measurement: unit}}``
-    so that limits are also checked against what each check measures.
+    ``known_checks``: each registered check's declaration (``test_plans.checks.known_checks()``).
     """
     document = load_document(path)
     plan = validate_document(PlanFile, document)
@@ -516,4 +535,4 @@ def load_plan(path: Path | str, known_checks: KnownChecks) -> PlanFile:
 
 
 __all__ = ["Limit", "PlanFile", "SETPOINT_QUANTITIES", "Step", "WithinPct", "check_plan",
-           "implied_dimension", "load_plan"]
+           "load_plan"]

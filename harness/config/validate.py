@@ -23,7 +23,7 @@ from typing import Any
 
 from emulator.config.loading import BankSpec, load_bank_spec
 from harness.config import today as _today
-from harness.config.plan import KnownChecks, PlanFile, load_plan
+from harness.config.plan import PlanFile, load_plan
 from harness.config.station import StationFile, load_station
 
 POSITION = re.compile(r"^s(\d+)p(\d+)$")
@@ -90,7 +90,7 @@ def check_roles(plan: PlanFile, station: StationFile) -> None:
         for key in step.setpoints:
             role = key.partition(".")[0]
             if role not in station.instruments:
-                raise plan.error(("steps", s, "setpoints", key), f"a setpoint on '{role}' (not on this "
+                raise plan.error(step.setpoint_loc(s, key), f"a setpoint on '{role}' (not on this "
                                  "station)", "instrument roles of the station: "
                                  + ", ".join(sorted(station.instruments)))
 
@@ -106,7 +106,7 @@ def check_setpoints(plan: PlanFile, station: StationFile, bank: BankSpec | None 
         for key, value in step.setpoints.items():
             role, _, quantity = key.partition(".")
             rating = station.rating(role).get(quantity)
-            loc = ("steps", s, "setpoints", key)
+            loc = step.setpoint_loc(s, key)
             if rating is None:
                 raise plan.error(loc, f"'{value}' on {role}, which has no {quantity} rating",
                                  f"a station that rates {role}'s {quantity} (rating: {{{quantity}: "
@@ -127,7 +127,7 @@ def check_setpoints(plan: PlanFile, station: StationFile, bank: BankSpec | None 
             watts = abs(current.value) * volts
             if watts > power.value:
                 basis = f"at {volts_q}" if volts_q is not None else f"at up to {_fmt(volts)} from the DUT"
-                raise plan.error(("steps", s, "setpoints", f"{role}.current"),
+                raise plan.error(step.setpoint_loc(s, f"{role}.current"),
                                  f"'{current}' ({watts:.0f} W {basis})",
                                  f"at most {power.value / volts:.4g} A: the power rating {power} of "
                                  f"{role} ({station.where('instruments', role, 'rating', 'power')})")
@@ -234,7 +234,7 @@ def check_calibration(station: StationFile, on: dt.date) -> None:
 
 # ================================================================================== all
 def validate_run(plan: PlanFile | Path | str, station: StationFile | Path | str,
-                 dut: str | Path | BankSpec, known_checks: KnownChecks, *,
+                 dut: str | Path | BankSpec, known_checks: Any, *,
                  scenario: str | Path | None = None, serial: str | None = None,
                  on: dt.date | None = None) -> RunConfig:
     """Load what is given as a path and run every cross-check; raise FileError at the first.
