@@ -39,13 +39,12 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 
 def unit_dimension(unit: str | None) -> str | None:
-    """The dimension of a unit symbol; None for no unit (a count, flag or identity)."""
+    """The dimension of a unit symbol; None for no unit (a count, flag or identity) and for a
+    unit outside the table (``A2s``): a plan limits those with plain numbers."""
     if not unit:
         return None
     symbol = ALIASES.get(unit, unit)
-    if symbol in UNITS:
-        return dimension_of(symbol)
-    raise DeclarationError(f"unit '{unit}' is not one of " + ", ".join(UNITS))
+    return dimension_of(symbol) if symbol in UNITS else None
 
 
 def dimension_words(dimension: str | None) -> str:
@@ -142,12 +141,8 @@ class CheckSpec:
         if declared is None:
             raise DeclarationError(f"check '{self.name}' records measurement '{name}', which it "
                                    f"does not declare (declared: {', '.join(self.measures) or 'none'})")
-        try:
-            got = unit_dimension(unit)
-        except DeclarationError:
-            got = unit  # a unit outside the table: compared as text below
-        want = declared.dimension
-        if got != want and not (isinstance(got, str) and got == declared.unit):
+        got, want = unit_dimension(unit), declared.dimension
+        if unit != declared.unit and (got != want or (got is None and unit and declared.unit)):
             raise DeclarationError(f"check '{self.name}' records '{name}' in '{unit}', declared as "
                                    f"{dimension_words(want)} ('{declared.unit}')")
         return declared
