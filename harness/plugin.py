@@ -105,7 +105,7 @@ class RunContext:
         station = load_station(station_path)
         checks = known_checks()
         plan = load_plan(plan_path, checks)
-        dut_arg = config.getoption("--dut") or station.dut or DEFAULT_DUT
+        dut_arg = config.getoption("--dut") or _default_dut(plan, station)
         scenario = config.getoption("--scenario")
         if scenario and not station.emulated:
             raise FileError(station_path, None, "--scenario", f"'{scenario}'",
@@ -121,6 +121,14 @@ class RunContext:
                    config.getoption("--results") or DEFAULT_RESULTS, config.getoption("--seed"),
                    run_uuid, _run_dir(config.getoption("--run-dir"), allure_dir, run_uuid),
                    Path(allure_dir) if allure_dir else None)
+
+
+def _default_dut(plan: Any, station: Any) -> str:
+    """The DUT when ``--dut`` is not given: on an emulated station the plan's own ``dut:`` (the
+    twin it was written for), then the station's; on hardware the station's (what is wired)."""
+    if station.emulated and plan.dut:
+        return plan.dut
+    return station.dut or plan.dut or DEFAULT_DUT
 
 
 def _run_dir(option: str | None, allure_dir: str | None, run_uuid: str) -> Path:

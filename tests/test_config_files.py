@@ -659,3 +659,15 @@ def test_documented_example_in_docstring_is_valid(tmp_path: Path) -> None:
     (tmp_path / "plan.yaml").write_text(textwrap.dedent(block), encoding="utf-8")
     plan = load_plan(tmp_path / "plan.yaml", {"module_voltage"})
     assert plan.steps[0].limits["voltage"].kind == "in_range"
+
+
+# ------------------------------------------------------------------ BANKHIL_REQUIRE_* read alike
+@pytest.mark.parametrize("variable", ["BANKHIL_REQUIRE_NGSPICE", "BANKHIL_REQUIRE_POSTGRES",
+                                      "BANKHIL_REQUIRE_REPORT_TOOLS"])
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False), ("", False), ("yes", False),
+                                             ("true", False), (" 1 ", True)])
+def test_require_variables_read_the_same_way(monkeypatch: pytest.MonkeyPatch, variable: str,
+                                             value: str, expected: bool) -> None:
+    from required_tools import required
+    monkeypatch.setenv(variable, value)
+    assert required(variable) is expected

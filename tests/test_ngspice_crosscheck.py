@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from required_tools import required
 import yaml
 
 from emulator.twin import build_twin
@@ -32,7 +33,7 @@ from spice_netlists import (FIXTURES, cell_ocv, load_bank_data, ngspice_path, ru
                             soc_for_cell_ocv, write_bank)
 
 NGSPICE = ngspice_path()
-REQUIRED = bool(os.environ.get("BANKHIL_REQUIRE_NGSPICE"))
+REQUIRED = required("BANKHIL_REQUIRE_NGSPICE")
 
 pytestmark = [
     pytest.mark.ngspice,

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from required_tools import required
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "reports"
@@ -55,7 +56,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     missing = _missing_tools()
     if missing:
         message = f"report tools missing: {', '.join(missing)}"
-        if os.environ.get("BANKHIL_REQUIRE_REPORT_TOOLS") == "1":
+        if required("BANKHIL_REQUIRE_REPORT_TOOLS"):
             pytest.fail(message)
         pytest.skip(message)
     tmp = tmp_path_factory.mktemp("report")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from required_tools import required
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -33,7 +34,7 @@ from harness.store import (
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("BANKHIL_PG_URL", "").strip()
-REQUIRE_PG = os.environ.get("BANKHIL_REQUIRE_POSTGRES", "") == "1"
+REQUIRE_PG = required("BANKHIL_REQUIRE_POSTGRES")
 T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
 
 
@@ -490,7 +491,7 @@ def test_bad_arguments_are_refused_clearly(store):
     run_id = _run(store)
     step_id = store.start_step(run_id, "s")
     store.record_measurement(step_id, "kept", 1.0, "V", None, "pass")
-    with pytest.raises(ValueError, match=r"verdict must be one of pass, fail, marginal, error; "
+    with pytest.raises(ValueError, match=r"verdict must be one of pass, fail, marginal, recorded, error; "
                                          r"got 'ok'"):
         store.record_measurement(step_id, "v", 1.0, "V", None, "ok")
     with pytest.raises(ValueError, match="skipped"):
@@ -526,7 +527,7 @@ def test_bad_arguments_are_refused_clearly(store):
         store.record_event(other, "safe_state", "x", step_id=step_id)
     assert [m.name for m in store.measurements(run_id)] == ["kept"]
     assert store.duts(run_id) == [] and store.instruments(run_id) == []
-    assert sorted(MEASUREMENT_VERDICTS) == ["error", "fail", "marginal", "pass"]
+    assert sorted(MEASUREMENT_VERDICTS) == ["error", "fail", "marginal", "pass", "recorded"]
 
 
 def test_a_failed_write_names_the_store_without_the_password(store):

@@ -60,15 +60,25 @@ def dut_names(bank: BankSpec) -> list[str]:
 
 
 def check_applies_to(plan: PlanFile, bank: BankSpec) -> None:
+    """The plan names this DUT: by DUT name, by topology (4S4P), or -- only for a single module
+    (1S1P) -- by module type name or model. A module plan never applies to a bank of modules."""
     names = dut_names(bank)
+    single = bank.dut.series == 1 and bank.dut.parallel == 1
     for entry in plan.applies_to:
         if TOPOLOGY.match(entry) and entry.upper() == names[3]:
             return
-        if any(fnmatch.fnmatchcase(name, entry) for name in names[:3]):
+        if fnmatch.fnmatchcase(names[0], entry):
             return
+        if single and any(fnmatch.fnmatchcase(name, entry) for name in names[1:3]):
+            return
+    module_only = [e for e in plan.applies_to
+                   if any(fnmatch.fnmatchcase(n, e) for n in names[1:3]) and not single]
+    hint = (f" -- '{module_only[0]}' names a module model: a module plan applies to one module "
+            f"(1S1P), never to a {names[3]} bank") if module_only else ""
     raise plan.error(("applies_to",), f"{plan.applies_to} (DUT '{bank.dut.name}', module "
-                     f"{bank.module_type.model}, {names[3]})",
-                     "an entry naming this DUT: " + ", ".join(names) + " (globs like 'lfp_*' work)")
+                     f"{bank.module_type.model}, {names[3]}){hint}",
+                     "an entry naming this DUT: " + ", ".join(names[:1] + [names[3]])
+                     + (", " + ", ".join(names[1:3]) if single else "") + " (globs like 'lfp_*' work)")
 
 
 def check_serial(plan: PlanFile, serial: str) -> None:
