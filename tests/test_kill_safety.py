@@ -36,7 +36,6 @@ steps:
   - name: long_load
     check: current_sharing
     parameters: {load_current: 100 A, settle_s: 60 s}
-    setpoints: {load.current: 100 A}
     limits:
       imbalance: {le: 10 %}
 """

@@ -94,7 +94,6 @@ STEPS: dict[str, dict[str, Any]] = {
         "check": "current_sharing", "source": "004_580db881af34243e.txt",
         "parameters": {"load_current": "200 A", "charge_current": "100 A", "charge_voltage": "14.2 V",
                        "settle_s": "10 s"},
-        "setpoints": {"load.current": "200 A", "supply.current": "100 A"},
         "limits": {"imbalance": {"le": "1 %"}, "charge_imbalance": {"le": "1 %"},
                    "shunt_total_error": {"le": "1 A"}, "bms_current_error": {"le": "1 A"}}},
     "circulating": {

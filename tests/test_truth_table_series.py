@@ -51,14 +51,12 @@ STEPS: dict[str, dict[str, Any]] = {
                "limits": {"vds_rating": {"ge": "60 V"}, "vds_rating_ratio": {"ge": 1.0}}},
     "stress": {"check": "series_mosfet_stress", "source": "000_b9e4f7d000b6acbf.txt",
                "parameters": {"load_current": "100 A", "load_s": "5 s", "interval": "20 us", "samples": 10000},
-               "setpoints": {"load.current": "100 A"},
                "limits": {"peak_vds_utilisation": {"le": "100 %"}, "settled_vds_utilisation": {"le": "80 %"},
                           "blocked_current": {"le": "1 A"}}},
     # a 4S4P: the whole group s1 opens (one module alone leaves its peers carrying the string)
     "stress_group": {"check": "series_mosfet_stress", "source": "000_b9e4f7d000b6acbf.txt",
                      "parameters": {"load_current": "200 A", "load_s": "5 s", "interval": "20 us",
                                     "samples": 10000, "open_group": True},
-                     "setpoints": {"load.current": "200 A"},
                      "limits": {"peak_vds_utilisation": {"le": "100 %"}, "settled_vds_utilisation": {"le": "80 %"},
                                 "blocked_current": {"le": "1 A"}}},
     # ---------------------------------------------------------------- BMS communication (004)
@@ -92,7 +90,6 @@ STEPS: dict[str, dict[str, Any]] = {
     "silent_bms": {"check": "comm_loss_silent_bms", "source": "004_580db881af34243e.txt",
                    "parameters": {"load_current": "20 A", "observe_s": "40 s", "poll_s": "0.25 s",
                                   "silence_timeout": "3 s"},
-                   "setpoints": {"load.current": "20 A"},
                    "limits": {"bms_silence": {"le": "3 s"}, "silence_at_safe_state": {"le": "4 s"},
                               "outputs_off_after": {"equals": True}}},
     # ---------------------------------------------------------------- protections (001, DOMAIN.md 3)

@@ -10,7 +10,7 @@ import re
 from typing import Any, Sequence
 
 from instruments.roles import InstrumentError, Waveform
-from test_plans.checks import StepContext, check
+from test_plans.checks import Measure, Param, StepContext, check
 
 DIAG_REDUCED_CAPACITY = ("module not accepted by the BMS (004: inverter reports reduced capacity) "
                          "-- check CAN/RS485 order, firmware, protocol")
@@ -202,7 +202,8 @@ class TraceRows:
         return out
 
 
-@check("bms_identity")
+@check("bms_identity",
+       measures={"bms_firmware": Measure("", required=True, doc="CAN 0x35F major.minor")})
 def bms_identity(ctx: StepContext) -> None:
     """The BMS answers and reports the firmware the plan expects (000, 004: no mixed firmware)."""
     bms = ctx.bench.bms
@@ -210,7 +211,10 @@ def bms_identity(ctx: StepContext) -> None:
                 diagnosis=DIAG_REDUCED_CAPACITY)
 
 
-@check("module_ocv_match")
+@check("module_ocv_match",
+       params={"rest_s": Param("s")},
+       measures={"ocv_{module}": Measure("V", limit="module_ocv", required=True),
+                 "ocv_spread": Measure("V", required=True)})
 def module_ocv_match(ctx: StepContext) -> None:
     """Every module's open-circuit voltage and their spread (000: <= 0.1 V before paralleling)."""
     ctx.bench.clock.wait(float(ctx.param("rest_s", 1.0)))
@@ -221,7 +225,20 @@ def module_ocv_match(ctx: StepContext) -> None:
     ctx.measure("ocv_spread", spread, "V", ctx.limit("ocv_spread"), diagnosis=DIAG_MISMATCH)
 
 
-@check("configuration")
+@check("configuration",
+       params={"rest_s": Param("s")},
+       measures={"bank_voltage": Measure("V", required=True),
+                 "installed_capacity": Measure("Ah"),
+                 "online_capacity": Measure("Ah"),
+                 "configuration": Measure("", doc="NsMp of the DUT"),
+                 "nominal_voltage": Measure("V"),
+                 "nominal_capacity": Measure("Ah"),
+                 "nominal_energy": Measure("kWh"),
+                 "bank_voltage_deviation": Measure("%"),
+                 "capacity_deviation": Measure("%"),
+                 "energy": Measure("kWh", doc="nominal voltage x installed capacity"),
+                 "energy_deviation": Measure("%"),
+                 "modules_missing": Measure("", doc="DUT modules minus modules the BMS reports online")})
 def configuration(ctx: StepContext) -> None:
     """Bank voltage and the BMS-reported capacity match the DUT's NsMp configuration (000).
 
@@ -329,7 +346,20 @@ def _trace_sharing(ctx: StepContext, side: str, amps: float, currents: dict[str,
                       title=f"Branch currents at {amps:g} A {side} (+ = charging)")
 
 
-@check("current_sharing")
+@check("current_sharing",
+       params={"load_current": Param("A", setpoint="load.current"),
+               "charge_current": Param("A", setpoint="supply.current"),
+               "charge_voltage": Param("V", setpoint="supply.voltage", doc="default: the BMS's charge voltage limit"),
+               "settle_s": Param("s"),
+               "rest_s": Param("s", doc="between the load and the charge point")},
+       # {phase} is "" (load) or "charge_"; the specific patterns come before current_{branch}
+       measures={"imbalance": Measure("%", required=True),
+                 "charge_imbalance": Measure("%"),
+                 "{phase}shunt_total_error": Measure("A", limit="shunt_total_error"),
+                 "{phase}bms_current_error": Measure("A", limit="bms_current_error"),
+                 "{phase}bms_current": Measure("A"),
+                 "{phase}bank_current": Measure("A", doc="the instrument's own reading"),
+                 "{phase}current_{branch}": Measure("A", limit="{phase}branch_current")})
 def current_sharing(ctx: StepContext) -> None:
     """Per-branch currents from the shunts at a load (``load_current``) and, if the plan gives
     ``charge_current``, at a charge from the supply (CV ``charge_voltage``, default the BMS's

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from test_plans.checks import StepContext, check
+from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.basic import DIAG_OFFLINE, DIAG_REDUCED_CAPACITY, TraceRows
 from test_plans.checks.parallel import (DIAG_COUNTED, DIAG_STARTUP, _countable, connect_bank,
                                         module_reports, outputs_off)
@@ -119,7 +119,23 @@ class _BmsState:
 
 
 # ================================================================== (a) inverter heartbeat lost
-@check("comm_loss_heartbeat")
+@check("comm_loss_heartbeat",
+       params={"behaviour": Param(kind="any", doc="zero_limits, alarm, open_contactor: one or a list"),
+               "zero_current": Param("A", doc="a current limit at most this counts as zero"),
+               "poll_s": Param("s"),
+               "observe_s": Param("s"),
+               "recover_observe_s": Param("s")},
+       measures={"charge_limit_before": Measure("A"),
+                 "discharge_limit_before": Measure("A"),
+                 "normal_before": Measure("", doc="judged true unless the plan limits it"),
+                 "charge_limit_after_loss": Measure("A"),
+                 "discharge_limit_after_loss": Measure("A"),
+                 "comm_alarm_after_loss": Measure(""),
+                 "zero_limits_after": Measure("s"),
+                 "alarm_after": Measure("s"),
+                 "open_contactor_after": Measure("s"),
+                 "reaction_time": Measure("s", required=True),
+                 "recovery_time": Measure("s", required=True)})
 def comm_loss_heartbeat(ctx: StepContext) -> None:
     """The inverter goes quiet: the harness stops its keep-alive (CAN 0x305) and watches the BMS.
 
@@ -230,7 +246,27 @@ def _module_ratings(ctx: StepContext) -> tuple[float, float]:
     return float(ah), float(amps)
 
 
-@check("comm_loss_silent_module")
+@check("comm_loss_silent_module",
+       params={"module_capacity": Param("Ah", doc="one module's; default the DUT's"),
+               "module_discharge_limit": Param("A", doc="one module's; default the DUT's"),
+               "capacity_tolerance": Param("Ah"),
+               "limit_tolerance": Param("A"),
+               "inject": Param(kind="flag", doc="silence a module (else watch for one going silent)"),
+               "module": Param(kind="text", doc="position to silence, e.g. s3p1"),
+               "poll_s": Param("s"),
+               "observe_s": Param("s"),
+               "settle_s": Param("s"),
+               "hold_s": Param("s"),
+               "recover_observe_s": Param("s")},
+       measures={"modules_online_before": Measure(""),
+                 "online_capacity_before": Measure("Ah"),
+                 "silenced_module": Measure(""),
+                 "offline_detect_time": Measure("s"),
+                 "totals_drop_time": Measure("s", required=True),
+                 "modules_offline": Measure(""),
+                 "capacity_overcounted": Measure("Ah", required=True),
+                 "limit_overcounted": Measure("A", required=True),
+                 "recovery_time": Measure("s")})
 def comm_loss_silent_module(ctx: StepContext) -> None:
     """A module stops talking to its master (004: one module stays offline; combined limits only
     for modules online and accepted).
@@ -366,7 +402,17 @@ def _trace_silent_module(ctx: StepContext, rows: TraceRows, marks: dict[str, flo
 
 
 # ================================================================== (c) a silent BMS
-@check("comm_loss_silent_bms")
+@check("comm_loss_silent_bms",
+       params={"silence_timeout": Param("s"),
+               "load_current": Param("A", setpoint="load.current"),
+               "poll_s": Param("s"),
+               "observe_s": Param("s")},
+       measures={"silence_timeout": Measure("s"),
+                 "load_current_watched": Measure("A"),
+                 "bms_silence": Measure("s", required=True, doc="the longest silence seen"),
+                 "silence_at_safe_state": Measure("s", required=True),
+                 "outputs_off_after": Measure("", required=True),
+                 "safe_state_by": Measure("")})
 def comm_loss_silent_bms(ctx: StepContext) -> None:
     """The BMS goes quiet: the harness must notice and make the bench safe by itself.
 
@@ -432,7 +478,19 @@ def comm_loss_silent_bms(ctx: StepContext) -> None:
 
 
 # ================================================================== aggregation at rest
-@check("aggregation")
+@check("aggregation",
+       params={"module_capacity": Param("Ah", doc="one module's; default the DUT's"),
+               "module_discharge_limit": Param("A", doc="one module's; default the DUT's"),
+               "settle_s": Param("s")},
+       measures={"installed_capacity": Measure("Ah"),
+                 "installed_capacity_error": Measure("Ah", doc="against the DUT's nameplate"),
+                 "online_capacity": Measure("Ah"),
+                 "discharge_limit": Measure("A"),
+                 "capacity_overcounted": Measure("Ah", required=True),
+                 "capacity_not_counted": Measure("Ah"),
+                 "limit_overcounted": Measure("A", required=True),
+                 "limit_shortfall": Measure("A"),
+                 "modules_missing": Measure("")})
 def aggregation(ctx: StepContext) -> None:
     """004: "reports combined limits only for modules that are online and accepted"; the inverter
     reading reduced capacity means a module not accepted. At rest (``settle_s``): installed
@@ -476,7 +534,14 @@ def aggregation(ctx: StepContext) -> None:
 
 
 # ================================================================== end of line: comm health
-@check("bms_comm_health")
+@check("bms_comm_health",
+       params={"observe_s": Param("s")},
+       measures={"bms_silence": Measure("s", required=True),
+                 "malformed_frames": Measure("", required=True),
+                 "manufacturer": Measure(""),
+                 "bms_firmware": Measure("", required=True),
+                 "serial": Measure(""),
+                 "master_firmware": Measure("", doc="SunSpec model 1 Vr")})
 def bms_comm_health(ctx: StepContext) -> None:
     """The BMS talks and is understood (end of line): over ``observe_s`` the longest silence
     (``bms_silence``), malformed frames received (``malformed_frames``: unknown ID, wrong DLC,

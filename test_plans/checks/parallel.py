@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from instruments.roles import Waveform
-from test_plans.checks import StepContext, check
+from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.basic import (DIAG_FUSE, DIAG_MISMATCH, DIAG_OFFLINE,
                                      DIAG_REDUCED_CAPACITY, TraceRows, _natural, bms_alarm_note,
                                      bms_now, bms_read, branch_contactors, connect_bank, outputs_off,
@@ -296,7 +296,52 @@ def _counts(ctx: StepContext, reports: dict[str, ModuleReport] | None) -> None:
                     f"DUT is {dut.series}S{dut.parallel}P)")
 
 
-@check("pre_parallel_match")
+# what the helpers above read and record, merged into the declaration of each check calling them
+ISOLATION_PARAMS: dict[str, Param] = {
+    "isolation_current": Param("A", setpoint="load.current", doc="light load no open branch may carry"),
+    "isolation_s": Param("s"),
+}
+ISOLATION_MEASURES: dict[str, Measure] = {
+    "open_current_{branch}": Measure("A", limit="open_branch_current"),
+}
+OCV_MEASURES: dict[str, Measure] = {
+    "ocv_{module}": Measure("V", limit="module_ocv", required=True),
+    "ocv_spread": Measure("V", required=True, doc="worst per series position"),
+}
+ACIR_MEASURES: dict[str, Measure] = {
+    "acir_{module}": Measure("ohm", limit="acir"),
+    "acir_delta": Measure("ohm", doc="against acir_reference"),
+}
+SOC_MEASURES: dict[str, Measure] = {
+    "soc_{module}": Measure("%"),
+    "soc_spread": Measure("%", required=True, doc="worst per series position"),
+}
+IDENTITY_MEASURES: dict[str, Measure] = {
+    "reported_model": Measure(""),
+    "reported_manufacturer": Measure(""),
+    "reported_type": Measure("", doc="SunSpec 802 Typ"),
+    "model_match": Measure("", required=True),
+    "firmware_match": Measure("", required=True),
+    "chemistry_match": Measure("", required=True),
+    "serial_{module}": Measure(""),
+    "batch_mismatches": Measure("", required=True),
+    "soh_{module}": Measure("%"),
+    "soh_spread": Measure("%", required=True),
+}
+COUNT_MEASURES: dict[str, Measure] = {
+    "parallel_count": Measure("", required=True),
+    "series_count": Measure("", required=True),
+    "count_match": Measure("", required=True, doc="BMS counts equal the DUT's NsMp"),
+}
+
+
+@check("pre_parallel_match",
+       params={"rest_s": Param("s"),
+               **ISOLATION_PARAMS,
+               "acir_reference": Param("ohm", doc="AC-IR the meter's module is compared with"),
+               "close_gap_s": Param("s", doc="between re-closing contactors")},
+       measures={**ISOLATION_MEASURES, **OCV_MEASURES, **ACIR_MEASURES, **SOC_MEASURES,
+                 **IDENTITY_MEASURES, **COUNT_MEASURES})
 def pre_parallel_match(ctx: StepContext) -> None:
     """Before the parallel bus is closed (000, 001, 002, 003, 004).
 
@@ -331,7 +376,7 @@ def pre_parallel_match(ctx: StepContext) -> None:
                 bench.clock.wait(float(ctx.param("close_gap_s", 0.5)))
 
 
-@check("module_identity")
+@check("module_identity", measures={**IDENTITY_MEASURES, **COUNT_MEASURES})
 def module_identity(ctx: StepContext) -> None:
     """004 commissioning step 1: each module's model, voltage class, chemistry and the allowed
     parallel count, from the BMS against the DUT (nothing is switched)."""
@@ -340,7 +385,10 @@ def module_identity(ctx: StepContext) -> None:
     _counts(ctx, reports)
 
 
-@check("soc_alignment")
+@check("soc_alignment",
+       params={"rest_s": Param("s")},
+       measures={**SOC_MEASURES,
+                 "ocv_spread": Measure("V", required=True)})
 def soc_alignment(ctx: StepContext) -> None:
     """004 commissioning step 2 (002: SOC within 5 % before parallel connection): per-module SOC
     spread from the BMS and, at rest, the module voltage spread."""
@@ -372,7 +420,22 @@ def inrush_figures(amps: list[float], interval_s: float, threshold_a: float) -> 
     return peak, i2t, (last + 1) * interval_s, True
 
 
-@check("parallel_inrush")
+@check("parallel_inrush",
+       params={"dmm": Param(kind="text", doc="digitiser on a branch shunt (channel map)"),
+               "rest_s": Param("s"),
+               **ISOLATION_PARAMS,
+               "close_on_mismatch": Param(kind="flag", doc="close even if delta_v fails"),
+               "interval": Param("s", doc="digitiser sample interval"),
+               "samples": Param(kind="count"),
+               "settle_threshold": Param("A")},
+       measures={**ISOLATION_MEASURES,
+                 "branch_voltage_{branch}": Measure("V"),
+                 "bus_voltage": Measure("V"),
+                 "delta_v": Measure("V", required=True),
+                 "contactor_closed": Measure(""),
+                 "peak_current": Measure("A", required=True),
+                 "inrush_i2t": Measure("A2s", required=True),
+                 "settle_time": Measure("s", required=True)})
 def parallel_inrush(ctx: StepContext) -> None:
     """The equalising surge when a module joins the bank (000, 001: it can weld contactors and
     trip BMSs; DOMAIN.md: 0.1 V alone gives ~10-15 A).
@@ -440,7 +503,13 @@ def parallel_inrush(ctx: StepContext) -> None:
 
 
 # ================================================================== circulating current
-@check("circulating_current")
+@check("circulating_current",
+       params={"load_current": Param("A", setpoint="load.current"),
+               "load_s": Param("s"),
+               "rest_s": Param("s")},
+       measures={"rest_current_{branch}": Measure("A"),
+                 "circulating_current": Measure("A", required=True, doc="largest |branch current|"),
+                 "rest_current_sum": Measure("A", required=True, doc="|sum| over the first group")})
 def circulating_current(ctx: StepContext) -> None:
     """Modules exchanging current at rest (004): after ``load_current`` for ``load_s`` (if given)
     the load is removed and after ``rest_s`` every branch current should be near zero."""
@@ -518,7 +587,29 @@ def _delta_v(module: str, reports: dict[str, ModuleReport], exclude: list[str] |
     return own - sum(peers) / len(peers)
 
 
-@check("bms_sync_gating")
+@check("bms_sync_gating",
+       params={"observe_s": Param("s"),
+               "safe_delta_v": Param("V"),
+               "align_current": Param("A", setpoint="supply.current", doc="also the load's when discharging"),
+               "align_s": Param("s"),
+               "rest_s": Param("s"),
+               "admit_s": Param("s"),
+               "sample_s": Param("s"),
+               "max_steps": Param(kind="count"),
+               "charge_voltage": Param("V", setpoint="supply.voltage")},
+       measures={"modules_online": Measure(""),
+                 "modules_offline": Measure("", required=True),
+                 "modules_pending_start": Measure(""),
+                 "pending_{module}_delta_v": Measure("V"),
+                 "pending_{module}_delta_v_final": Measure("V"),
+                 "capacity_overcounted": Measure("Ah", required=True),
+                 "pending_limit_counted": Measure("A", required=True),
+                 "alignment_charge": Measure("Ah", required=True),
+                 "modules_pending_end": Measure("", required=True),
+                 "online_capacity": Measure("Ah"),
+                 "capacity_not_counted": Measure("Ah", required=True),
+                 "discharge_limit": Measure("A"),
+                 "discharge_limit_shortfall": Measure("A", required=True)})
 def bms_sync_gating(ctx: StepContext) -> None:
     """Master/slave BMS sync (004): a module whose voltage is too far from the bank stays
     pending -- not counted in capacity or limits -- until the difference is safe; once admitted
@@ -652,7 +743,22 @@ def thermocouple_kinds(points: list[str]) -> dict[str, list[str]]:
     return {k: sorted(v, key=_natural) for k, v in kinds.items()}
 
 
-@check("thermal_rise")
+@check("thermal_rise",
+       params={"load_current": Param("A", setpoint="load.current"),
+               "duration_s": Param("s"),
+               "sample_s": Param("s")},
+       measures={"load_current_measured": Measure("A"),
+                 # rise_<point>: point names hold '.', '+', '-' (s1p1.+, bus.pos.1, g1.bus.pos.1)
+                 "rise_{module}.+": Measure("K"),
+                 "rise_{module}.-": Measure("K"),
+                 "rise_{segment}bus{rest}": Measure("K"),
+                 "rise_{segment}bus.{polarity}.{k}": Measure("K"),
+                 "rise_{group}.bus.{polarity}.{k}": Measure("K"),
+                 "busbar_rise": Measure("K", required=True),
+                 "terminal_rise": Measure("K", required=True),
+                 "terminal_excess": Measure("K", required=True, doc="terminal above its own module body"),
+                 "temperature_{module}": Measure("degC"),
+                 "module_spread": Measure("K", required=True)})
 def thermal_rise(ctx: StepContext) -> None:
     """Temperatures at the bank's rated current (``load_current`` for ``duration_s``).
 
@@ -742,7 +848,24 @@ def _trace_thermal(ctx: StepContext, rows: TraceRows, kinds: dict[str, list[str]
 
 
 # ================================================================== SOC drift
-@check("soc_drift")
+@check("soc_drift",
+       params={"discharge_current": Param("A", setpoint="load.current"),
+               "discharge_s": Param("s"),
+               "charge_current": Param("A", setpoint="supply.current"),
+               "charge_voltage": Param("V", setpoint="supply.voltage"),
+               "charge_s": Param("s"),
+               "rest_s": Param("s"),
+               "cycles": Param(kind="count"),
+               "sample_s": Param("s")},
+       measures={"soc_spread_start": Measure("%", required=True),
+                 "soc_spread_discharged_{cycle}": Measure("%"),
+                 "soc_spread_cycle_{cycle}": Measure("%"),
+                 "discharged_ah_{cycle}": Measure("Ah"),
+                 "charged_ah_{cycle}": Measure("Ah"),
+                 "bms_soc_{cycle}": Measure("%"),
+                 "soc_spread_max": Measure("%", required=True),
+                 "soc_spread_growth": Measure("%", doc="after the last cycle minus after the first"),
+                 "bms_soc_error": Measure("%", required=True, doc="BMS SOC change vs coulomb count")})
 def soc_drift(ctx: StepContext) -> None:
     """SOC drift over repeated charge/discharge cycles (004: "SOC drifts after each cycle ->
     initial SOC mismatch or weak module"; 002: SOC within 5 %).
@@ -834,7 +957,13 @@ def _trace_modules(ctx: StepContext, rows: TraceRows, name: str, title: str) -> 
 
 
 # ================================================================== commissioning (004)
-@check("bank_at_rest")
+@check("bank_at_rest",
+       params={"open_main": Param(kind="flag"),
+               "rest_s": Param("s")},
+       measures={"load_on": Measure("", required=True),
+                 "supply_on": Measure("", required=True),
+                 "main_closed": Measure(""),
+                 "bank_current": Measure("A", required=True)})
 def bank_at_rest(ctx: StepContext) -> None:
     """004 commissioning step 3: inverter, PV, charger and loads off before wiring. The load and
     the supply are switched off and must report off; with ``open_main`` the main disconnect is
@@ -856,7 +985,11 @@ def bank_at_rest(ctx: StepContext) -> None:
                 diagnosis=DIAG_MISMATCH)
 
 
-@check("polarity")
+@check("polarity",
+       params={"bank": Param(kind="flag", doc="also the bank voltage at the load terminals")},
+       measures={"ocv_{module}": Measure("V", limit="module_ocv", required=True),
+                 "reversed_modules": Measure("", required=True),
+                 "bank_voltage": Measure("V")})
 def polarity(ctx: StepContext) -> None:
     """004 commissioning step 4: polarity of every module and of the bank. Each module's
     terminal voltage must lie in ``module_ocv`` (a reversed module reads negative); the count of
@@ -872,7 +1005,15 @@ def polarity(ctx: StepContext) -> None:
                     diagnosis=DIAG_POLARITY)
 
 
-@check("branch_protection")
+@check("branch_protection",
+       params={"load_current": Param("A", setpoint="load.current"),
+               "settle_s": Param("s")},
+       measures={"branch_fuse_rating": Measure("A"),
+                 "main_fuse_rating": Measure("A"),
+                 "branch_fuse_margin": Measure("A", required=True),
+                 "main_fuse_margin": Measure("A", required=True),
+                 "current_{branch}": Measure("A"),
+                 "branch_min_share": Measure("%")})
 def branch_protection(ctx: StepContext) -> None:
     """004 commissioning step 5, 000/003/004 sizing: a fuse or breaker per module positive lead,
     sized for the module's current; shared hardware for the whole bank's.
@@ -915,7 +1056,14 @@ def branch_protection(ctx: StepContext) -> None:
                 diagnosis=f"{DIAG_FUSE}; {DIAG_OFFLINE}" + bms_alarm_note(bench))
 
 
-@check("bms_network")
+@check("bms_network",
+       params={"observe_s": Param("s")},
+       measures={"bms_silence": Measure("s", required=True),
+                 "bms_firmware": Measure("", required=True),
+                 "modules_missing": Measure("", required=True),
+                 "modules_offline": Measure("", required=True),
+                 "modules_visible_missing": Measure("", required=True),
+                 "duplicate_serials": Measure("", required=True)})
 def bms_network(ctx: StepContext) -> None:
     """004 commissioning steps 8-10: BMS communication in order, addresses set, every module
     visible. Watched for ``observe_s``: the BMS keeps talking (``bms_silence``), reports every
@@ -950,7 +1098,14 @@ def bms_network(ctx: StepContext) -> None:
                 diagnosis=DIAG_OFFLINE)
 
 
-@check("main_disconnect")
+@check("main_disconnect",
+       params={"settle_s": Param("s")},
+       measures={"bms_alarms": Measure("", required=True),
+                 "capacity_not_counted": Measure("Ah", required=True),
+                 "charge_enable": Measure("", required=True),
+                 "discharge_enable": Measure("", required=True),
+                 "main_closed": Measure("", required=True),
+                 "bank_voltage": Measure("V")})
 def main_disconnect(ctx: StepContext) -> None:
     """004 commissioning step 11: close the main battery disconnect only after BMS status is
     normal -- no alarm, every module admitted (capacity counted = installed), charge and
@@ -982,7 +1137,15 @@ def main_disconnect(ctx: StepContext) -> None:
                     diagnosis=DIAG_OFFLINE)
 
 
-@check("inverter_recognition")
+@check("inverter_recognition",
+       params={"observe_s": Param("s")},
+       measures={"keepalive_on": Measure("", required=True),
+                 "bms_silence": Measure("s", required=True),
+                 "bms_identity": Measure(""),
+                 "charge_current_limit": Measure("A", required=True),
+                 "discharge_current_limit": Measure("A", required=True),
+                 "charge_voltage_limit": Measure("V", required=True),
+                 "discharge_voltage_limit": Measure("V", required=True)})
 def inverter_recognition(ctx: StepContext) -> None:
     """004 commissioning step 12: the inverter (the harness) recognises the battery: its
     keep-alive runs, the BMS answers within ``bms_silence``, publishes non-zero charge and
@@ -1010,7 +1173,12 @@ def _groups_of(bench: Any) -> dict[str, list[str]]:
     return series_groups(branch_contactors(bench))
 
 
-@check("group_assembly")
+@check("group_assembly",
+       params={"rest_s": Param("s"),
+               "close_gap_s": Param("s", doc="after closing each branch")},
+       measures={"delta_v_{branch}": Measure("V", limit="delta_v", required=True),
+                 "group_voltage_{group}": Measure("V", limit="group_voltage"),
+                 "branches_left_open": Measure("", required=True)})
 def group_assembly(ctx: StepContext) -> None:
     """000: "four parallel groups should be built first (the single cell is expanded from 1P to
     4P at each series position)". The main contactor and every branch contactor are opened;
@@ -1048,7 +1216,13 @@ def group_assembly(ctx: StepContext) -> None:
                 diagnosis=f"{DIAG_STARTUP}" + (f" ({', '.join(left_open)})" if left_open else ""))
 
 
-@check("group_voltage_match")
+@check("group_voltage_match",
+       params={"settle_s": Param("s")},
+       measures={"group_voltage_{group}": Measure("V"),
+                 "group_spread": Measure("V", required=True),
+                 "main_closed": Measure(""),
+                 "series_voltage": Measure("V"),
+                 "series_voltage_error": Measure("V", required=True, doc="string minus the sum of the groups")})
 def group_voltage_match(ctx: StepContext) -> None:
     """000: "the voltage balance between the groups should be confirmed, and then the series
     connection should be performed". Group voltages (mean terminal voltage of each series
@@ -1076,7 +1250,14 @@ def group_voltage_match(ctx: StepContext) -> None:
                 ctx.limit("series_voltage_error"), diagnosis=DIAG_POLARITY)
 
 
-@check("as_built_layout")
+@check("as_built_layout",
+       params={"busbar_above": Param("A", doc="rated bank current above which busbars are needed")},
+       measures={"lead_length_spread": Measure("m", required=True),
+                 "lead_section_spread": Measure("mm2", required=True),
+                 "diagonal_takeoff": Measure("", required=True),
+                 "rated_bank_current": Measure("A"),
+                 "bus_kind": Measure(""),
+                 "busbar_where_needed": Measure("", required=True)})
 def as_built_layout(ctx: StepContext) -> None:
     """004 commissioning steps 6-7, 000, 001, 003: the bank as built, from its record (the DUT
     file) -- equal-length, equal-gauge module leads (000: even 15 cm matters at 200 A+; figures

@@ -30,7 +30,7 @@ import math
 from typing import Any, Callable
 
 from harness.measure import Limits
-from test_plans.checks import StepContext, check
+from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.basic import TraceRows
 from test_plans.checks.bms_comm import state_client
 from test_plans.checks.parallel import connect_bank, outputs_off
@@ -133,7 +133,54 @@ def _temperature(bench: Any) -> float:
     return float(state_client(bench).telemetry().temperature_c)
 
 
-@check("protection_trip")
+# A parameter declares one instrument: trip_current and below_current are rated as the load's
+# (the supply's for charge_over_current), recovery_current and probe_current as the supply's
+# (the load's after an over-voltage cut / for a discharge protection).
+@check("protection_trip",
+       params={"protection": Param(kind="text", doc="over_voltage, under_voltage, charge_over_current, "
+                                                    "discharge_over_current, short_circuit, over_temperature"),
+               "recover": Param(kind="flag", doc="measure the recovery after a trip (default true)"),
+               "rest_s": Param("s"),
+               "charge_voltage": Param("V", setpoint="supply.voltage", doc="CV of a charge drive"),
+               "charge_current": Param("A", setpoint="supply.current"),
+               "load_current": Param("A", setpoint="load.current"),
+               "trip_current": Param("A", setpoint="load.current", doc="the over-current step"),
+               "below_current": Param("A", setpoint="load.current", doc="a step that must not trip"),
+               "below_s": Param("s"),
+               "between_s": Param("s"),
+               "cut_current": Param("A", doc="below this the drive counts as cut"),
+               "threshold": Param("V", doc="nominal cell trip voltage"),
+               "approach": Param("V", doc="cell voltage from which poll_s applies"),
+               "max_temperature": Param("degC", doc="charge temperature limit"),
+               "poll_s": Param("s"),
+               "coarse_poll_s": Param("s"),
+               "observe_s": Param("s"),
+               "alarm_s": Param("s"),
+               "recover_observe_s": Param("s"),
+               "recover_poll_s": Param("s"),
+               "recovery_voltage": Param("V", setpoint="supply.voltage"),
+               "recovery_current": Param("A", setpoint="supply.current"),
+               "probe_current": Param("A", setpoint="supply.current", doc="must flow again after recovery"),
+               "probe_s": Param("s")},
+       measures={"drive_current": Measure("A", doc="last current before the cut"),
+                 "below_current": Measure("A"),
+                 "no_trip_below": Measure(""),
+                 "trip_current": Measure("A"),
+                 "module_temperature": Measure("degC"),
+                 "trip_expected": Measure(""),
+                 "charge_current_drawn": Measure("A"),
+                 "protection_correct": Measure("", doc="cut exactly when above max_temperature"),
+                 "tripped": Measure(""),
+                 "trip_cell_voltage": Measure("V"),
+                 "trip_temperature": Measure("degC"),
+                 "trip_delay": Measure("s", required=True),
+                 "alarms": Measure(""),
+                 "alarm_raised": Measure("", required=True),
+                 "current_after_trip": Measure("A", required=True),
+                 "alarm_cleared": Measure(""),
+                 "recovery_time": Measure("s"),
+                 "probe_current_after": Measure("A"),
+                 "conducts_after_recovery": Measure("")})
 def protection_trip(ctx: StepContext) -> None:
     """Provoke one protection of a module's BMS (``protection``: over_voltage, under_voltage,
     charge_over_current, discharge_over_current, short_circuit, over_temperature) and measure
@@ -374,7 +421,12 @@ def _recovery(ctx: StepContext, protection: str, alarm: str) -> None:
 
 
 # ================================================================== balancing (end of line)
-@check("cell_balance")
+@check("cell_balance",
+       params={"rest_s": Param("s")},
+       measures={"max_cell_voltage": Measure("V"),
+                 "min_cell_voltage": Measure("V"),
+                 "cell_spread": Measure("V", required=True),
+                 "cells_balancing": Measure("", doc="SunSpec 805 NCellBal, summed")})
 def cell_balance(ctx: StepContext) -> None:
     """Cell balance as the BMS reports it (end of line): after ``rest_s`` the spread between the
     highest and lowest cell voltage (``cell_spread``; SunSpec 802 CellVMax/CellVMin, else CAN
@@ -403,7 +455,13 @@ def cell_balance(ctx: StepContext) -> None:
                           "BMS balancing settings")
 
 
-@check("module_acir")
+@check("module_acir",
+       params={"rest_s": Param("s"),
+               "acir_reference": Param("ohm", doc="the batch figure")},
+       measures={"acir": Measure("ohm", required=True),
+                 "acir_delta": Measure("ohm", doc="against acir_reference"),
+                 "acir_voltage_error": Measure("V", doc="meter against scanner: leads on the terminals"),
+                 "acir_{module}": Measure("ohm", limit="acir", doc="the same reading, named by module")})
 def module_acir(ctx: StepContext) -> None:
     """1 kHz AC internal resistance of the module the AC-IR meter's leads are on (end of line;
     003: IR within +-3 mohm of the batch; module datasheets: <= 20 mohm): ``acir`` against the

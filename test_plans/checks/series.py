@@ -32,7 +32,7 @@ import math
 from typing import Any
 
 from instruments.roles import Waveform
-from test_plans.checks import StepContext, check
+from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.basic import DIAG_REDUCED_CAPACITY, _natural, waveform_columns
 from test_plans.checks.parallel import (ModuleReport, connect_bank, module_position, module_reports,
                                         outputs_off)
@@ -121,7 +121,15 @@ def _delta_to_peers(module: str, reports: dict[str, ModuleReport], exclude: set[
     return own - sum(peers) / len(peers)
 
 
-@check("firmware_consistency")
+@check("firmware_consistency",
+       params={"settle_s": Param("s"),
+               "admission_delta_v": Param("V", doc="a held-back module this close to its peers points at firmware")},
+       measures={"bms_firmware": Measure("", doc="CAN 0x35F major.minor"),
+                 "master_firmware": Measure("", doc="SunSpec model 1 Vr"),
+                 "as_built_versions": Measure("", required=True),
+                 "capacity_not_counted": Measure("Ah"),
+                 "delta_v_{module}": Measure("V", doc="a held-back module against its series-position peers"),
+                 "strings_not_admitted": Measure("", required=True)})
 def firmware_consistency(ctx: StepContext) -> None:
     """One BMS firmware across the string and the bank (000, 004).
 
@@ -184,7 +192,13 @@ def firmware_consistency(ctx: StepContext) -> None:
 
 
 # ================================================================== MOSFET rating: static
-@check("series_mosfet_rating")
+@check("series_mosfet_rating",
+       params={"vds_rating": Param("V", doc="default: the DUT's module data"),
+               "string_max_voltage": Param("V", doc="default: series x cells x cell OVP threshold")},
+       measures={"series_count": Measure(""),
+                 "string_max_voltage": Measure("V"),
+                 "vds_rating": Measure("V", required=True),
+                 "vds_rating_ratio": Measure("", required=True, doc="rating / string_max_voltage")})
 def series_mosfet_rating(ctx: StepContext) -> None:
     """000's design rule, before anything is stacked: the BMS switch's Vds rating (``vds_rating``)
     at least 000's 60 V, and its ratio to the string's highest voltage (``vds_rating_ratio`` =
@@ -202,7 +216,29 @@ def series_mosfet_rating(ctx: StepContext) -> None:
 
 
 # ================================================================== MOSFET stress: dynamic
-@check("series_mosfet_stress")
+@check("series_mosfet_stress",
+       params={"dmm": Param(kind="text", doc="digitiser across the switch, default dmm_vds"),
+               "open_group": Param(kind="flag", doc="open every module of the series position"),
+               "vds_rating": Param("V", doc="default: the DUT's module data"),
+               "load_current": Param("A", setpoint="load.current"),
+               "interval": Param("s", doc="digitiser sample interval"),
+               "samples": Param(kind="count"),
+               "rest_s": Param("s"),
+               "load_s": Param("s"),
+               "block_s": Param("s"),
+               "settled_fraction": Param(kind="number", doc="last share of the capture averaged, 0..1"),
+               "open_threshold": Param("V", doc="a peak below this: the switch did not open"),
+               "recover_s": Param("s")},
+       measures={"string_voltage_rest": Measure("V"),
+                 "vds_rating": Measure("V"),
+                 "load_current_before": Measure("A"),
+                 "string_voltage_load": Measure("V"),
+                 "switch_module": Measure(""),
+                 "peak_vds": Measure("V"),
+                 "settled_vds": Measure("V"),
+                 "peak_vds_utilisation": Measure("%", required=True),
+                 "settled_vds_utilisation": Measure("%", required=True),
+                 "blocked_current": Measure("A", required=True)})
 def series_mosfet_stress(ctx: StepContext) -> None:
     """000: a fault disconnect in a series string puts the string's voltage across one BMS switch.
 
