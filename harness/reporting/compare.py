@@ -55,7 +55,8 @@ __all__ = [
 KINDS = ("regression", "improvement", "changed", "only_in_a", "only_in_b", "same")
 _RANK = {kind: rank for rank, kind in enumerate(KINDS)}
 DEFAULT_REL_TOL = 0.05
-BAD = frozenset({"fail", "error", "unfinished"})  # "unfinished": no verdict (killed, running)
+BAD = frozenset({"fail", "error", "aborted", "unfinished"})  # "unfinished": no verdict (killed, running)
+# "recorded" (no limit) is neither: a move to or from it is a change, never a pass
 GOOD = frozenset({"pass", "marginal"})
 DEFAULT_OUT = REPO / "reports" / "compare"
 DEFAULT_ALLUREDIR = REPO / "reports" / "allure-results"

@@ -27,7 +27,7 @@ CATEGORIES: list[dict[str, Any]] = [
      "messageRegex": f"{ANY}(BMS stopped reporting|keep-alive|heartbeat|offline|silent|no CAN|"
                      f"SunSpec|Modbus|CAN frame|communication){ANY}"},
     {"name": "Instrument fault", "matchedStatuses": ["broken"],
-     "messageRegex": f"{ANY}(InstrumentError|VisaIOError|SYST:ERR|instrument|[Tt]imed? ?out){ANY}"},
+     "messageRegex": f"{ANY}(InstrumentError|VisaIOError|SYST:ERR|StepTimeout|instrument|[Tt]imed? ?out){ANY}"},
     {"name": "DUT out of specification", "matchedStatuses": ["failed"]},
     {"name": "Harness error", "matchedStatuses": ["broken"]},
 ]

@@ -17,8 +17,8 @@ from typing import Any
 
 from harness.store import MeasurementRecord, ResultStore
 
-VERDICT_COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#9a6700", "skipped": "#57606a",
-                  "marginal": "#9a6700"}
+VERDICT_COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#8250df", "skipped": "#57606a",
+                  "marginal": "#9a6700", "recorded": "#0969da", "aborted": "#bc4c00"}
 
 
 @dataclass
@@ -75,7 +75,8 @@ def requirements(store: ResultStore, run_id: int, run_dir: Path | None) -> list[
         out.append(Requirement(
             step.name, step.check or "", meta.get("description") or step.name.replace("_", " "),
             list(meta.get("source") or []), step.verdict or "not run", taken,
-            [f"{m.name}: {m.diagnosis}" for m in taken if m.verdict in ("fail", "error") and m.diagnosis],
+            [f"{m.name}: {m.diagnosis}" for m in taken if m.verdict in ("fail", "error") and m.diagnosis]
+            + ([step.error] if step.verdict in ("error", "aborted") and step.error else []),
             plots.get(step.name, [])))
     return out
 
