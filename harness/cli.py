@@ -18,16 +18,20 @@ and summary page), ``compare`` (two runs, regressions first).
 
 from __future__ import annotations
 
-import emulator  # noqa: F401  (one BLAS thread, before numpy: see emulator/__init__.py)
-
 import argparse
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
-from emulator.files import FileError
-
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (and SIGINT) anywhere in ``hil`` -- while importing, assembling, after a run's
+    teardown -- unwinds as KeyboardInterrupt, so every interrupt ends with exit status 130 and no
+    traceback. The run's own safety supervisor takes over while a bench is assembled."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -124,6 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if threading_main():
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if "--debug" in (argv if argv is not None else sys.argv[1:]):
+            raise
+        print("hil: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    import emulator  # noqa: F401  (one BLAS thread, before numpy: see emulator/__init__.py)
+    from emulator.files import FileError
+
     parser = build_parser()
     argv = list(argv) if argv is not None else sys.argv[1:]
     if not argv:

@@ -33,6 +33,8 @@ class BenchClock(ABC):
     def __init__(self) -> None:
         self._duties: list[_Duty] = []
         self._deadline: tuple[float, str] | None = None
+        # raises a pending interrupt whose exception was swallowed (harness/supervisor.py)
+        self.interrupt_check: Callable[[], None] | None = None
 
     @abstractmethod
     def now(self) -> float: ...
@@ -43,6 +45,8 @@ class BenchClock(ABC):
         self._deadline = None if at_s is None else (at_s, what)
 
     def _check_deadline(self) -> None:
+        if self.interrupt_check is not None:
+            self.interrupt_check()
         if self._deadline is not None and self.now() >= self._deadline[0] - 1e-9:
             raise StepTimeout(self._deadline[1] or "step timeout")
 
@@ -138,6 +142,8 @@ class VirtualClock(BenchClock):
             chunk = min(target - self.now(), max(self._next_duty_in(), 1e-6))
             self._bench.advance(chunk, max_step=resolution_s or 1.0)
             self._run_due()
+            if self.interrupt_check is not None:
+                self.interrupt_check()
         if self._deadline is not None:
             self._check_deadline()
 

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -205,12 +206,14 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
     ctx = _ctx(request.config)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     store = ResultStore(ctx.results_url)
+    # a run on this host whose process died (SIGKILL, power) is closed as ABORTED first
+    store.abort_dead_runs(HOST, _pid_alive)
     run_id = store.start_run(station=ctx.station.name, operator=ctx.operator,
                              plan_name=ctx.plan.name, plan_version=str(ctx.plan.version),
                              plan_hash=ctx.plan_hash, harness_version=_version(),
                              emulated=bool(ctx.station.emulated), uuid=ctx.run_uuid,
-                             extra=_run_extra(ctx))
-    assembled = assemble(ctx.station, ctx.dut_arg, ctx.scenario, seed=ctx.seed, log_dir=ctx.run_dir)
+                             extra={**_run_extra(ctx), "host": HOST, "pid": os.getpid()})
+    assembled = _assemble_or_close(ctx, store, run_id, assemble)
     bench = assembled.bench
     modules = [{"position": pos, "serial": entry.serial, "firmware": entry.firmware}
                for pos, entry in ctx.dut_spec.dut.modules.items()]
@@ -224,6 +227,9 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
         instruments["bms"] = bench.bms
     supervisor = SafetySupervisor(instruments, bench.clock.now, record)
     supervisor.install_signal_handlers()
+    bench.clock.interrupt_check = supervisor.check_interrupt
+    for instrument in instruments.values():
+        instrument.before_io = supervisor.check_interrupt
     if not bench.emulated:
         supervisor.start_watchdog(5.0, lambda role, inst: inst.identity())
     session = Session(ctx, assembled, supervisor, store, run_id)
@@ -236,10 +242,11 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
         _report_environment(session, identities)
         yield session
     finally:
+        if supervisor.interrupt is not None and ctx.aborted is None:
+            ctx.aborted = supervisor.interrupt
+        supervisor.acknowledge_interrupt()  # the run is unwinding: no second KeyboardInterrupt
         supervisor.stop_watchdog()
         supervisor.safe_state(supervisor.tripped or "end of session")
-        if supervisor.tripped == "SIGTERM" and ctx.aborted is None:
-            ctx.aborted = "SIGTERM"
         if ctx.aborted is not None and ctx.running is not None:
             name, step_id = ctx.running
             ctx.verdicts[name] = "aborted"
@@ -252,9 +259,51 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
         try:
             store.finish_run(run_id, verdict)
         finally:
-            supervisor.restore_signal_handlers()
             assembled.close()
+            supervisor.close()  # instruments closed: a late Ctrl-C has nothing to make safe
+            supervisor.restore_signal_handlers()
             _report_closing(session)
+
+
+HOST = socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process with this id exists on this host (signal 0 probes, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _assemble_or_close(ctx: RunContext, store: Any, run_id: int, assemble: Any) -> Any:
+    """Assemble the bench; if that fails the run is closed in the store, never left open.
+
+    A file error found only now (a scenario naming a module the DUT does not have) is still a
+    bad file: one line and exit status 2, as at validation -- nothing was energised.
+    """
+    try:
+        return assemble(ctx.station, ctx.dut_arg, ctx.scenario, seed=ctx.seed, log_dir=ctx.run_dir)
+    except FileError as err:
+        store.record_event(run_id, "error", f"bad file: {err}")
+        store.finish_run(run_id, "error")
+        sys.stderr.write(f"{err}\n")
+        sys.stderr.flush()
+        os._exit(2)
+    except KeyboardInterrupt:
+        ctx.aborted = ctx.run_verdict = "aborted"
+        store.record_event(run_id, "aborted", "interrupted while the bench was assembled")
+        store.finish_run(run_id, "aborted")
+        raise
+    except BaseException as exc:
+        ctx.run_verdict = "error"
+        ctx.errors["(bench)"] = f"{type(exc).__name__}: {exc}"
+        store.record_event(run_id, "error", f"bench assembly failed: {type(exc).__name__}: {exc}")
+        store.finish_run(run_id, "error")
+        raise
 
 
 def _keepalive_duty(bms: Any):  # type: ignore[no-untyped-def]
@@ -417,7 +466,10 @@ def measure(request: pytest.FixtureRequest, bankhil_session: Session) -> Recorde
             else:
                 reporter.write_line(f"    {m.line()}")
 
-    recorder.sinks.extend([to_store, to_allure, to_console])
+    def interrupt_check(m: Measurement) -> None:
+        session.supervisor.check_interrupt()
+
+    recorder.sinks.extend([to_store, to_allure, to_console, interrupt_check])
     return recorder
 
 
@@ -482,7 +534,8 @@ def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo) -> None:
         session = getattr(config, "_bankhil_session", None)
         reason = "interrupted (Ctrl-C)"
         if session is not None:
-            reason = session.supervisor.tripped or reason
+            session.supervisor.acknowledge_interrupt()
+            reason = session.supervisor.interrupt or session.supervisor.tripped or reason
             session.supervisor.safe_state(reason)
         if ctx is not None and ctx.aborted is None:
             ctx.aborted = reason

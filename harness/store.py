@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -898,6 +898,26 @@ class ResultStore:
         self._check_run(run_id)
         self._write(f"finish run {run_id}",
                     run_table.update().where(run_table.c.id == run_id).values(**values))
+
+    def abort_dead_runs(self, host: str, alive: Callable[[int], bool]) -> list[int]:
+        """Mark ABORTED every open run (no verdict) started on ``host`` whose process is gone.
+
+        A run records its host and process id in ``extra`` when it starts; a run killed with
+        SIGKILL (or whose machine lost power) never writes its verdict, so the next start on the
+        same host closes it, with an event saying why. Returns the ids it closed.
+        """
+        query = sa.select(run_table).where(run_table.c.verdict.is_(None))
+        closed = []
+        for run in self._read(lambda conn: self._run_records(conn, query)):
+            extra = run.extra or {}
+            pid = extra.get("pid")
+            if extra.get("host") != host or not isinstance(pid, int) or alive(pid):
+                continue
+            self.finish_run(run.id, "aborted")
+            self.record_event(run.id, "aborted", f"process {pid} on {host} ended without closing "
+                              "the run (killed); marked aborted by the next run")
+            closed.append(run.id)
+        return closed
 
     def record_event(self, run_id: int, kind: str, text: str, at: datetime | None = None, *,
                      step_id: int | None = None, clock_s: float | None = None) -> int:

@@ -9,6 +9,8 @@ matters, as the BMS protocols report.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -30,6 +32,9 @@ class Instrument(ABC):
 
     name: str = "instrument"
     resource: str = ""
+    # called before every exchange: the harness sets it so that a pending Ctrl-C/SIGTERM whose
+    # exception was swallowed is raised again at the next instrument call (harness/supervisor.py)
+    before_io: "Callable[[], None] | None" = None
 
     @abstractmethod
     def identity(self) -> str:

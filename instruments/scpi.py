@@ -305,6 +305,8 @@ class ScpiInstrument(Instrument):
     @contextmanager
     def _transaction(self, command: str) -> Iterator[None]:
         """One exchange under the driver lock; I/O failures become InstrumentError."""
+        if self.before_io is not None:
+            self.before_io()
         with self._lock:
             if self._dirty:
                 self._resync()
