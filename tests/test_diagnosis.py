@@ -1,4 +1,4 @@
-"""The troubleshooting rows (test_plans/troubleshooting.yaml) and the choice among them.
+"""The troubleshooting rows (test_plans/checks/troubleshooting.yaml) and the choice among them.
 
 A diagnosis is chosen from what was measured and names the module or branch: the same low
 branch is a SOC mismatch when its open-circuit voltage is low, a weak module when its

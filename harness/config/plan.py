@@ -508,7 +508,7 @@ def check_plan(plan: PlanFile, known_checks: Mapping[str, Any]) -> PlanFile:
         merged = plan.parameters_for(step)
         derived: dict[str, Quantity] = {}
         sources: dict[str, tuple[str, ...]] = {}
-        for name, key in spec.setpoints().items():
+        for name, key in spec.setpoints():
             value = merged.get(name)
             if isinstance(value, Quantity):
                 value = Quantity.of(abs(value.magnitude), value.unit) if key.endswith(".current") else value

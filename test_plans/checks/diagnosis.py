@@ -1,6 +1,6 @@
 """Diagnoses chosen from evidence, worded from the documents' troubleshooting tables.
 
-The rows live in ``test_plans/troubleshooting.yaml`` (data, not code). A check calls
+The rows live in ``test_plans/checks/troubleshooting.yaml`` (data, not code). A check calls
 :func:`diagnose` with the row it chose *from what it measured* and the module or branch it
 points at, so the operator reads "s1p3: older (weak) module ... (004: one module discharges
 faster) -- measured: AC-IR 4.9 mOhm vs 3.0 mOhm -- check module health data ...".
@@ -20,7 +20,7 @@ from typing import Mapping
 
 import yaml
 
-TABLE = Path(__file__).resolve().parents[1] / "troubleshooting.yaml"
+TABLE = Path(__file__).resolve().with_name("troubleshooting.yaml")
 
 
 @dataclass(frozen=True)

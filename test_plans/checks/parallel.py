@@ -590,7 +590,7 @@ def _delta_v(module: str, reports: dict[str, ModuleReport], exclude: list[str] |
 @check("bms_sync_gating",
        params={"observe_s": Param("s"),
                "safe_delta_v": Param("V"),
-               "align_current": Param("A", setpoint="supply.current", doc="also the load's when discharging"),
+               "align_current": Param("A", setpoint=("supply.current", "load.current"), doc="also the load's when discharging"),
                "align_s": Param("s"),
                "rest_s": Param("s"),
                "admit_s": Param("s"),
@@ -1222,7 +1222,7 @@ def group_assembly(ctx: StepContext) -> None:
                  "group_spread": Measure("V", required=True),
                  "main_closed": Measure(""),
                  "series_voltage": Measure("V"),
-                 "series_voltage_error": Measure("V", required=True, doc="string minus the sum of the groups")})
+                 "series_voltage_error": Measure("V", required=True, doc="string minus sum of groups")})
 def group_voltage_match(ctx: StepContext) -> None:
     """000: "the voltage balance between the groups should be confirmed, and then the series
     connection should be performed". Group voltages (mean terminal voltage of each series

@@ -11,8 +11,10 @@ declares ... the measurements it takes (name, unit kind, whether a limit is requ
   unit (``""`` for a count, a flag or an identity), the plan limit that judges it (default: its
   own name; ``"module_ocv"`` judges every ``ocv_{module}``) and whether the plan must give it.
 
-Names in braces match any run of letters, digits and ``_`` (also none: ``{phase}imbalance``
-matches ``imbalance`` and ``charge_imbalance``).
+Names in braces match any run of letters, digits, ``_``, ``.``, ``+`` and ``-`` (also none:
+``{phase}imbalance`` matches ``imbalance`` and ``charge_imbalance``). A pattern measurement is
+judged only by a limit it names explicitly (``limit="module_ocv"``): a plan cannot put a limit
+on a name that merely matches the pattern, so a typo in a limit name is never "accepted".
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ class DeclarationError(RuntimeError):
 
 
 def _regex(pattern: str) -> re.Pattern[str]:
+    """``{name}`` matches a run of what positions, branches and node names are made of --
+    letters, digits, ``_``, ``.``, ``+``, ``-`` (``s1p2``, ``charge_``, ``g1.bus.pos.1``, ``s1p1.+``)
+    -- also none."""
     parts = re.split(r"(\{[a-z_]+\})", pattern)
-    return re.compile("".join("[A-Za-z0-9_]*" if p.startswith("{") else re.escape(p)
+    return re.compile("".join(r"[A-Za-z0-9_.+\-]*" if p.startswith("{") else re.escape(p)
                               for p in parts if p) + r"\Z")
 
 
@@ -57,7 +62,7 @@ class Param:
     ``setpoint``: ``"role.quantity"`` when the check commands that instrument with it."""
 
     unit: str | None = None
-    setpoint: str | None = None
+    setpoint: str | tuple[str, ...] | None = None  # one output, or several it commands alike
     kind: ParamKind = "any"
     doc: str = ""
 
@@ -90,14 +95,25 @@ class CheckSpec:
     def declares_param(self, name: str) -> bool:
         return name in self.params
 
-    def setpoints(self) -> dict[str, str]:
-        """parameter name -> ``role.quantity`` it commands."""
-        return {name: p.setpoint for name, p in self.params.items() if p.setpoint}
+    def setpoints(self) -> list[tuple[str, str]]:
+        """(parameter name, ``role.quantity`` it commands), a parameter once per output."""
+        out = []
+        for name, p in self.params.items():
+            keys = (p.setpoint,) if isinstance(p.setpoint, str) else (p.setpoint or ())
+            out += [(name, key) for key in keys]
+        return out
 
     # ---------------------------------------------------------------- limits
     @cached_property
     def _limit_patterns(self) -> list[tuple[str, re.Pattern[str], Measure]]:
-        return [(m.limit or name, _regex(m.limit or name), m) for name, m in self.measures.items()]
+        """Limit keys: a measurement's explicit ``limit`` (maybe a pattern), or its own name when
+        that is a literal. A pattern measurement without ``limit=`` is recorded only."""
+        out = []
+        for name, m in self.measures.items():
+            key = m.limit or (name if "{" not in name else None)
+            if key is not None:
+                out.append((key, _regex(key), m))
+        return out
 
     @cached_property
     def _measure_patterns(self) -> list[tuple[str, re.Pattern[str], Measure]]:
