@@ -23,17 +23,26 @@ from harness.config import load_plan, load_station, validate_run
 from harness.config.plan import Limit
 from harness.config.station import channel_map_from_emulator, resolve_emulated
 from harness.units import Quantity, UnitError
+from test_plans.checks.spec import CheckSpec, Measure, Param
 
 REPO = Path(__file__).resolve().parents[1]
 STATIONS = REPO / "fixtures" / "stations"
 ON = dt.date(2026, 12, 1)  # the date calibration is checked against: fixed, so tests do not age
 
-CHECKS: dict[str, dict[str, str]] = {
-    "module_voltage": {"voltage": "V"},
-    "discharge_current": {"current": "A", "voltage": "V"},
-    "ir_match": {"delta_ir": "mohm"},
-    "firmware_consistency": {"versions_equal": ""},
-    "parallel_inrush": {},  # declares no units: limit names are read for what they measure
+# declarations of a few checks, as the real ones are made (test_plans/checks/spec.py)
+CHECKS: dict[str, CheckSpec] = {
+    "module_voltage": CheckSpec("module_voltage", {"settle": Param("s"), "samples": Param(kind="count")},
+                                {"voltage": Measure("V", required=True)}),
+    "discharge_current": CheckSpec(
+        "discharge_current",
+        {"load_current": Param("A", setpoint="load.current"), "load_power": Param("W", setpoint="load.power"),
+         "duration": Param("s"), "samples": Param(kind="count"), "settle": Param("s"),
+         "module": Param(kind="text"), "firmware": Param(kind="text"), "topology": Param(kind="text")},
+        {"current": Measure("A", required=True), "voltage": Measure("V")}),
+    "ir_match": CheckSpec("ir_match", {}, {"delta_ir": Measure("mohm")}),
+    "firmware_consistency": CheckSpec("firmware_consistency", {}, {"versions_equal": Measure("")}),
+    "parallel_inrush": CheckSpec("parallel_inrush", {}, {"peak_current": Measure("A"),
+                                                         "settle_s": Measure("s")}),
 }
 
 STATION = """\
@@ -86,8 +95,7 @@ steps:
     gate: true
   - name: discharge
     check: discharge_current
-    setpoints: {load.current: "100 A"}
-    parameters: {duration: "10 s"}
+    parameters: {load_current: "100 A", duration: "10 s"}
     limits:
       current: {within_pct: {nominal: "100 A", pct: 2}}
     retries: 1
@@ -233,13 +241,23 @@ CASES = [
     plan_case("plan-current-limit-in-volts", sub(P, 'nominal: "100 A"', 'nominal: "100 V"'),
               "current: {within_pct", "steps[1].limits.current", "a limit in a voltage",
               "a current (A, mA, uA, kA): discharge_current measures current in A"),
-    plan_case("plan-current-setpoint-in-volts", sub(P, 'load.current: "100 A"', 'load.current: "14 V"'),
-              "load.current", "steps[1].setpoints.load.current", "'14 V'", "a current"),
+    plan_case("plan-current-parameter-in-volts", sub(P, 'load_current: "100 A"', 'load_current: "14 V"'),
+              "load_current", "steps[1].parameters.load_current", "'14 V'", "a current"),
+    plan_case("plan-setpoints-copy-refused",
+              sub(P, '    parameters: {load_current: "100 A", duration: "10 s"}',
+                  '    parameters: {load_current: "100 A", duration: "10 s"}\n    setpoints: {load.current: "100 A"}'),
+              "setpoints:", "steps[1].setpoints", "unknown key 'setpoints'", "parameters"),
+    plan_case("plan-unknown-parameter", sub(P, 'duration: "10 s"', 'duraton: "10 s"'),
+              "duraton", "steps[1].parameters.duraton", "which discharge_current does not take",
+              "parameters of discharge_current: load_current"),
+    plan_case("plan-missing-required-limit",
+              sub(P, '      current: {within_pct: {nominal: "100 A", pct: 2}}', '      voltage: {le: "15 V"}'),
+              'voltage: {le: "15 V"}', "steps[1].limits", "no limit on 'current'", "current"),
     plan_case("plan-current-limit-in-volts-by-name",
               sub(P, "    retries: 1", "    retries: 1\n  - name: inrush\n    check: parallel_inrush\n"
                   "    limits: {peak_current: {le: \"300 V\"}, settle_s: {le: \"2 s\"}}"),
               "peak_current", "steps[2].limits.peak_current", "a limit in a voltage (<= 300 V)",
-              "a current (A, mA, uA, kA): 'peak_current' names a current"),
+              "a current (A, mA, uA, kA): parallel_inrush measures peak_current in A"),
     plan_case("plan-nested-too-deeply", "name: deep\nsteps: " + "[" * 600 + "]" * 600 + "\n",
               None, "", "nested too deeply", "a plain file"),
     plan_case("plan-unknown-unit", sub(P, '"14.6 V"', '"14.6 Volt"'),
@@ -271,8 +289,6 @@ CASES = [
               "serial_pattern", "serial_pattern", "'BH12-[0-9'", "compiles"),
     plan_case("plan-negative-retries", sub(P, "retries: 1", "retries: -1"),
               "retries: -1", "steps[1].retries", "-1", "greater than or equal to 0"),
-    plan_case("plan-setpoint-key", sub(P, "load.current:", "load.curent:"),
-              "load.curent", "steps[1].setpoints.load.curent", "'load.curent'", "role.quantity"),
     plan_case("plan-reserved-marker", sub(P, "    retries: 1", "    retries: 1\n    markers: [skip]"),
               "markers: [skip]", "steps[1].markers[0]", "'skip'", "not one of pytest's own"),
     plan_case("plan-bad-source", sub(P, "source: 000_b9e4f7d000b6acbf.txt", "source: seed0.txt"),
@@ -289,16 +305,17 @@ CASES = [
     plan_case("plan-applies-to-empty", sub(P, "applies_to: [LFP12.8-100]", "applies_to: []"),
               "applies_to", "applies_to", "[]", "at least 1 item"),
     # ------------------------------------------------------------------ plan x station x DUT
-    plan_case("run-setpoint-above-rating", sub(P, 'load.current: "100 A"', 'load.current: "300 A"'),
-              "load.current", "steps[1].setpoints.load.current", "'300 A'", "at most 240 A"),
+    plan_case("run-setpoint-above-rating", sub(P, 'load_current: "100 A"', 'load_current: "300 A"'),
+              "load_current", "steps[1].parameters.load_current", "'300 A'", "at most 240 A"),
     plan_case("run-role-missing-on-station",
               sub(P, "    retries: 1", "    retries: 1\n    requires: [acir]"),
               "requires: [acir]", "steps[1].requires[0]", "role 'acir'", "actuator, bms, bms.can"),
     plan_case("run-setpoint-on-unrated-quantity",
-              sub(P, 'setpoints: {load.current: "100 A"}', 'setpoints: {load.power: "500 W"}'),
-              "load.power", "steps[1].setpoints.load.power", "no power rating", "rating: {power"),
+              sub(P, 'parameters: {load_current: "100 A", duration: "10 s"}',
+                  'parameters: {load_power: "500 W", duration: "10 s"}'),
+              "load_power", "steps[1].parameters.load_power", "no power rating", "rating: {power"),
     plan_case("run-applies-to-other-dut", sub(P, "applies_to: [LFP12.8-100]", "applies_to: [RACK48-*, 4S4P]"),
-              "applies_to", "applies_to", "DUT '1s1p'", "1s1p, lfp_12v8_100ah, LFP12.8-100, 1S1P"),
+              "applies_to", "applies_to", "DUT '1s1p'", "1s1p, 1S1P, lfp_12v8_100ah, LFP12.8-100"),
     station_case("run-station-cannot-carry-dut-voltage",
                  sub(S, 'rating: {voltage: "60 V", current: "25 A", power: "1500 W"}',
                      'rating: {voltage: "20 V", current: "25 A"}'),
@@ -320,11 +337,11 @@ CASES = [
 # (the station gets a power rating for this case in _station_for).
 CASES += [
     Case("run-setpoint-above-power-rating", "plan",
-         sub(sub(P, 'load.current: "100 A"', 'load.current: "200 A"'),
+         sub(sub(P, 'load_current: "100 A"', 'load_current: "200 A"'),
              "applies_to: [LFP12.8-100]", "applies_to: [4S4P]").replace(
              'in_range: ["12.0 V", "14.6 V"]', 'in_range: ["48 V", "58.4 V"]').replace(
              'nominal: "100 A"', 'nominal: "200 A"'),
-         "load.current", "steps[1].setpoints.load.current", "11680 W at up to 58.4 V",
+         "load_current", "steps[1].parameters.load_current", "11680 W at up to 58.4 V",
          "at most 51.37 A: the power rating 3000 W", dut="4s4p"),
 ]
 
@@ -443,10 +460,11 @@ def test_lab_example_has_comments_for_a_person() -> None:
 
 def test_plan_loads_with_parameters_limits_and_defaults(tmp_path: Path) -> None:
     text = sub(PLAN, "steps:", 'defaults: {settle: "2 s", samples: 5}\nsteps:').replace(
-        'parameters: {duration: "10 s"}',
-        'parameters: {duration: "10 min", samples: 20, module: s1p1, firmware: 1.9.0, topology: 4S4P}')
+        'parameters: {load_current: "100 A", duration: "10 s"}',
+        'parameters: {load_current: "100 A", duration: "10 min", samples: 20, module: s1p1, firmware: 1.9.0, '
+        'topology: 4S4P}')
     (tmp_path / "plan.yaml").write_text(text, encoding="utf-8")
-    plan = load_plan(tmp_path / "plan.yaml", set(CHECKS))
+    plan = load_plan(tmp_path / "plan.yaml", CHECKS)
     ocv, discharge = plan.steps
     assert ocv.gate and not discharge.gate and discharge.retries == 1
     assert ocv.source == ["000_b9e4f7d000b6acbf.txt"]
@@ -461,18 +479,19 @@ def test_plan_loads_with_parameters_limits_and_defaults(tmp_path: Path) -> None:
     assert plan.line("steps", 1, "check") == line_with(text, "check: discharge_current")
     # a dumped plan reads back as the same plan
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(plan.model_dump(mode="json")), encoding="utf-8")
-    again = load_plan(tmp_path / "again.yaml", set(CHECKS))
+    again = load_plan(tmp_path / "again.yaml", CHECKS)
+    assert again.steps[1].setpoints == plan.steps[1].setpoints
     assert again.model_dump() == plan.model_dump()
 
 
-def test_known_checks_may_be_names_only(tmp_path: Path) -> None:
-    """Without measurement units the loader still refuses unknown checks, but trusts limit names."""
+def test_a_misspelled_limit_is_refused_not_recorded(tmp_path: Path) -> None:
+    """A limit must name what the check declares: a typo is an error, never a silent record."""
     text = sub(PLAN, "      voltage: {in_range", "      volts: {in_range")
     (tmp_path / "plan.yaml").write_text(text, encoding="utf-8")
-    assert load_plan(tmp_path / "plan.yaml", set(CHECKS)).steps[0].limits["volts"]
     with pytest.raises(FileError) as info:
-        load_plan(tmp_path / "plan.yaml", {"discharge_current"})
-    assert info.value.field == "steps[0].check"
+        load_plan(tmp_path / "plan.yaml", CHECKS)
+    assert info.value.field == "steps[0].limits.volts"
+    assert "limits on what module_voltage measures: voltage" in info.value.allowed
 
 
 def test_serial_not_matching_the_plan(tmp_path: Path) -> None:
@@ -609,27 +628,23 @@ def test_quantities_compare_only_within_a_dimension() -> None:
         _ = Quantity.parse("1 V") < Quantity.parse("1 A")
 
 
-@pytest.mark.parametrize("limit, value, unit, verdict", [
-    ({"in_range": ["12.0 V", "14.6 V"]}, 13.0, "V", "pass"),
-    ({"in_range": ["12.0 V", "14.6 V"]}, 14.7, "V", "fail"),
-    ({"in_range": ["12.0 V", "14.6 V"], "marginal_pct": 10}, 14.5, "V", "marginal"),
-    ({"le": "0.1 V", "marginal_pct": 20}, 0.09, "V", "marginal"),
-    ({"le": "0.1 V"}, 95, "mV", "pass"),
-    ({"le": "3 mohm"}, 0.0031, "ohm", "fail"),
-    ({"ge": "60 V"}, 80, "V", "pass"),
-    ({"within_pct": {"nominal": "50 A", "pct": 10}}, 56, "A", "fail"),
-    ({"within_pct": {"nominal": "50 A", "pct": "10 %"}}, 54, "A", "pass"),
-    ({"equals": 4}, 4, None, "pass"),
-    ({"equals": "2.1.0"}, "2.1.1", None, "fail"),
-    ({"le": "30 K"}, 12, "K", "pass"),
+@pytest.mark.parametrize("limit, value, verdict", [
+    ({"in_range": ["12.0 V", "14.6 V"]}, 13.0, "pass"),
+    ({"in_range": ["12.0 V", "14.6 V"]}, 14.7, "fail"),
+    ({"in_range": ["12.0 V", "14.6 V"], "marginal_pct": 10}, 14.5, "marginal"),
+    ({"le": "0.1 V", "marginal_pct": 20}, 0.09, "marginal"),
+    ({"le": "0.1 V"}, 0.095, "pass"),
+    ({"le": "3 mohm"}, 0.0031, "fail"),
+    ({"ge": "60 V"}, 80, "pass"),
+    ({"within_pct": {"nominal": "50 A", "pct": 10}}, 56, "fail"),
+    ({"within_pct": {"nominal": "50 A", "pct": "10 %"}}, 54, "pass"),
+    ({"equals": 4}, 4, "pass"),
+    ({"equals": "2.1.0"}, "2.1.1", "fail"),
+    ({"le": "30 K"}, 12, "pass"),
 ])
-def test_limit_verdicts(limit: dict, value: object, unit: str | None, verdict: str) -> None:
-    assert Limit.model_validate(limit).evaluate(value, unit) == verdict
-
-
-def test_limit_refuses_a_value_of_another_dimension() -> None:
-    with pytest.raises(ValueError):
-        Limit.model_validate({"le": "0.1 V"}).evaluate(0.05, "A")
+def test_limit_verdicts(limit: dict, value: object, verdict: str) -> None:
+    """A plan limit is judged by the one judge (harness.measure.Limits.judge), in SI units."""
+    assert Limit.model_validate(limit).to_limits().judge(value) == verdict
 
 
 def test_limit_to_measure_limits_in_base_units() -> None:
@@ -657,7 +672,7 @@ def test_documented_example_in_docstring_is_valid(tmp_path: Path) -> None:
     doc = plan_module.__doc__ or ""
     block = doc.split("Format::", 1)[1].split("\nA limit is", 1)[0]
     (tmp_path / "plan.yaml").write_text(textwrap.dedent(block), encoding="utf-8")
-    plan = load_plan(tmp_path / "plan.yaml", {"module_voltage"})
+    plan = load_plan(tmp_path / "plan.yaml", {"module_voltage": CHECKS["module_voltage"]})
     assert plan.steps[0].limits["voltage"].kind == "in_range"
 
 

@@ -19,20 +19,24 @@ Format::
     defaults: {settle: "2 s"}        # parameters every step starts from
     steps:
       - name: ocv_before_load        # unique, [a-z0-9_]+, the pytest id
-        check: module_voltage         # a registered check
+        check: module_voltage         # a registered check (its declaration: test_plans/checks)
         source: 000_b9e4f7d000b6acbf.txt
-        parameters: {samples: 10}
-        setpoints: {load.current: "50 A"}
-        limits:
+        parameters: {samples: 10, settle: "2 s"}   # only what the check declares, in its units
+        limits:                      # only what the check measures; required ones must be here
           voltage: {in_range: ["12.0 V", "14.6 V"], marginal_pct: 5}
         gate: true                   # stop the plan when this step fails
         retries: 1
         markers: [factory]
         severity: critical
+        timeout: "5 min"             # the step ends ERROR (bench made safe) past this
+        on_fail: safe_state          # or continue: leave the bench as the check left it
 
 A limit is exactly one of ``in_range: [lo, hi]``, ``le``, ``ge``, ``within_pct: {nominal, pct}``
 or ``equals``, plus an optional ``marginal_pct`` band; its values carry units (plain numbers only
 for counts), all of one dimension.
+
+A parameter the check declares as a setpoint (``load_current`` -> ``load.current``) is checked
+against the station's rating: it is the value the check will command.
 """
 
 from __future__ import annotations
