@@ -144,15 +144,14 @@ class EmulatedBench:
             return capture
 
     def ac_ir(self) -> tuple[float, float]:
-        """1 kHz AC resistance and voltage of the module the AC-IR leads touch."""
+        """1 kHz AC resistance and voltage of the module the AC-IR leads touch: the twin's own
+        impedance of that module (a fault that raises its resistance shows here)."""
         twin = self.twin
         with self.lock:
-            k = twin.module_index[self.wiring.acir_module]
-            mt = twin.spec.module_type
-            ohm = ((mt.cells_in_series * mt.cell.ac_ir_mohm + mt.links_mohm + mt.bms.shunt_mohm) * 1e-3
-                   * twin.resistance_factor[k] + twin.fet_r_on[k])
-            volts = twin.module_terminal_voltage(self.wiring.acir_module)
-            return twin._noisy(ohm, 2e-6), twin._noisy(volts, self.noise.voltage_v)
+            module = self.wiring.acir_module
+            ohm = twin.module_ac_resistance(module, noise_ohm=2e-6)
+            volts = twin.module_terminal_voltage(module)
+            return ohm, twin._noisy(volts, self.noise.voltage_v)
 
     # -- time ---------------------------------------------------------------------------------
     def _max_step(self, max_step: float) -> float:

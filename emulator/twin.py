@@ -409,6 +409,30 @@ class Twin:
     def vds(self, module: str) -> float:
         return float(self.branch_v[self.fet_idx[self.module_index[module]]])
 
+    def module_ac_resistance(self, module: str, noise_ohm: float = 0.0) -> float:
+        """1 kHz AC resistance between a module's terminals (``+`` to ``P-``), as the Kelvin leads
+        of an AC-IR meter on its terminal posts read it (ohm).
+
+        At 1 kHz the RC pairs (tau of seconds) are short-circuited, so the module is its series
+        resistance plus the BMS switch. The series part is the twin's own ``r_series`` of this
+        module -- cell R0s, links and terminals, shunt, with whatever a fault did to it (an aged
+        module multiplies it) -- taken at the cells' 1 kHz figure: the twin's DC R0 lumps in the
+        cells' fast charge-transfer part, which a 1 kHz signal bypasses, so the cell share is
+        ``cell.ac_ir_mohm`` instead of ``cell.r0_mohm`` (one ratio, fixed by the module type).
+        The switch is its on-resistance while the twin has it conducting (on or failed short) and
+        open (``1 / G_OFF``) while it is off or clamping. Lugs, leads and the rest of the bank are
+        outside the terminals and not seen: the meter reads the module alone (a parallel bank's
+        branches open, as a pre-parallel check has them).
+        """
+        k = self.module_index[module]
+        mt = self.spec.module_type
+        dc_series = module_series_resistance(self.spec)
+        ac_series = (mt.cells_in_series * mt.cell.ac_ir_mohm + mt.links_mohm + mt.bms.shunt_mohm) * 1e-3
+        series = float(self.r_series[k]) * ac_series / dc_series
+        region = int(self.fet_region[k])
+        switch = float(self.fet_r_on[k]) if region in (FET_ON, FET_FAILED) else 1.0 / G_OFF
+        return self._noisy(series + switch, noise_ohm)
+
     def ocv(self) -> np.ndarray:
         """Module open-circuit voltages (V) at the SOC of the last slow-path update."""
         return cell_ocv(self.cell_soc).sum(axis=1)

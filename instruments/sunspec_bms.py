@@ -21,6 +21,15 @@ What the role's answers are made of:
   modules online/offline from the 805 models (a module whose measured points are all
   unimplemented is offline), charge/discharge enabled while the current limit is above zero.
   SunSpec carries no installed capacity: that stays None.
+- identity: model 1 ``Mn``, ``Md``, ``SN``, ``Vr`` and the cell chemistry (:meth:`SunSpecBms.chemistry`).
+  802 ``Typ`` alone cannot tell LFP from NMC or LTO: its enumeration (LEAD_ACID,
+  NICKEL_METAL_HYDRATE, NICKEL_CADMIUM, LITHIUM_ION, ...) has one LITHIUM_ION for all of them,
+  and no other model pysunspec2 ships names a chemistry. So the chemistry is read from the
+  manufacturer-specific text a device can carry it in -- a word of model 1 ``Opt``, else of
+  ``Md`` (the emulated battery writes ``Opt = "LFP 1S4P"``) -- normalised by
+  :func:`normalise_chemistry` (LiFePO4 -> LFP, NCM523 -> NMC, ...), and checked against ``Typ``
+  (text saying LFP on a LEAD_ACID ``Typ`` is an error, not an answer). Without such a word the
+  answer is ``Typ``'s family (``LI-ION`` for LITHIUM_ION: lithium-ion, chemistry not stated).
 - liveness: ``Hb`` must change (the battery increments it every second); a reply with ``Hb``
   unchanged is not a sign of life, a missing reply neither. :meth:`seconds_since_heard` is
   measured on the ``clock`` given at construction -- the bench clock under emulation, so
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import threading
 import time
@@ -64,6 +74,42 @@ EVENT_NAMES = {"OVER_TEMP": "over_temperature", "UNDER_TEMP": "under_temperature
                "OVER_VOLT": "over_voltage", "UNDER_VOLT": "under_voltage",
                "OVER_CHARGE_CURRENT": "charge_over_current",
                "OVER_DISCHARGE_CURRENT": "discharge_over_current"}
+
+
+# Normalised cell chemistry <- the words a battery may use for it (upper case, alphanumerics only;
+# a trailing number is a variant: NMC811, LFP12 in a model name such as "LFP12.8-100").
+CHEMISTRY_WORDS: dict[str, tuple[str, ...]] = {
+    "LFP": ("LFP", "LIFEPO4", "LFEPO4", "LIFEPO", "LFE"),
+    "NMC": ("NMC", "NCM", "LINMC", "LINCM"),
+    "LTO": ("LTO", "LI4TI5O12"),
+    "NCA": ("NCA", "LINCA"),
+    "LCO": ("LCO", "LICOO2"),
+    "LMO": ("LMO", "LIMN2O4"),
+}
+_CHEMISTRY_OF_WORD = {word: chem for chem, words in CHEMISTRY_WORDS.items() for word in words}
+# 802 Typ symbol -> the chemistry family it stands for (None: says nothing)
+TYPE_FAMILY = {"LITHIUM_ION": "LI-ION", "LEAD_ACID": "LEAD_ACID", "NICKEL_METAL_HYDRATE": "NIMH",
+               "NICKEL_CADMIUM": "NICD", "CARBON_ZINC": "CARBON_ZINC", "ZINC_CHLORIDE": "ZINC_CHLORIDE",
+               "ALKALINE": "ALKALINE", "RECHARGEABLE_ALKALINE": "RECHARGEABLE_ALKALINE",
+               "SODIUM_SULFUR": "SODIUM_SULFUR", "FLOW": "FLOW", "OTHER": None,
+               "NOT APPLICABLE_UNKNOWN": None}
+_LITHIUM_CHEMISTRIES = frozenset(CHEMISTRY_WORDS)
+
+
+def normalise_chemistry(text: str | None) -> str | None:
+    """The cell chemistry named in a piece of text ("LFP", "NMC", "LTO", "NCA", "LCO", "LMO"),
+    or None. The text is split into words at anything but letters and digits; the first word
+    that is a known name, or a known name followed by digits, wins:
+    ``"LiFePO4 1S4P"`` -> LFP, ``"NMC811"`` -> NMC, ``"LFP12.8-100"`` -> LFP."""
+    for word in re.split(r"[^A-Z0-9]+", (text or "").upper()):
+        if not word:
+            continue
+        if word in _CHEMISTRY_OF_WORD:
+            return _CHEMISTRY_OF_WORD[word]
+        stem = word.rstrip("0123456789")
+        if stem != word and stem in _CHEMISTRY_OF_WORD:
+            return _CHEMISTRY_OF_WORD[stem]
+    return None
 
 
 class Malformed(ValueError):
@@ -419,10 +465,42 @@ class SunSpecBms(Bms):
 
     # -- the role -------------------------------------------------------------------------------
     def identity(self) -> str:
-        common = self.model(1)
+        """``"<Mn> <Md> SN <SN> firmware <Vr> chemistry <chemistry>"`` (a chemistry that
+        contradicts 802 ``Typ`` is shown with the contradiction, not raised: this is also the
+        watchdog's probe)."""
+        common, battery = self.model(1), self._optional(802)
         with self._decoding("identity"):
-            return (f"{common.require('Mn')} {common.require('Md')} SN {common.require('SN')} "
-                    f"firmware {common.value('Vr') or '?'}")
+            chemistry, conflict = self._chemistry(common, battery)
+            text = (f"{common.require('Mn')} {common.require('Md')} SN {common.require('SN')} "
+                    f"firmware {common.value('Vr') or '?'} chemistry {chemistry or '?'}")
+            return text + (f" ({conflict})" if conflict else "")
+
+    def chemistry(self) -> str | None:
+        """The battery's cell chemistry, normalised: ``"LFP"``, ``"NMC"``, ``"LTO"`` (also NCA,
+        LCO, LMO) from model 1 ``Opt`` or ``Md``; else 802 ``Typ``'s family (``"LI-ION"``,
+        ``"LEAD_ACID"``, ``"NIMH"``, ...); None if the battery says nothing. Text that
+        contradicts ``Typ`` is an :class:`InstrumentError` (see the module doc)."""
+        common, battery = self.model(1), self._optional(802)
+        with self._decoding("chemistry"):
+            chemistry, conflict = self._chemistry(common, battery)
+        if conflict:
+            raise self._error("chemistry", conflict)
+        return chemistry
+
+    @staticmethod
+    def _chemistry(common: Block, battery: Block | None) -> tuple[str | None, str | None]:
+        """(chemistry, contradiction or None) from model 1 text and 802 Typ."""
+        typ = battery.symbol("Typ") if battery is not None else None
+        family = TYPE_FAMILY.get(typ) if typ is not None else None   # an unknown value says nothing
+        for name in ("Opt", "Md"):
+            chemistry = normalise_chemistry(common.value(name))
+            if chemistry is None:
+                continue
+            if family is not None and family != "LI-ION" and chemistry in _LITHIUM_CHEMISTRIES:
+                return chemistry, (f"model 1 {name} {common.value(name)!r} says {chemistry}, "
+                                   f"{battery.where('Typ') if battery else 'Typ'} says {typ}")
+            return chemistry, None
+        return family, None
 
     def firmware(self) -> str:
         common = self.model(1)

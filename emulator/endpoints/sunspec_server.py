@@ -38,6 +38,21 @@ endpoint, so both BMS clients see one bank):
   (their stack voltages still add up to the bank's). A module the master no longer hears has
   its measured points unimplemented (the master has no data), its identity points kept.
 
+- Identity: model 1 ``Mn`` (the firmware profile's manufacturer), ``Md`` (the module type's
+  model), ``Vr``, ``SN``; ``Opt`` = ``"<chemistry> <N>S<M>P"`` (see :func:`battery_chemistry`);
+  802 ``Typ`` the chemistry's family from 802's enumeration.
+
+Chemistry: 802 ``Typ`` is the only chemistry point in the SunSpec definitions pysunspec2 ships
+(models 1, 802-805 and the rest: none names a cell chemistry), and its enumeration
+(LEAD_ACID, NICKEL_METAL_HYDRATE, NICKEL_CADMIUM, LITHIUM_ION, ..., OTHER) has one LITHIUM_ION
+for LFP, NMC, LTO, NCA alike -- so an NMC module would pass a chemistry check made on ``Typ``.
+A real device can say more only in manufacturer-specific text: model 1 ``Md`` (32 chars) or
+``Opt`` (16 chars, "manufacturer specific value"). ``Md`` must stay the module type's model name
+(the model identity check compares it), so the emulated battery puts its cell chemistry as the
+first word of ``Opt``, then the bank's configuration: ``"LFP 1S4P"``, ``"NMC 4S1P"``. The
+harness's client (instruments/sunspec_bms.py) reads ``Opt`` (then ``Md``) for a chemistry word,
+normalises it (LiFePO4 -> LFP, NCM -> NMC, ...) and checks it against ``Typ``.
+
 Writes: a change of ``CtrlHb`` is an inverter heartbeat (``twin.inverter_heartbeat()``);
 ``SetOp`` CONNECT/DISCONNECT closes/opens the main contactor. Every other register is read-only
 (pymodbus answers ILLEGAL_ADDRESS); a request for another unit ID gets no answer.
@@ -98,6 +113,32 @@ _RANGES: dict[str, tuple[int, int]] = {
     "sunssf": (-10, 10),
 }
 _POSITION = re.compile(r"^s(\d+)p(\d+)$")
+
+
+# 802 Typ (pysunspec2's enumeration) of a module type's ``chemistry`` (upper case, alphanumerics)
+_LITHIUM = ("LFP", "LIFEPO4", "LFEPO4", "NMC", "NCM", "LTO", "NCA", "LCO", "LMO", "LIION", "LITHIUMION")
+_BATTERY_TYPES: dict[str, str] = {
+    **dict.fromkeys(_LITHIUM, "LITHIUM_ION"),
+    **dict.fromkeys(("PB", "LEADACID", "AGM", "GEL", "VRLA", "FLA"), "LEAD_ACID"),
+    **dict.fromkeys(("NIMH", "NICKELMETALHYDRIDE"), "NICKEL_METAL_HYDRATE"),
+    **dict.fromkeys(("NICD", "NICAD", "NICKELCADMIUM"), "NICKEL_CADMIUM"),
+    **dict.fromkeys(("NAS", "SODIUMSULFUR"), "SODIUM_SULFUR"),
+    "FLOW": "FLOW", "VRFB": "FLOW",
+}
+
+
+def battery_chemistry(chemistry: str) -> tuple[str, str]:
+    """(word for model 1 ``Opt``, 802 ``Typ`` symbol) of a module type's ``chemistry`` text.
+
+    The word is the file's own text without blanks (Opt has 16 characters, shared with the
+    configuration); ``Typ`` is the chemistry's family, OTHER for one it does not know.
+    """
+    word = re.sub(r"\s+", "", chemistry) or "?"
+    key = re.sub(r"[^A-Z0-9]", "", word.upper())
+    family = _BATTERY_TYPES.get(key)
+    if family is None and re.fullmatch(r"(NMC|NCM)\d*", key):  # NMC811, NCM523, ...
+        family = "LITHIUM_ION"
+    return word, family or "OTHER"
 
 
 def _position(module: str) -> tuple[int, int]:
@@ -377,10 +418,11 @@ class BankMap:
         twin, spec = self.twin, self.twin.spec
         self.common.set("Mn", spec.firmware.manufacturer)
         self.common.set("Md", spec.module_type.model)
-        self.common.set("Opt", f"{spec.dut.name} {self.series}S{self.parallel}P")
+        chemistry, battery_type = battery_chemistry(spec.module_type.chemistry)
+        self.common.set("Opt", f"{chemistry} {self.series}S{self.parallel}P")
         self.common.set("Vr", spec.firmware.version)
         self.common.set("SN", self.serial)
-        self.battery.set("Typ", "LITHIUM_ION")
+        self.battery.set("Typ", battery_type)
         self.battery.set("LocRemCtl", "REMOTE")
         for name in ("Evt2", "EvtVnd1", "EvtVnd2"):
             self.battery.set(name, 0)
