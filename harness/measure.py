@@ -86,6 +86,17 @@ class Limits:
                 return "marginal"
         return "pass"
 
+    def resolution(self) -> float | None:
+        """A hundredth of the finest digit the limit is written with (14.6 V -> 1 mV): the
+        resolution a value is shown with beside it, so it reads against the limit."""
+        places = []
+        for bound in (self.low, self.high, self.nominal):
+            if isinstance(bound, (int, float)) and not isinstance(bound, bool) and bound and math.isfinite(bound):
+                mantissa, exponent = f"{abs(float(bound)):.6e}".split("e")
+                digits = len(mantissa.replace(".", "").rstrip("0")) or 1
+                places.append(int(exponent) - digits + 1)
+        return 10.0 ** (min(places) - 2) if places else None
+
     @property
     def judged(self) -> bool:
         """True when the limit judges (anything but record-only)."""
@@ -98,15 +109,20 @@ class Limits:
         return abs(bound or 0.0)
 
     def describe(self) -> str:
-        u = f" {self.unit}" if self.unit else ""
-        if self.kind == "in_range" or self.kind == "within_pct":
-            return f"{self.low:g}..{self.high:g}{u}"
+        """The limit in engineering form, as the console, Allure and the summary show it."""
+        from harness.numbers import compact
+
+        u = self.unit
+        if self.kind == "within_pct":
+            return f"{compact(self.nominal, u)} ± {self.pct:g} %"
+        if self.kind == "in_range":
+            return f"{compact(self.low, u)} .. {compact(self.high, u)}"
         if self.kind == "le":
-            return f"<= {self.high:g}{u}"
+            return f"<= {compact(self.high, u)}"
         if self.kind == "ge":
-            return f">= {self.low:g}{u}"
+            return f">= {compact(self.low, u)}"
         if self.kind == "equals":
-            return f"== {self.equals!r}"
+            return f"== {self.equals!r}" if isinstance(self.equals, str) else f"== {compact(self.equals, u)}"
         return "(recorded)"
 
     def as_dict(self) -> dict[str, Any]:
@@ -135,9 +151,24 @@ class Measurement:
     at: float
     wall_time: float = field(default_factory=time.time)
 
+    @property
+    def shown(self) -> str:
+        """The value in engineering form with its unit (``11.5 uV``, ``3.00 mOhm``)."""
+        from harness.numbers import eng
+
+        if isinstance(self.value, str):
+            return repr(self.value)
+        resolution = self.limits.resolution()
+        digits = None
+        if resolution and isinstance(self.value, (int, float)) and self.value:
+            import math
+            if math.isfinite(self.value):
+                digits = max(3, int(math.floor(math.log10(abs(self.value))))
+                             - int(math.floor(math.log10(resolution))) + 1)
+        return eng(self.value, self.unit, digits=digits)
+
     def line(self) -> str:
-        value = f"{self.value:.6g}" if isinstance(self.value, float) else repr(self.value)
-        text = f"{self.name} = {value} {self.unit} [{self.limits.describe()}] {self.verdict.upper()}"
+        text = f"{self.name} = {self.shown} [{self.limits.describe()}] {self.verdict.upper()}"
         return text + (f" -- {self.diagnosis}" if self.diagnosis and self.verdict == "fail" else "")
 
 

@@ -453,7 +453,7 @@ def measure(request: pytest.FixtureRequest, bankhil_session: Session) -> Recorde
             return
         with allure.step(m.line()):
             pass
-        measurement_parameter(m.name, f"{m.value} {m.unit} [{m.limits.describe()}] {m.verdict.upper()}")
+        measurement_parameter(m.name, f"{m.shown} [{m.limits.describe()}] {m.verdict.upper()}")
 
     def to_console(m: Measurement) -> None:
         session.ctx.measurements.append((name, m))

@@ -43,7 +43,7 @@ def test_summary_page_names_requirement_verdict_limits_diagnosis_and_overdue_cal
     with ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}") as store:
         run_id = failed_run(store, tmp_path)
         page = render_summary(store, run_id, tmp_path)
-    for text in ("BH12-000042", "Current sharing at 200 A", "004_x.txt", "FAIL", "39.4 %", "≤ 10 %",
+    for text in ("BH12-000042", "Current sharing at 200 A", "004_x.txt", "FAIL", "39.4 %", "&lt;= 10 %",
                  DIAG.replace("'", "&#x27;"), "bench-7", "anna", "2.1.0", "2020-01-01", "OVERDUE"):
         assert text in page, text
     assert "<script" not in page  # one page, nothing executed

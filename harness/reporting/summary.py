@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.measure import Limits, Measurement
 from harness.store import MeasurementRecord, ResultStore
 
 VERDICT_COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#8250df", "skipped": "#57606a",
@@ -42,22 +43,21 @@ def _verdict(verdict: str | None) -> str:
     return f'<span class="v" style="background:{VERDICT_COLOUR.get(v, "#57606a")}">{_e(v.upper())}</span>'
 
 
+def record_limits(m: MeasurementRecord) -> Limits:
+    """The stored limit as the one limit type the harness judges and prints with."""
+    extra = m.limits_extra or {}
+    return Limits(kind=m.limit_kind or "record", low=m.low, high=m.high, nominal=m.nominal,
+                  pct=extra.get("pct"), equals=extra.get("equals"),
+                  marginal_pct=extra.get("marginal_pct"), unit=m.unit or "")
+
+
 def _value(m: MeasurementRecord) -> str:
-    value = f"{m.value:.4g}" if isinstance(m.value, float) else str(m.value)
-    return f"{value} {m.unit or ''}".strip()
+    return Measurement(m.name, m.value, m.unit or "", record_limits(m), m.verdict, None, 0.0).shown
 
 
 def _limits(m: MeasurementRecord) -> str:
-    kind, unit = m.limit_kind or "record", m.unit or ""
-    if kind in ("in_range", "within_pct"):
-        return f"{m.low:g} … {m.high:g} {unit}"
-    if kind == "le":
-        return f"≤ {m.high:g} {unit}"
-    if kind == "ge":
-        return f"≥ {m.low:g} {unit}"
-    if kind == "equals":
-        return f"= {(m.limits_extra or {}).get('equals')!r}"
-    return "recorded"
+    text = record_limits(m).describe()
+    return "recorded" if text == "(recorded)" else text
 
 
 def requirements(store: ResultStore, run_id: int, run_dir: Path | None) -> list[Requirement]:
