@@ -146,7 +146,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "plan_step: a step of a bankhil test plan")
     if not config.getoption("--plan", default=None):
         return
-    # python-can's socketcand client warns on every TCP read that splits a frame: not news
+    # third-party chatter off (pymodbus hex dumps, asyncio debug); python-can's socketcand
+    # client warns on every TCP read that splits a frame: not news
+    for noisy in ("pymodbus", "asyncio", "pyvisa", "matplotlib", "PIL", "urllib3", "selenium"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)
     logging.getLogger("can.interfaces.socketcand.socketcand").setLevel(logging.ERROR)
     try:
@@ -489,6 +492,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type
     if step is None:
         return report
     verdict, error = _step_verdict(item, call, report)
+    if report.failed and item.config.getoption("tbstyle", "auto") != "long":
+        # the operator reads what failed, its limit and diagnosis -- not the harness's own
+        # traceback (``hil run --debug`` / ``--tb=long`` shows it)
+        report.longrepr = _short_failure(step, verdict, error, item)
     ctx.verdicts[step.name] = verdict
     ctx.running = None
     if error:
@@ -507,6 +514,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type
     if report.failed and step.gate:
         ctx.gate_failed = step.name
     return report
+
+
+def _short_failure(step: Any, verdict: str, error: str | None, item: pytest.Item) -> str:
+    recorder = item.funcargs.get("measure") if hasattr(item, "funcargs") else None
+    lines = [f"{step.name} ({step.check}): {verdict.upper()}"]
+    if recorder is not None:
+        lines += [f"  {m.line()}" for m in recorder.taken if m.verdict in ("fail", "error")]
+    if error:
+        lines.append(f"  {error}")
+    return "\n".join(lines)
 
 
 def _step_verdict(item: pytest.Item, call: pytest.CallInfo, report: Any) -> tuple[str, str | None]:
@@ -560,11 +577,20 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if session is not None:
         bench_s = session.bench.clock.now()
         wall_s = time.monotonic() - session.started_wall
-        terminalreporter.write_line(f"bench time {bench_s / 3600:.2f} h ({bench_s:.0f} s) in "
-                                    f"{wall_s:.1f} s wall ({bench_s / max(wall_s, 1e-9):.0f}x)")
+        from harness.numbers import duration
+        terminalreporter.write_line(f"bench time {duration(bench_s)} in {wall_s:.1f} s wall "
+                                    f"({bench_s / max(wall_s, 1e-9):.0f}x)")
     if session is not None and session.supervisor.actions:
-        reasons = sorted({a.reason for a in session.supervisor.actions})
-        terminalreporter.write_line(f"safety: bench brought to safe state ({'; '.join(reasons)})")
+        # one line per reason: what was made safe, and what failed to go safe
+        by_reason: dict[str, list[Any]] = {}
+        for action in session.supervisor.actions:
+            by_reason.setdefault(action.reason, []).append(action)
+        for reason, actions in by_reason.items():
+            failed = [a.instrument for a in actions if not a.ok]
+            text = f"safety: bench made safe ({reason})"
+            if failed:
+                text += f" -- FAILED to go safe: {', '.join(failed)}"
+            terminalreporter.write_line(text)
 
 
 class StepError(Exception):

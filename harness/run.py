@@ -92,7 +92,10 @@ def new_run_dir(reports: Path) -> tuple[str, Path]:
 def pytest_args(args: argparse.Namespace, extra: list[str]) -> list[str]:
     reports = Path(args.reports).resolve()
     run_uuid, run_dir = new_run_dir(reports)
+    # split_argv imported the plugins to read pytest's options: they cannot be rewritten again
     out = [str(STEPS_MODULE), "--plan", args.plan, "-p", "no:randomly",
+           "-W", "ignore::pytest.PytestAssertRewriteWarning",
+           *(["--tb=long"] if getattr(args, "debug", False) else []),
            f"--junitxml={run_dir / 'junit.xml'}", f"--alluredir={run_dir / 'allure-results'}",
            "--run-uuid", run_uuid, "--run-dir", str(run_dir),
            "--rootdir", str(REPO), "-v", "-rfE", ]
