@@ -133,9 +133,9 @@ def _temperature(bench: Any) -> float:
     return float(state_client(bench).telemetry().temperature_c)
 
 
-# A parameter declares one instrument: trip_current and below_current are rated as the load's
-# (the supply's for charge_over_current), recovery_current and probe_current as the supply's
-# (the load's after an over-voltage cut / for a discharge protection).
+# Which output a current drives depends on ``protection``: recovery_current and probe_current
+# (small) are rated against both; trip_current and below_current (up to a short circuit) against
+# the load only -- a charge_over_current step's supply current is not rated by the station check.
 @check("protection_trip",
        params={"protection": Param(kind="text", doc="over_voltage, under_voltage, charge_over_current, "
                                                     "discharge_over_current, short_circuit, over_temperature"),
@@ -159,8 +159,9 @@ def _temperature(bench: Any) -> float:
                "recover_observe_s": Param("s"),
                "recover_poll_s": Param("s"),
                "recovery_voltage": Param("V", setpoint="supply.voltage"),
-               "recovery_current": Param("A", setpoint="supply.current"),
-               "probe_current": Param("A", setpoint="supply.current", doc="must flow again after recovery"),
+               "recovery_current": Param("A", setpoint=("supply.current", "load.current")),
+               "probe_current": Param("A", setpoint=("supply.current", "load.current"),
+                                      doc="must flow again after recovery"),
                "probe_s": Param("s")},
        measures={"drive_current": Measure("A", doc="last current before the cut"),
                  "below_current": Measure("A"),
@@ -461,7 +462,7 @@ def cell_balance(ctx: StepContext) -> None:
        measures={"acir": Measure("ohm", required=True),
                  "acir_delta": Measure("ohm", doc="against acir_reference"),
                  "acir_voltage_error": Measure("V", doc="meter against scanner: leads on the terminals"),
-                 "acir_{module}": Measure("ohm", limit="acir", doc="the same reading, named by module")})
+                 "acir_{module}": Measure("ohm", doc="the same reading, named by module")})
 def module_acir(ctx: StepContext) -> None:
     """1 kHz AC internal resistance of the module the AC-IR meter's leads are on (end of line;
     003: IR within +-3 mohm of the batch; module datasheets: <= 20 mohm): ``acir`` against the

@@ -178,7 +178,8 @@ def firmware_consistency(ctx: StepContext) -> None:
     for string, members in sorted(held.items(), key=lambda kv: _natural(kv[0])):
         deltas = {m: _delta_to_peers(m, reports, pending - {m}) for m in members}
         for m, d in deltas.items():
-            ctx.measure(f"delta_v_{m}", d, "V")
+            if not math.isnan(d):  # no peer to compare with: nothing measured (a NaN would be ERROR)
+                ctx.measure(f"delta_v_{m}", d, "V")
         close = all(not math.isnan(d) and abs(d) <= window for d in deltas.values()) \
             or all(math.isnan(d) for d in deltas.values())
         firmware_like = firmware_like or close
