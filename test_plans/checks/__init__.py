@@ -99,15 +99,31 @@ class DeclaredRecorder:
     not a fault of the DUT).
     """
 
-    def __init__(self, recorder: Recorder, spec: CheckSpec | None):
+    def __init__(self, recorder: Recorder, spec: CheckSpec | None,
+                 plan_limits: Mapping[str, Limits] | None = None):
         self._recorder = recorder
         self._spec = spec
+        self._plan_limits = dict(plan_limits or {})
 
     def __call__(self, name: str, value: Any, unit: str = "", limits: Limits | None = None,
                  diagnosis: str | None = None, stop: bool = False) -> Any:
         if self._spec is not None:
-            self._spec.check_measurement(name, unit or (limits.unit if limits else ""))
+            declared = self._spec.check_measurement(name, unit or (limits.unit if limits else ""))
+            if limits is None or not limits.judged:
+                # a limit the plan gives is never ignored: it judges the measurement it names,
+                # even where the check code passed none
+                key = declared.limit or (name if "{" not in self._spec_name_of(name) else None)
+                if key is not None and key in self._plan_limits:
+                    limits = self._plan_limits[key]
         return self._recorder(name, value, unit, limits, diagnosis, stop)
+
+    def _spec_name_of(self, name: str) -> str:
+        """The declared name (or pattern) a measurement name matched."""
+        assert self._spec is not None
+        for pattern in self._spec.measures:
+            if pattern == name:
+                return pattern
+        return "{pattern}"
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._recorder, name)
@@ -130,7 +146,7 @@ class StepContext:
             self.params = _Declared(self.params, "parameter", spec, spec.declares_param)
             self.limits = _Declared(self.limits, "limit", spec, spec.declares_limit)
             if not isinstance(self.measure, DeclaredRecorder):
-                self.measure = DeclaredRecorder(self.measure, spec)
+                self.measure = DeclaredRecorder(self.measure, spec, dict(self.limits._data))
 
     def param(self, name: str, default: Any = None) -> Any:
         if name in self.params:
