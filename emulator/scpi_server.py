@@ -13,7 +13,10 @@ Two halves:
   (``SYST:ERR?``) with its standard SCPI code, as on a real instrument.
 - :class:`ScpiServer` -- a threaded TCP server bound to 127.0.0.1 only, one thread per
   connection, that survives garbage bytes, over-long lines and abrupt disconnects (it logs and
-  carries on: a test harness must not lose its bench because one client misbehaved).
+  carries on: a test harness must not lose its bench because one client misbehaved). Hostile
+  or forgotten clients cannot lock the instrument up: a connection that sends nothing for
+  ``idle_timeout_s`` (or does not take its reply within that time) is closed, and a
+  connection beyond ``max_connections`` is closed at once instead of being left to hang.
 
 Deliberate difference from real instruments: a *query* that fails (unknown header, execution
 error) answers an empty line instead of nothing. A real instrument stays silent and the client
@@ -396,13 +399,34 @@ class ScpiServer:
     :meth:`freeze` makes the instrument stop answering (it still reads its input), so tests
     can exercise a hung instrument; :attr:`history` keeps the last lines received, so a test
     can prove a command was never sent.
+
+    Connection limits: at most ``max_connections`` at once; one more is accepted and closed
+    straight away (the client sees the connection end at once, not a hang). A connection that
+    sends nothing for ``idle_timeout_s`` seconds -- or leaves a reply unread that long -- is
+    closed (``None``: never). :attr:`stats` counts ``accepted``, ``refused`` and
+    ``idle_closed`` connections.
+
+    Why the idle default is minutes, not seconds: a driver holds its connection for a whole
+    run and does not reconnect, and pyvisa-py takes a connection the server closed for a
+    *timeout* (the command sent on it is lost -- a safe-state ``OUTP OFF`` included). In the
+    harness's in-process emulated mode nothing polls an instrument between uses, and tests
+    hold a probe connection idle while a run starts (tests/test_kill_safety.py: 13-22 s on
+    a loaded machine, up to ~150 s allowed). With 64 slots, a few forgotten connections
+    lock nobody out; the timeout only has to reclaim them eventually.
     """
 
     def __init__(self, device: ScpiDevice, port: int = 0, host: str = "127.0.0.1",
-                 name: str = "", max_line: int = 1 << 16, max_connections: int = 8):
+                 name: str = "", max_line: int = 1 << 16, max_connections: int = 64,
+                 idle_timeout_s: float | None = 300.0):
         _require_loopback(host)
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if idle_timeout_s is not None and not idle_timeout_s > 0:
+            raise ValueError("idle_timeout_s must be positive (or None: no timeout)")
         self.device, self.name = device, name or type(device).__name__
         self.max_line, self.max_connections = max_line, max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.stats: dict[str, int] = {"accepted": 0, "refused": 0, "idle_closed": 0}
         self.history: deque[str] = deque(maxlen=1000)
         self._frozen = threading.Event()
         self._stop = threading.Event()
@@ -410,7 +434,7 @@ class ScpiServer:
         try:
             self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._listener.bind((host, port))
-            self._listener.listen(max_connections)
+            self._listener.listen(min(max_connections, socket.SOMAXCONN))
         except OSError:
             self._listener.close()
             raise
@@ -451,10 +475,14 @@ class ScpiServer:
                     continue
                 with self._guard:
                     if len(self._connections) >= self.max_connections:
-                        log.warning("%s: refusing %s, %d connections open", self.name, peer,
-                                    len(self._connections))
-                        conn.close()
+                        self.stats["refused"] += 1
+                        refused = self.stats["refused"]
+                        if refused == 1 or refused % 100 == 0:  # a flood must not flood the log
+                            log.warning("%s: refusing %s, %d connections open (%d refused so far)",
+                                        self.name, peer, len(self._connections), refused)
+                        conn.close()  # at once: the client sees EOF, not a hang
                         continue
+                    self.stats["accepted"] += 1
                     self._connections.add(conn)
                     thread = threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
                                               name=f"scpi-{self.name}-{peer[1]}")
@@ -463,6 +491,7 @@ class ScpiServer:
 
     def _serve(self, conn: socket.socket, peer: tuple) -> None:  # type: ignore[type-arg]
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(self.idle_timeout_s)  # bounds each recv (idle) and sendall (unread reply)
         log.debug("%s: connection from %s", self.name, peer)
         try:
             for line in self._lines(conn):
@@ -472,6 +501,11 @@ class ScpiServer:
                 reply = self.device.execute(line)
                 if reply is not None:
                     conn.sendall(reply.encode("latin-1", "replace") + b"\n")
+        except TimeoutError:
+            with self._guard:
+                self.stats["idle_closed"] += 1
+            log.info("%s: connection from %s closed: nothing sent (or no reply taken) for %g s",
+                     self.name, peer, self.idle_timeout_s)
         except OSError as exc:  # reset by peer, broken pipe, shut down by close()
             if not self._stop.is_set():
                 log.info("%s: connection from %s ended: %s", self.name, peer, exc)
