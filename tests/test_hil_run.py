@@ -68,9 +68,19 @@ def test_fault_fails_with_a_diagnosis_and_exit_1(tmp_path):
 
 
 def test_pytest_selection_passes_through(tmp_path):
+    """-k selects steps; a partial run is RECORDED (exit 4): it never qualifies a unit."""
     result = hil_run(tmp_path, "-k", "module_ocv")
-    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.returncode == 4, result.stdout[-3000:]
     assert "1 passed, 3 deselected" in result.stdout
+
+
+def test_pytest_options_with_values_never_become_the_plan(tmp_path):
+    """pytest parses its own options: `--log-file x.log` and `-o k=v` keep their values."""
+    log_file = tmp_path / "x.log"
+    result = hil_run(tmp_path, "--log-file", str(log_file), "-o", "console_output_style=classic",
+                     "bank_smoke", "-k", "bms_identity")
+    assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "bank_smoke" in result.stdout and log_file.exists()
 
 
 def test_bad_plan_exits_2_before_anything_starts(tmp_path):
