@@ -44,6 +44,9 @@ def test_default_plan_passes_and_writes_every_output(tmp_path):
     for result_file in allure:
         labels = {label["name"]: label["value"] for label in result_file["labels"]}
         assert {"epic", "feature", "story", "severity", "tag"} <= set(labels)
+        # the story names the document by its title, with the file name beside it
+        assert "(004_580db881af34243e.txt)" not in labels["story"] or "Parallel Battery Storage" in labels["story"]
+        assert labels["severity"] in ("blocker", "critical", "normal", "minor", "trivial")
         assert run.serials[0] in result_file["name"]
         assert any(p["name"].startswith("limit ") or "[" in p["value"] for p in result_file["parameters"])
     environment = (results / "environment.properties").read_text()

@@ -26,7 +26,7 @@ DIAG = "unequal cable resistance (004) -- check cable length"
 
 def failed_run(store: ResultStore, run_dir: Path) -> int:
     steps = {"current_sharing": {"description": "Current sharing at 200 A", "source": ["004_x.txt"],
-                                 "check": "current_sharing", "severity": "major"}}
+                                 "check": "current_sharing", "severity": "normal"}}
     run_id = store.start_run(station="bench-7", operator="anna", plan_name="bank_smoke", plan_version="1.0",
                              emulated=False, extra={"run_dir": str(run_dir), "steps": steps})
     store.add_dut(run_id, "BH12-000042", "1s4p_diagonal", [], firmware="2.1.0")

@@ -48,7 +48,9 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, PrivateAttr, model_validator
+import regex as _regex
+from pydantic import (AfterValidator, BeforeValidator, Field, PlainSerializer, PrivateAttr, Strict,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from emulator.files import FileError
@@ -96,6 +98,8 @@ _QUANTITY_LIKE = re.compile(
 def _looks_like_quantity(text: str) -> bool:
     """``"14.2 V"``, ``"14.2V"``, ``"5 Mohm"`` (a typo, reported) -- but not ``"1.9.0"``,
     ``"4S4P"`` or ``"s1p2"``, which are text."""
+    if len(text) > 100:  # a quantity is short ("14.2 V"); long text stays text
+        return False
     match = _QUANTITY_LIKE.match(text)
     if not match:
         return False
@@ -206,7 +210,9 @@ class Limit(FileModel):
     ``ge``) from the edge. It flags drift before it becomes a failure; it never fails a step.
     """
 
-    in_range: tuple[LimitValue, LimitValue] | None = None
+    # a YAML list [lo, hi]: strict mode would take only a Python tuple (the items are still
+    # checked one by one by LimitValue)
+    in_range: Annotated[tuple[LimitValue, LimitValue], Strict(False)] | None = None
     le: LimitValue | None = None
     ge: LimitValue | None = None
     within_pct: WithinPct | None = None
@@ -335,7 +341,8 @@ class Step(FileModel):
     markers: list[Annotated[str, _matching(r"^[a-z][a-z0-9_]*$", "a marker name: lowercase "
                                            "letters, digits and _"), AfterValidator(_marker)]] = \
         Field(default_factory=list)
-    severity: Literal["critical", "major", "minor", "info"] = "major"
+    # Allure's own scale, so the plan and the report say the same word (safety checks: blocker)
+    severity: Literal["blocker", "critical", "normal", "minor", "trivial"] = "normal"
     # bench time the step may take (checked at every wait and measurement) and wall time a
     # single instrument call may hang before the step ends ERROR with the bench made safe
     timeout: Annotated[Quantity["s"], AfterValidator(_positive_time)] | None = None
@@ -367,11 +374,67 @@ def _version(value: Any) -> Any:
     return value
 
 
+# A plan's serial_pattern is matched by the `regex` engine with a time limit, never by `re`: a
+# pattern such as (a|aa)+b backtracks for hours on a 40-character serial. Compiling is bounded
+# too: regex expands counted repeats, so ((a{1000}){1000}){1000} would never finish compiling.
+MAX_PATTERN_CHARS = 200
+MAX_PATTERN_SIZE = 2_000          # pattern elements once counted repeats are multiplied out
+SERIAL_MATCH_TIMEOUT_S = 0.25  # CPU seconds (the regex module counts process time)
+
+
+def _pattern_size(items: Any) -> int:
+    """Elements of a parsed pattern with counted repeats multiplied out (an upper bound)."""
+    from re import _constants as sre  # the standard library's own pattern parser
+
+    repeats = {sre.MAX_REPEAT, sre.MIN_REPEAT, getattr(sre, "POSSESSIVE_REPEAT", sre.MAX_REPEAT)}
+    total = 0
+    for op, av in items:
+        if op in repeats:
+            low, high, sub = av
+            count = low if high is sre.MAXREPEAT else high
+            total += max(int(count), 1) * _pattern_size(sub)
+        else:
+            total += 1 + sum(_pattern_size(sub) for sub in _subpatterns(av))
+        if total > MAX_PATTERN_SIZE:
+            return total
+    return total
+
+
+def _subpatterns(av: Any) -> list[Any]:
+    from re import _parser
+
+    if isinstance(av, _parser.SubPattern):
+        return [av]
+    if isinstance(av, (tuple, list)):
+        return [sub for item in av for sub in _subpatterns(item)]
+    return []
+
+
+def _braces(text: str) -> str:
+    """Text for a PydanticCustomError template, where braces would be read as fields."""
+    return text.replace("{", "(").replace("}", ")")
+
+
 def _pattern(text: str) -> str:
+    from re import _parser
+
+    if len(text) > MAX_PATTERN_CHARS:
+        raise PydanticCustomError("regex", f"a regular expression of at most {MAX_PATTERN_CHARS} "
+                                  "characters")
     try:
-        re.compile(text)
-    except re.error as exc:
-        raise PydanticCustomError("regex", f"a regular expression that compiles ({exc})") from None
+        size = _pattern_size(_parser.parse(text))
+    except (re.error, RecursionError, OverflowError, ValueError, TypeError) as exc:
+        raise PydanticCustomError("regex", _braces(f"a regular expression that compiles ({exc})")) \
+            from None
+    if size > MAX_PATTERN_SIZE:
+        raise PydanticCustomError("regex_size", _braces(
+            f"a regular expression of a sensible size: counted repeats multiply (found more than "
+            f"{MAX_PATTERN_SIZE} elements once repeats like x(3) are written out)"))
+    try:
+        _regex.compile(text)
+    except (_regex.error, RecursionError, OverflowError, ValueError, TypeError) as exc:
+        raise PydanticCustomError("regex", _braces(f"a regular expression that compiles ({exc})")) \
+            from None
     return text
 
 
@@ -402,7 +465,19 @@ class PlanFile(SourcedFile):
         return set(self.requires) | set(step.requires) | step.setpoint_roles()
 
     def serial_matches(self, serial: str) -> bool:
-        return self.serial_pattern is None or re.fullmatch(self.serial_pattern, serial) is not None
+        """Whether the whole serial matches ``serial_pattern`` (the `regex` engine, with a time
+        limit: a pattern that backtracks catastrophically raises FileError at serial_pattern)."""
+        if self.serial_pattern is None:
+            return True
+        try:
+            return _regex.fullmatch(self.serial_pattern, serial,
+                                    timeout=SERIAL_MATCH_TIMEOUT_S) is not None
+        except TimeoutError:
+            raise self.error(("serial_pattern",),
+                             f"{self.serial_pattern!r}, which took more than "
+                             f"{SERIAL_MATCH_TIMEOUT_S:g} s to match serial '{serial}'",
+                             "a regular expression without nested repeats such as (a+)+ or "
+                             "(a|aa)+, e.g. 'BH12-[0-9]{6}'") from None
 
     def check_serial(self, serial: str) -> None:
         """Raise FileError at ``serial_pattern`` if a scanned serial does not match it."""

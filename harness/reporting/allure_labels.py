@@ -14,12 +14,33 @@ Everything here is a no-op without allure-pytest (``pytest -p no:allure_pytest``
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from test_plans.checks.catalogue import info
 
-# the plan's severities (critical/major/minor/info) on Allure's scale
-SEVERITY = {"critical": "critical", "major": "normal", "minor": "minor", "info": "trivial"}
+# plans use Allure's scale itself (blocker, critical, normal, minor, trivial): one word in both
+SEVERITY = {name: name for name in ("blocker", "critical", "normal", "minor", "trivial")}
+SOURCES = Path(__file__).resolve().parents[2] / "test_plans" / "checks" / "sources.yaml"
+
+
+@lru_cache(maxsize=1)
+def source_titles() -> dict[str, str]:
+    """Seed file name -> the document's title (test_plans/checks/sources.yaml)."""
+    try:
+        data = yaml.safe_load(SOURCES.read_text(encoding="utf-8")) or {}
+    except OSError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def source_title(name: str) -> str:
+    """``"Parallel Battery Storage: Safe Wiring & BMS Sync (004_580db881af34243e.txt)"``."""
+    title = source_titles().get(name)
+    return f"{title} ({name})" if title else name
 SAFETY_PREFIX = "SAFETY LIMIT EXCEEDED"
 
 
@@ -38,7 +59,7 @@ def severity(step: Any) -> str:
 def story(step: Any) -> str:
     """The requirement as a reader of the report names it: what, and from which document."""
     what = step.description or step.name.replace("_", " ")
-    return f"{what} ({', '.join(step.source)})" if step.source else what
+    return f"{what} — {'; '.join(source_title(s) for s in step.source)}" if step.source else what
 
 
 def dut_tags(dut_spec: Any) -> list[str]:
@@ -72,7 +93,7 @@ def label_step(step: Any, plan: Any, dut_spec: Any, serial: str) -> None:
 def _description(step: Any, plan: Any, serial: str) -> str:
     lines = [f"**{step.description or step.name}**", "",
              f"- check: `{step.check}`; plan `{plan.name}` {plan.version}; DUT serial `{serial}`",
-             f"- source: {', '.join(step.source) or '(none given)'}"]
+             f"- source: {'; '.join(source_title(s) for s in step.source) or '(none given)'}"]
     if step.gate:
         lines.append("- gate: nothing after this step is energised if it fails")
     return "\n".join(lines)

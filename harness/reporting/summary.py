@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.measure import Limits, Measurement
+from harness.reporting.allure_labels import source_title
 from harness.store import MeasurementRecord, ResultStore
 
 VERDICT_COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#8250df", "skipped": "#57606a",
@@ -118,7 +119,7 @@ def render_summary(store: ResultStore, run_id: int, run_dir: Path | None = None)
                       | ({dut.firmware} if dut and dut.firmware else set()))
     reqs = requirements(store, run_id, run_dir)
     rows = "".join(
-        f"<tr><td><b>{_e(r.text)}</b><br><small>{_e(', '.join(r.sources) or 'no source given')}"
+        f"<tr><td><b>{_e(r.text)}</b><br><small>{_e('; '.join(source_title(x) for x in r.sources) or 'no source given')}"
         f" · step {_e(r.step)} · {_e(r.check)}</small></td><td>{_verdict(r.verdict)}</td>"
         f"<td>{_key_measurements(r)}</td><td class='diag'>{'<br>'.join(_e(d) for d in r.diagnoses)}"
         f"{_plot_images(r)}</td></tr>" for r in reqs)
