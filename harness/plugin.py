@@ -340,7 +340,9 @@ def _record_identities(session: Session, modules: list[dict[str, Any]]) -> list[
 def _run_extra(ctx: RunContext) -> dict[str, Any]:
     """Kept with the run in the store: where its files are, how it was made, and each step's
     requirement text and sources (the summary page is rebuilt from the store alone)."""
+    dut = ctx.dut_spec.dut
     return {"run_dir": str(ctx.run_dir), "allure_dir": str(ctx.allure_dir) if ctx.allure_dir else None,
+            "module_model": ctx.dut_spec.module_type.model, "topology": f"{dut.series}S{dut.parallel}P",
             "dut": ctx.dut_arg, "scenario": ctx.scenario, "seed": ctx.seed, "serial": ctx.serial,
             "steps": {step.name: {"description": step.description, "source": list(step.source),
                                   "check": step.check, "severity": step.severity}

@@ -111,8 +111,8 @@ def test_fail_to_pass_is_an_improvement(pair):
 
 
 def test_same_verdict_changed_by_value_band_limits_or_text(pair):
-    moved = row(pair, "drift", "moved")  # 1 s of a 10 s window: 10 % > 5 %
-    assert moved.kind == "changed" and moved.delta_pct == pytest.approx(10.0)
+    moved = row(pair, "drift", "moved")  # 1 s of a 10 s window: 10 % > 5 %; shown as % of A's 1 s
+    assert moved.kind == "changed" and moved.delta_pct == pytest.approx(100.0)
     assert "window" in moved.note
     assert row(pair, "drift", "jitter").kind == "same"  # 0.2 s of 10 s: 2 %
     band = row(pair, "drift", "into_band")
@@ -359,3 +359,37 @@ def test_compare_command_writes_files_and_allure_result(firmware_runs, capsys):
     assert set(attached) == {"text/html", "text/csv"}
     assert attached["text/html"].read_text() == stem.with_suffix(".html").read_text()
     assert attached["text/csv"].is_file()
+
+
+def test_percentages_are_one_kind_relative_to_run_a() -> None:
+    """The same +24 s reads the same percentage whatever the limits: % of run A's value."""
+    from types import SimpleNamespace as NS
+
+    from harness.reporting.compare import value_change
+    a = NS(value=6.0, limit_kind="le", low=None, high=7.0, nominal=None, limits_extra=None)
+    b = NS(value=30.0, limit_kind="le", low=None, high=7.0, nominal=None, limits_extra=None)
+    b_wide = NS(value=30.0, limit_kind="in_range", low=0.0, high=100.0, nominal=None, limits_extra=None)
+    assert value_change(a, b, 0.05)[1] == pytest.approx(400.0)
+    assert value_change(a, b_wide, 0.05)[1] == pytest.approx(400.0)
+
+
+def test_runs_of_different_plans_are_refused_unless_forced(tmp_path, capsys) -> None:
+    """exit 2 with one line when the plans differ; --force compares anyway."""
+    from harness.reporting.compare import command
+    from harness.store import ResultStore
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    store = ResultStore(url)
+    ids = [store.start_run(station="s", operator="o", plan_name=name, emulated=True,
+                           extra={"module_model": "LFP12.8-100", "topology": "1S4P"})
+           for name in ("bank_smoke", "eol_module")]
+    for run_id in ids:
+        store.finish_run(run_id, "pass")
+    store.close()
+    args = NS = __import__("argparse").Namespace(
+        run_a=str(ids[0]), run_b=str(ids[1]), results=url, out=str(tmp_path / "out"), alluredir=None,
+        no_allure=True, format="text", tolerance=5.0, force=False)
+    assert command(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bank_smoke" in err[0] and "eol_module" in err[0] and "--force" in err[0]
+    args.force = True
+    assert command(args) == 0

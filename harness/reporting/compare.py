@@ -379,10 +379,12 @@ def _moved_note(delta: float | None, rel_tol: float, b: MeasurementRecord) -> st
 
 def value_change(a: MeasurementRecord, b: MeasurementRecord,
                  rel_tol: float) -> tuple[float | None, float | None, bool]:
-    """(delta, delta in % of the scale, moved beyond tolerance?) of B's value against A's.
+    """(delta, delta in % of run A's value, moved beyond tolerance?) of B's value against A's.
 
-    The scale is the window the limits allow (B's limits) where there is one, because what a
-    move costs is margin; otherwise the larger magnitude of the two values. Non-numbers (text,
+    The percentage shown is always relative to run A's value (None when A is 0). Whether a
+    value *moved* is judged against a scale: the window the limits allow (B's limits) where
+    there is one, because what a move costs is margin; otherwise the larger magnitude of the
+    two values. Non-numbers (text,
     booleans) have no delta: they moved when they differ.
     """
     va, vb = a.value, b.value
@@ -394,9 +396,10 @@ def value_change(a: MeasurementRecord, b: MeasurementRecord,
         return None, None, not same
     delta = fb - fa
     scale = _limit_span(b) or max(abs(fa), abs(fb))
+    # the percentage shown is always one kind: the change relative to run A's value
+    pct = delta / abs(fa) * 100.0 if fa else None
     if scale == 0:
-        return delta, 0.0, False
-    pct = delta / scale * 100.0
+        return delta, pct if delta else 0.0, False
     return delta, pct, abs(delta) > rel_tol * scale
 
 
@@ -463,9 +466,11 @@ def _json_value(value: Any) -> Any:
 def _delta_text(row: Row) -> str:
     if row.delta is None:
         return ""
-    text = f"{row.delta:+.6g}"
+    from harness.numbers import eng
+    text = eng(row.delta, row.unit or "") if row.delta else "0"
+    text = text if text.startswith("-") or text == "0" else "+" + text
     if row.delta_pct is not None and row.delta and math.isfinite(row.delta_pct):
-        text += f" ({row.delta_pct:+.1f} %)"
+        text += f" ({row.delta_pct:+.1f} % of A)"
     return text
 
 
@@ -707,6 +712,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-allure", action="store_true", help="write no Allure result")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="console output: a table (text) or the comparison as JSON")
+    parser.add_argument("--force", action="store_true",
+                        help="compare runs of different plans or DUT models (refused otherwise)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_REL_TOL * 100, metavar="PCT",
                         help="relative move of a value that counts as changed, in %% of the "
                              "limits' window (default: %(default)g)")
@@ -724,6 +731,10 @@ def command(args: argparse.Namespace) -> int:
             run_a, run_b = resolve_run(store, args.run_a), resolve_run(store, args.run_b)
         except (RunNotFound, StoreError) as exc:
             return _not_found(exc)
+        mismatch = _not_comparable(store, run_a, run_b)
+        if mismatch and not getattr(args, "force", False):
+            print(f"hil compare: {mismatch}; compare like with like, or give --force", file=sys.stderr)
+            return EXIT_NOT_FOUND
         comparison = compare_runs(store, run_a.id, run_b.id, rel_tol=args.tolerance / 100.0)
     finally:
         store.close()
@@ -733,6 +744,19 @@ def command(args: argparse.Namespace) -> int:
         files.allure = write_allure(comparison, files, alluredir) or alluredir
     _print(comparison, files, args.format)
     return EXIT_REGRESSION if comparison.regressions else EXIT_OK
+
+
+def _not_comparable(store: ResultStore, run_a: Any, run_b: Any) -> str | None:
+    """Why two runs are not like for like (another plan, another DUT model), or None."""
+    if run_a.plan_name != run_b.plan_name:
+        return (f"run {run_a.id} is plan {run_a.plan_name}, run {run_b.id} is plan "
+                f"{run_b.plan_name}")
+    # the module model and topology (a candidate firmware on the same bank is like for like)
+    kinds = [((r.extra or {}).get("module_model"), (r.extra or {}).get("topology")) for r in (run_a, run_b)]
+    if all(all(kind) for kind in kinds) and kinds[0] != kinds[1]:
+        return (f"run {run_a.id} is a {kinds[0][1]} of {kinds[0][0]}, run {run_b.id} a "
+                f"{kinds[1][1]} of {kinds[1][0]}")
+    return None
 
 
 def _open_store(url: str) -> ResultStore:
