@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multi-file", action="store_true",
                         help="write the report as a folder of files instead of one index.html")
     parser.add_argument("--output", default=None, help="report folder (default: <run folder>/report)")
+    parser.add_argument("--pdf", action="store_true",
+                        help="also print the one-page summary to PDF (A4, headless Chromium)")
 
 
 def allure_command() -> list[str]:
@@ -118,10 +120,18 @@ def command(args: argparse.Namespace) -> int:
                           output=Path(args.output).resolve() if args.output else None)
     finally:
         store.close()
+    pdf_problem = None
+    if getattr(args, "pdf", False):
+        from harness.reporting.pdf import PdfToolMissing, print_pdf
+        try:
+            print(f"pdf:     {print_pdf(rendered.summary, rendered.summary.with_suffix('.pdf'))}")
+        except (PdfToolMissing, RuntimeError, OSError) as exc:
+            pdf_problem = str(exc)
+            print(f"hil report: {exc}", file=sys.stderr)
     if rendered.report is None:
         print(rendered.missing, file=sys.stderr)
         print(f"summary: {rendered.summary}")
         return 1
     print(f"report:  {rendered.report}")
     print(f"summary: {rendered.summary}")
-    return 0
+    return 1 if pdf_problem else 0

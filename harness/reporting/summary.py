@@ -10,7 +10,6 @@ dates, operator and date. The plots of failed steps are shown; the rest stay in 
 from __future__ import annotations
 
 import base64
-import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +32,6 @@ class Requirement:
     measurements: list[MeasurementRecord]
     diagnoses: list[str]
     plots: list[Path]
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _verdict(verdict: str | None) -> str:
-    v = (verdict or "not run").lower()
-    return f'<span class="v" style="background:{VERDICT_COLOUR.get(v, "#57606a")}">{_e(v.upper())}</span>'
 
 
 def record_limits(m: MeasurementRecord) -> Limits:
@@ -82,73 +72,72 @@ def requirements(store: ResultStore, run_id: int, run_dir: Path | None) -> list[
     return out
 
 
-def _key_measurements(req: Requirement) -> str:
-    judged = [m for m in req.measurements if (m.limit_kind or "record") != "record"]
-    rows = "".join(
-        f"<tr><td>{_e(m.name)}</td><td>{_e(_value(m))}</td><td>{_e(_limits(m))}</td>"
-        f"<td>{_verdict(m.verdict)}</td></tr>" for m in judged)
-    return f'<table class="m">{rows}</table>' if rows else "<em>recorded only</em>"
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
+# requirement order on the page: what needs a reader's attention first
+_ORDER = {"fail": 0, "error": 1, "aborted": 2, "recorded": 3, "not run": 4, "skipped": 4, "pass": 5}
 
 
-def _plot_images(req: Requirement) -> str:
-    if req.verdict not in ("fail", "error"):
-        return ""
-    images = []
-    for path in req.plots:
-        if path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            images.append(f'<img alt="{_e(path.stem)}" src="data:image/png;base64,{data}">')
-    return "".join(images)
+def _environment() -> Any:
+    import jinja2
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+                              autoescape=jinja2.select_autoescape(["html", "j2"]),
+                              undefined=jinja2.StrictUndefined)
 
 
-STYLE = """
-body{font:13px/1.4 system-ui,sans-serif;margin:24px;color:#1f2328;max-width:1100px}
-h1{font-size:20px;margin:0 0 4px} .v{color:#fff;border-radius:3px;padding:1px 6px;font-weight:600}
-table{border-collapse:collapse;width:100%} td,th{border-bottom:1px solid #d0d7de;padding:4px 6px;
-text-align:left;vertical-align:top} table.m td{border:0;padding:0 8px 0 0;font-size:12px}
-.big{font-size:28px;padding:4px 14px} .diag{color:#cf222e} img{max-width:520px;margin:4px 8px 0 0}
-.meta td{border:0;padding:1px 12px 1px 0}
-"""
+def _folded_events(store: ResultStore, run_id: int) -> list[str]:
+    """Events, with the safety actions folded to one line per reason (what went safe, what failed)."""
+    lines: list[str] = []
+    safety: dict[str, dict[str, list[str]]] = {}
+    for event in store.events(run_id):
+        if event.kind == "attachment":
+            continue
+        if event.kind == "safety" and ": " in event.text:
+            reason, _, rest = event.text.rpartition(": ")
+            instrument, _, outcome = rest.partition(" ")
+            bucket = safety.setdefault(reason, {"safe": [], "failed": []})
+            bucket["safe" if outcome == "safe" else "failed"].append(instrument if outcome == "safe"
+                                                                     else f"{instrument} ({outcome})")
+            continue
+        lines.append(f"{event.kind}: {event.text}")
+    for reason, bucket in safety.items():
+        text = f"safe state ({reason}): {', '.join(bucket['safe']) or 'nothing'} safe"
+        if bucket["failed"]:
+            text += f"; FAILED: {', '.join(bucket['failed'])}"
+        lines.append(text)
+    return lines
 
 
 def render_summary(store: ResultStore, run_id: int, run_dir: Path | None = None) -> str:
+    """The one-page qualification summary: a printable A4 document (Jinja2, autoescaped)."""
     run = store.run(run_id)
     duts = store.duts(run_id)
     dut = duts[0] if duts else None
     firmware = sorted({m.firmware for d in duts for m in d.modules if m.firmware}
                       | ({dut.firmware} if dut and dut.firmware else set()))
-    reqs = requirements(store, run_id, run_dir)
-    rows = "".join(
-        f"<tr><td><b>{_e(r.text)}</b><br><small>{_e('; '.join(source_title(x) for x in r.sources) or 'no source given')}"
-        f" · step {_e(r.step)} · {_e(r.check)}</small></td><td>{_verdict(r.verdict)}</td>"
-        f"<td>{_key_measurements(r)}</td><td class='diag'>{'<br>'.join(_e(d) for d in r.diagnoses)}"
-        f"{_plot_images(r)}</td></tr>" for r in reqs)
-    instruments = "".join(
-        f"<tr><td>{_e(i.role)}</td><td>{_e(i.identity or '')}</td><td>{_e(i.driver or '')}</td>"
-        f"<td>{_e(i.calibration_due or 'not recorded')}"
-        f"{' <b class=diag>OVERDUE</b>' if i.calibration_overdue(run.started_at) else ''}</td></tr>"
-        for i in store.instruments(run_id))
-    events = "".join(f"<li>{_e(e.kind)}: {_e(e.text)}</li>" for e in store.events(run_id)
-                     if e.kind not in ("attachment",))
+    reqs = sorted(requirements(store, run_id, run_dir), key=lambda r: _ORDER.get(r.verdict, 4))
+    shown = []
+    for r in reqs:
+        judged = [{"name": m.name, "shown": _value(m), "limit": _limits(m), "verdict": m.verdict}
+                  for m in r.measurements if (m.limit_kind or "record") != "record"]
+        images = []
+        if r.verdict in ("fail", "error"):
+            images = [{"alt": p.stem, "data": base64.b64encode(p.read_bytes()).decode("ascii")}
+                      for p in r.plots if p.is_file()]
+        shown.append({"text": r.text, "step": r.step, "check": r.check, "verdict": r.verdict,
+                      "source_titles": "; ".join(source_title(x) for x in r.sources),
+                      "judged": judged, "diagnoses": r.diagnoses, "images": images})
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(
+        {r.verdict: sum(x.verdict == r.verdict for x in reqs) for r in reqs}.items(),
+        key=lambda kv: _ORDER.get(kv[0], 4)))
+    instruments = [{"role": i.role, "identity": i.identity or "", "driver": i.driver or "",
+                    "due": i.calibration_due or "not recorded",
+                    "overdue": i.calibration_overdue(run.started_at)} for i in store.instruments(run_id)]
     serial = dut.serial if dut else "?"
-    return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>Qualification summary {_e(serial)} {_e(run.plan_name)}</title><style>{STYLE}</style></head><body>
-<h1>Qualification summary — {_e(serial)} {_verdict(run.verdict)}</h1>
-<table class="meta">
-<tr><td>DUT</td><td>{_e(serial)} · {_e(dut.model if dut else '?')} · firmware {_e(', '.join(firmware) or '?')}</td></tr>
-<tr><td>Plan</td><td>{_e(run.plan_name)} {_e(run.plan_version or '')} (sha256 {_e(run.plan_hash or '?')})</td></tr>
-<tr><td>Station</td><td>{_e(run.station)} ({'emulated' if run.emulated else 'hardware'}), harness {_e(run.harness_version or '?')}</td></tr>
-<tr><td>Operator</td><td>{_e(run.operator)}</td></tr>
-<tr><td>Date</td><td>{_e(run.started_at.strftime('%Y-%m-%d %H:%M:%S UTC'))} · run {run.id} · {_e(run.uuid)}</td></tr>
-</table>
-<h2>Requirements</h2>
-<table><tr><th>Requirement</th><th>Verdict</th><th>Key measurements against limits</th><th>Diagnosis</th></tr>
-{rows}</table>
-<h2>Station and instruments</h2>
-<table><tr><th>Role</th><th>Identity</th><th>Driver</th><th>Calibration due</th></tr>{instruments}</table>
-<h2>Events</h2><ul>{events or '<li>none</li>'}</ul>
-<p><small>Made from the result store by bankhil; the Allure report of the same run has every
-measurement, plot and the CAN log.</small></p></body></html>"""
+    return _environment().get_template("summary.html.j2").render(
+        run=run, serial=serial, dut_model=dut.model if dut else "?", firmware=", ".join(firmware),
+        started=run.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"), requirements=shown, counts=counts,
+        instruments=instruments, events=_folded_events(store, run_id),
+        colour=lambda v: VERDICT_COLOUR.get((v or "not run").lower(), "#57606a"))
 
 
 def summary_path(run_dir: Path, serial: str) -> Path:
