@@ -86,6 +86,9 @@ def label_step(step: Any, plan: Any, dut_spec: Any, serial: str) -> None:
     allure.dynamic.label("dut_serial", serial)
     allure.dynamic.description(_description(step, plan, serial))
     allure.dynamic.parameter("plan_step", step.name)  # the step's name, not its whole record
+    # the report sits in <run>/report/: the signed page is one folder up
+    from harness.reporting.artifacts import safe_name
+    allure.dynamic.link(f"../summary-{safe_name(serial)}.html", name="qualification summary (this run)")
     for name, limit in step.limits.items():
         allure.dynamic.parameter(f"limit {name}", limit.to_limits().describe(), excluded=True)
 
