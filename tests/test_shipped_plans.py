@@ -1,13 +1,15 @@
 """Every shipped plan passes on its healthy DUT on the emulated bench (README: "Every shipped plan
 passes on its healthy DUT (`hil run PLAN --dut DUT`)").
 
-- Each ``test_plans/*.yaml`` has an entry in ``HEALTHY`` (plan stem -> the DUT it passes on); a
-  new plan file without one fails here, naming it.
+- Each ``test_plans/*.yaml`` names its healthy DUT in its own ``dut:`` field (the DUT an emulated
+  run uses without ``--dut``): ``HEALTHY`` is read from the plan files, so there is no second list
+  to keep; a plan file without ``dut:`` fails here, naming it, and so does a ``dut:`` with no file
+  in fixtures/duts/.
 - A plan the truth tables already run whole on its healthy DUT (a ``Run(..., plan=...)`` in
   tests/test_truth_table_parallel.py or tests/test_truth_table_series.py, no scenario, every
-  expectation PASS) is not run again: this file checks that the run is there. Those tables assert
-  exit status 0 for such a run, which ``hil run`` gives only when every step passed
-  (harness/run.py), and PASS for each step they name.
+  expectation PASS) is not run again: this file checks that the run is there and names only
+  steps of the plan. Those tables assert exit status 0 for such a run, which ``hil run`` gives only
+  when every step passed (harness/run.py), and PASS for each step they name.
 - Every other plan is run here with ``hil run PLAN --dut DUT`` -- the real CLI, plugin, emulated
   station, drivers and result store -- two at a time through the truth tables' in-process driver
   (one Python process per share, so imports and compiled kernels are paid once per process), each
@@ -30,26 +32,28 @@ REPO = Path(__file__).resolve().parents[1]
 PLANS_DIR = REPO / "test_plans"
 DUTS_DIR = REPO / "fixtures" / "duts"
 
-# plan stem -> the healthy DUT it passes on (README, "Test plans", and each plan's header)
-HEALTHY: dict[str, str] = {
-    "bank_smoke": "1s4p_diagonal",
-    "parallel_bank_1s4p": "parallel/1s4p_busbar",
-    "rack_parallel_48v": "rack_48v_3p",
-    "commissioning_parallel": "rack_48v_3p",
-    "bank_qualification_4s4p": "4s4p",
-    "series_string_4s1p": "4s1p",
-    "firmware_qualification": "1s4p_diagonal",
-    "eol_module": "1s1p",
-    "module_protection_1s1p": "1s1p",
-}
+
+def shipped_plans(plans_dir: Path = PLANS_DIR) -> list[str]:
+    return sorted(p.stem for p in plans_dir.glob("*.yaml"))
+
+
+def plan_dut(plan: str, plans_dir: Path = PLANS_DIR) -> str | None:
+    """The plan file's own ``dut:`` (the DUT of an emulated run without --dut), or None."""
+    data = yaml.safe_load((plans_dir / f"{plan}.yaml").read_text(encoding="utf-8"))
+    dut = data.get("dut") if isinstance(data, dict) else None
+    return str(dut) if dut else None
+
+
+def healthy_duts(plans_dir: Path = PLANS_DIR) -> dict[str, str]:
+    """Plan stem -> the healthy DUT it passes on: each plan file's own ``dut:``."""
+    return {plan: dut for plan in shipped_plans(plans_dir) if (dut := plan_dut(plan, plans_dir)) is not None}
+
+
+HEALTHY: dict[str, str] = healthy_duts()
 # the truth tables holding whole-plan healthy runs (module names on this folder's import path)
 TRUTH_TABLES = ("test_truth_table_parallel", "test_truth_table_series")
 # rough wall seconds per run on a quiet 2-core machine: the longest are dealt out first
 WALL_S = {"rack_parallel_48v": 29, "parallel_bank_1s4p": 26, "bank_qualification_4s4p": 25, "bank_smoke": 4}
-
-
-def shipped_plans() -> list[str]:
-    return sorted(p.stem for p in PLANS_DIR.glob("*.yaml"))
 
 
 def plan_steps(plan: str) -> list[str]:
@@ -89,11 +93,30 @@ def test_every_plan_has_a_healthy_dut() -> None:
     assert plans, f"no plan files in {PLANS_DIR}"
     missing = [p for p in plans if p not in HEALTHY]
     assert not missing, (f"plan file(s) without a healthy DUT: {', '.join(f'test_plans/{p}.yaml' for p in missing)} "
-                         f"-- add 'PLAN: DUT' to HEALTHY in {Path(__file__).name} (the DUT it passes on)")
-    stale = sorted(set(HEALTHY) - set(plans))
-    assert not stale, f"HEALTHY names plans with no file in test_plans/: {', '.join(stale)}"
+                         f"-- add 'dut: <stem>' to the plan (the DUT it passes on, fixtures/duts/<stem>.yaml)")
     no_dut = {p: d for p, d in HEALTHY.items() if not (DUTS_DIR / f"{d}.yaml").is_file()}
-    assert not no_dut, f"HEALTHY names DUTs with no file in fixtures/duts/: {no_dut}"
+    assert not no_dut, f"plans name DUTs with no file in fixtures/duts/: {no_dut}"
+
+
+def test_a_plans_dut_field_is_its_healthy_dut(tmp_path: Path) -> None:
+    """Changing a plan's ``dut:`` changes the DUT it is run on here; a plan without one is
+    reported missing (no hand-kept list to fall back on)."""
+    (tmp_path / "a.yaml").write_text("name: a\ndut: parallel/1s4p_busbar\nsteps: []\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("name: b\nsteps: []\n", encoding="utf-8")
+    assert healthy_duts(tmp_path) == {"a": "parallel/1s4p_busbar"}
+    (tmp_path / "a.yaml").write_text("name: a\ndut: rack_48v_3p\nsteps: []\n", encoding="utf-8")
+    assert healthy_duts(tmp_path) == {"a": "rack_48v_3p"}
+
+
+def test_healthy_comes_from_the_plan_files() -> None:
+    """HEALTHY is what the plan files say, read as the harness reads a plan's ``dut:`` (the
+    document against the plan schema; whether its steps fit their checks is another test's)."""
+    from harness.config import load_document, validate_document
+    from harness.config.plan import PlanFile
+
+    for plan in shipped_plans():
+        parsed = validate_document(PlanFile, load_document(PLANS_DIR / f"{plan}.yaml"))
+        assert parsed.dut == HEALTHY.get(plan), plan
 
 
 # ------------------------------------------------------------------------- (c) already run
@@ -107,6 +130,7 @@ def test_covered_by_a_truth_table(plan: str) -> None:
         unknown = [s for s in named if s not in steps]
         assert not unknown, (f"{table} run '{run.name}' ({plan} on {run.dut}) expects steps the plan "
                              f"does not have: {unknown}; plan steps: {sorted(steps)}")
+
 
 
 def test_coverage_split() -> None:

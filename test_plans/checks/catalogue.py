@@ -63,6 +63,7 @@ CATALOGUE: dict[str, CheckInfo] = {
     "polarity": CheckInfo(_COMMISSION, "Polarity", safety=True),
     "branch_protection": CheckInfo(_COMMISSION, "Branch protection", safety=True),
     "main_disconnect": CheckInfo(_COMMISSION, "Main disconnect", safety=True),
+    "contactor_proof": CheckInfo(_COMMISSION, "Contactor proof", safety=True),
     # end-of-line (one module)
     "module_identity": CheckInfo(_EOL, "Module identity"),
     "module_acir": CheckInfo(_EOL, "AC internal resistance"),
