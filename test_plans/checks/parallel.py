@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from instruments.roles import Waveform
+from instruments.sunspec_bms import normalise_chemistry
 from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.basic import (TraceRows, _natural, bms_alarm_note, bms_now, bms_read,
                                      branch_contactors, connect_bank, outputs_off, series_groups,
@@ -53,7 +54,7 @@ DIAG_COUNTED = ("capacity or limits counted for a module that is not online and 
                 "master reports combined limits only for modules online and accepted) "
                 "-- check firmware, protocol")
 
-# SunSpec model 802 ``Typ`` for a DUT's chemistry
+# SunSpec model 802 ``Typ`` families (kept for readers of older runs; chemistry is compared as chemistry)
 CHEMISTRY_TYPES = {"LFP": "LITHIUM_ION", "LIFEPO4": "LITHIUM_ION", "NMC": "LITHIUM_ION",
                    "LTO": "LITHIUM_ION", "LI-ION": "LITHIUM_ION", "PB": "LEAD_ACID",
                    "AGM": "LEAD_ACID", "LEAD_ACID": "LEAD_ACID"}
@@ -386,12 +387,14 @@ def _identity(ctx: StepContext, reports: dict[str, "ModuleReport"] | None) -> No
     ctx.measure("firmware_match", firmware == dut.firmware.version, "", ctx.limit("firmware_match"),
                 diagnosis=diagnose("firmware_mix", "master BMS", f"firmware '{firmware}' reported, "
                                    f"'{dut.firmware.version}' released for this bank"))
-    kind = client.model(802).symbol("Typ")
+    # chemistry as chemistry: LFP, NMC and LTO are all "lithium-ion" to SunSpec's Typ, so the
+    # battery's own chemistry word (model 1 Opt/Md, normalised by the client) is compared
+    kind = client.chemistry() if hasattr(client, "chemistry") else client.model(802).symbol("Typ")
     ctx.measure("reported_type", kind, "")
-    expected = CHEMISTRY_TYPES.get(dut.module_type.chemistry.upper(), dut.module_type.chemistry.upper())
+    expected = normalise_chemistry(dut.module_type.chemistry) or dut.module_type.chemistry.upper()
     ctx.measure("chemistry_match", kind == expected, "", ctx.limit("chemistry_match"),
-                diagnosis=diagnose("module_mix", "bank", f"the BMS reports battery type {kind}, "
-                                   f"{dut.module_type.chemistry} modules are {expected}"))
+                diagnosis=diagnose("module_mix", "bank", f"the BMS reports chemistry {kind}, "
+                                   f"the bank is built of {expected} modules"))
     prefix, batch = dut.dut.serial_prefix, dut.dut.batch
     foreign = []
     for module, report in reports.items():
