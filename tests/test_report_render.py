@@ -62,7 +62,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("report")
     store = f"sqlite:///{tmp / 'results.sqlite'}"
     base = [sys.executable, "-m", "harness.cli"]
-    run = subprocess.run([*base, "run", "bank_smoke", "--scenario", "ocv_mismatch_0v2", "--results", store,
+    run = subprocess.run([*base, "run", "bank_smoke", "--dut", "1s4p_same_side", "--results", store,
                           "--reports", str(tmp / "reports")], cwd=REPO, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]

@@ -51,7 +51,7 @@ def healthy_duts(plans_dir: Path = PLANS_DIR) -> dict[str, str]:
 
 HEALTHY: dict[str, str] = healthy_duts()
 # the truth tables holding whole-plan healthy runs (module names on this folder's import path)
-TRUTH_TABLES = ("test_truth_table_parallel", "test_truth_table_series")
+TRUTH_TABLES = ("test_truth_table_parallel", "test_truth_table_series", "test_truth_table_module")
 # rough wall seconds per run on a quiet 2-core machine: the longest are dealt out first
 WALL_S = {"rack_parallel_48v": 29, "parallel_bank_1s4p": 26, "bank_qualification_4s4p": 25, "bank_smoke": 4}
 

@@ -8,25 +8,37 @@ communication and aggregation, 001/DOMAIN.md 3 for protections); a case just ins
 passes; the released and the candidate firmware give different verdicts on communication loss
 and aggregation.
 
-How: as tests/test_truth_table_parallel.py (its Expect/Run/Outcome, driver and store readers are
-reused): one ``hil run`` per (DUT, scenario) of a small plan of the steps that pair is about, or
-of a shipped plan; two in-process drivers; verdicts, diagnoses and values read back from each
-run's result store. Steps follow the shipped plans (series_string_4s1p, firmware_qualification,
-module_protection_1s1p, eol_module) without their gates, so every step of a run is judged.
+The cases run the SHIPPED plans' steps, as tests/test_truth_table_parallel.py does (its StepRef,
+Expect/Run/Outcome, driver and store readers are reused): a whole plan runs as it ships
+(``Run(plan=...)``); any other case's plan is built from the shipped plan files themselves --
+:data:`STEPS` names, for each step a case uses, the plan under test_plans/ and the step in it
+(series_string_4s1p, module_protection_1s1p, series_mosfet_4s4p, firmware_degraded_1s4p), and the
+only thing a case may change is a parameter of dimension time (``durations``). Limits are never
+touched: loosening a limit in a shipped plan changes these verdicts
+(``test_a_loosened_shipped_limit_flips_its_case`` shows it, ``test_cases_carry_the_shipped_limits``
+checks every case). Flow fields (``gate``, ``on_fail``) are dropped: each step is judged on its own.
+
+How: one ``hil run`` per (DUT, scenario), two in-process drivers; verdicts, diagnoses and values
+read back from each run's result store.
 
 Fixtures beyond the shipped ones: fixtures/duts/series/ (4s1p_12v_bms, 4s1p_70v_bms,
 4s1p_candidate, 1s4p_diagonal_candidate, 1s1p_bms_lax, 1s1p_bms_borderline; their module types in
-fixtures/modules/series/) and fixtures/scenarios/series/silent_bms.
+fixtures/modules/series/) and fixtures/scenarios/series/silent_bms. The module, matching and
+BMS-identity checks have their own table, tests/test_truth_table_module.py, built the same way
+(it imports :class:`TableRun`, :func:`table_step` and the shipped-limit helpers from here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from test_truth_table_parallel import FAIL, PASS, Expect, Outcome, Run, assert_expected, run_in_workers
+import test_truth_table_parallel as parallel_table
+from test_truth_table_parallel import (FAIL, PASS, PLANS_DIR, Expect, Outcome, Run, StepRef, _time_params,
+                                       assert_expected, run_in_workers, shipped_step, whole_plan)
 
 
 # what the diagnoses must name
@@ -39,107 +51,68 @@ COMM_LOSS = "does not react to the lost inverter keep-alive"         # 004
 BMS_SILENT = "BMS stopped reporting to the inverter"                 # 004, DOMAIN.md 4
 OUT_OF_SPEC = "outside the module's specification"                   # 001, DOMAIN.md 3
 
-_FW = {"bms_firmware": {"equals": "2.1"}, "master_firmware": {"equals": "2.1.0"},
-       "as_built_versions": {"le": 1}, "capacity_not_counted": {"le": "0.5 Ah"},
-       "strings_not_admitted": {"le": 0}}
-_RECOVERED = {"alarm_cleared": {"equals": True}, "conducts_after_recovery": {"equals": True}}
-STEPS: dict[str, dict[str, Any]] = {
+# ----------------------------------------------------------------------- steps of shipped plans
+S4P, MP, M44, FD = "series_string_4s1p", "module_protection_1s1p", "series_mosfet_4s4p", "firmware_degraded_1s4p"
+EOL, FQ = "eol_module", "firmware_qualification"
+STEPS: dict[str, StepRef] = {
     # ---------------------------------------------------------------- series string (000)
-    "firmware": {"check": "firmware_consistency", "source": "000_b9e4f7d000b6acbf.txt",
-                 "parameters": {"settle_s": "2 s"}, "limits": _FW},
-    "rating": {"check": "series_mosfet_rating", "source": "000_b9e4f7d000b6acbf.txt",
-               "limits": {"vds_rating": {"ge": "60 V"}, "vds_rating_ratio": {"ge": 1.0}}},
-    "stress": {"check": "series_mosfet_stress", "source": "000_b9e4f7d000b6acbf.txt",
-               "parameters": {"load_current": "100 A", "load_s": "5 s", "interval": "20 us", "samples": 10000},
-               "limits": {"peak_vds_utilisation": {"le": "100 %"}, "settled_vds_utilisation": {"le": "80 %"},
-                          "blocked_current": {"le": "1 A"}}},
+    "firmware": StepRef(S4P, "firmware_consistency"),
+    "rating": StepRef(S4P, "mosfet_rating"),
+    "stress": StepRef(S4P, "mosfet_stress"),
     # a 4S4P: the whole group s1 opens (one module alone leaves its peers carrying the string)
-    "stress_group": {"check": "series_mosfet_stress", "source": "000_b9e4f7d000b6acbf.txt",
-                     "parameters": {"load_current": "200 A", "load_s": "5 s", "interval": "20 us",
-                                    "samples": 10000, "open_group": True},
-                     "limits": {"peak_vds_utilisation": {"le": "100 %"}, "settled_vds_utilisation": {"le": "80 %"},
-                                "blocked_current": {"le": "1 A"}}},
+    "stress_group": StepRef(M44, "mosfet_stress_group"),
     # ---------------------------------------------------------------- BMS communication (004)
-    "aggregation": {"check": "aggregation", "source": "004_580db881af34243e.txt",
-                    "parameters": {"settle_s": "2 s"},
-                    "limits": {"installed_capacity_error": {"in_range": ["-0.5 Ah", "0.5 Ah"]},
-                               "capacity_overcounted": {"le": "0.5 Ah"}, "capacity_not_counted": {"le": "0.5 Ah"},
-                               "limit_overcounted": {"le": "0.5 A"}, "limit_shortfall": {"le": "1 A"},
-                               "modules_missing": {"le": 0}}},
+    "aggregation": StepRef(S4P, "aggregation"),
     # with one module silent on purpose: the totals must hold only the online modules; the
     # missing module itself is the silent-module check's business
-    "aggregation_degraded": {"check": "aggregation", "source": "004_580db881af34243e.txt",
-                             "parameters": {"settle_s": "2 s"},
-                             "limits": {"installed_capacity_error": {"in_range": ["-0.5 Ah", "0.5 Ah"]},
-                                        "capacity_overcounted": {"le": "0.5 Ah"},
-                                        "limit_overcounted": {"le": "0.5 A"}}},
-    "heartbeat": {"check": "comm_loss_heartbeat", "source": "004_580db881af34243e.txt",
-                  "parameters": {"behaviour": ["zero_limits", "alarm"], "observe_s": "20 s", "poll_s": "0.5 s"},
-                  "limits": {"reaction_time": {"le": "7 s"}, "recovery_time": {"le": "5 s"}}},
-    "silent_module": {"check": "comm_loss_silent_module", "source": "004_580db881af34243e.txt",
-                      "parameters": {"inject": True, "observe_s": "15 s", "poll_s": "0.5 s"},
-                      "limits": {"offline_detect_time": {"le": "5 s"}, "totals_drop_time": {"le": "5 s"},
-                                 "capacity_overcounted": {"le": "0.5 Ah"}, "limit_overcounted": {"le": "0.5 A"},
-                                 "recovery_time": {"le": "10 s"}}},
+    "aggregation_degraded": StepRef(FD, "aggregation"),
+    "heartbeat": StepRef(S4P, "comm_loss_heartbeat"),
+    "silent_module": StepRef(S4P, "comm_loss_silent_module"),
     # the twin's silent_module fault (middle module from t = 20 s): watched, not injected
-    "silent_module_watch": {"check": "comm_loss_silent_module", "source": "004_580db881af34243e.txt",
-                            "parameters": {"inject": False, "observe_s": "35 s", "poll_s": "0.5 s",
-                                           "hold_s": "0 s"},
-                            "limits": {"totals_drop_time": {"le": "2 s"}, "capacity_overcounted": {"le": "0.5 Ah"},
-                                       "limit_overcounted": {"le": "0.5 A"}}},
-    "silent_bms": {"check": "comm_loss_silent_bms", "source": "004_580db881af34243e.txt",
-                   "parameters": {"load_current": "20 A", "observe_s": "40 s", "poll_s": "0.25 s",
-                                  "silence_timeout": "3 s"},
-                   "limits": {"bms_silence": {"le": "3 s"}, "silence_at_safe_state": {"le": "4 s"},
-                              "outputs_off_after": {"equals": True}}},
+    "silent_module_watch": StepRef(FD, "silent_module_watch"),
+    # series/silent_bms goes quiet 30 s in: the watch must outlast it (the plan's 30 s starts later)
+    "silent_bms": StepRef(S4P, "comm_loss_silent_bms", {"observe_s": "40 s"}),
     # ---------------------------------------------------------------- protections (001, DOMAIN.md 3)
-    "ot": {"check": "protection_trip", "source": "001_2fd46f2e26d35757.txt",
-           "parameters": {"protection": "over_temperature", "charge_voltage": "14.2 V", "charge_current": "20 A",
-                          "max_temperature": "45 degC", "observe_s": "10 s", "poll_s": "0.1 s", "recover": False},
-           "limits": {"protection_correct": {"equals": True}, "trip_temperature": {"ge": "45 degC"},
-                      "trip_delay": {"le": "3 s"}, "alarm_raised": {"equals": True},
-                      "current_after_trip": {"le": "1 A"}}},
-    "discharge_ocp": {"check": "protection_trip", "source": "001_2fd46f2e26d35757.txt",
-                      "parameters": {"protection": "discharge_over_current", "below_current": "140 A",
-                                     "below_s": "3 s", "trip_current": "170 A", "observe_s": "5 s",
-                                     "poll_s": "0.05 s", "recover_observe_s": "120 s"},
-                      "limits": {"no_trip_below": {"equals": True}, "tripped": {"equals": True},
-                                 "trip_delay": {"in_range": ["0.5 s", "1.5 s"]}, "alarm_raised": {"equals": True},
-                                 "current_after_trip": {"le": "1 A"}, **_RECOVERED,
-                                 "recovery_time": {"in_range": ["20 s", "60 s"]}}},
-    "charge_ocp": {"check": "protection_trip", "source": "001_2fd46f2e26d35757.txt",
-                   "parameters": {"protection": "charge_over_current", "charge_voltage": "14.6 V",
-                                  "below_current": "100 A", "below_s": "4 s", "trip_current": "120 A",
-                                  "observe_s": "6 s", "poll_s": "0.05 s", "recover_observe_s": "120 s"},
-                   "limits": {"no_trip_below": {"equals": True}, "tripped": {"equals": True},
-                              "trip_delay": {"in_range": ["1 s", "3 s"]}, "alarm_raised": {"equals": True},
-                              "current_after_trip": {"le": "1 A"}, **_RECOVERED,
-                              "recovery_time": {"in_range": ["20 s", "60 s"]}}},
-    "ovp": {"check": "protection_trip", "source": "001_2fd46f2e26d35757.txt",
-            "parameters": {"protection": "over_voltage", "charge_voltage": "16.0 V", "charge_current": "50 A",
-                           "threshold": "3.65 V", "approach": "3.55 V", "observe_s": "3 h", "poll_s": "0.1 s",
-                           "coarse_poll_s": "10 s", "recovery_current": "50 A", "recover_observe_s": "600 s"},
-            "limits": {"tripped": {"equals": True}, "trip_cell_voltage": {"in_range": ["3.60 V", "3.75 V"]},
-                       "trip_delay": {"in_range": ["0.5 s", "2 s"]}, "alarm_raised": {"equals": True},
-                       "current_after_trip": {"le": "1 A"}, **_RECOVERED, "recovery_time": {"le": "300 s"}}},
-    "uvp": {"check": "protection_trip", "source": "001_2fd46f2e26d35757.txt",
-            "parameters": {"protection": "under_voltage", "load_current": "100 A", "threshold": "2.5 V",
-                           "approach": "2.8 V", "observe_s": "3 h", "poll_s": "0.1 s", "coarse_poll_s": "10 s",
-                           "recovery_current": "50 A", "recovery_voltage": "14.2 V", "recover_observe_s": "900 s"},
-            "limits": {"tripped": {"equals": True}, "trip_cell_voltage": {"in_range": ["2.2 V", "2.55 V"]},
-                       "trip_delay": {"in_range": ["1 s", "4 s"]}, "alarm_raised": {"equals": True},
-                       "current_after_trip": {"le": "1 A"}, **_RECOVERED, "recovery_time": {"le": "600 s"}}},
+    "ot": StepRef(MP, "over_temperature"),
+    "discharge_ocp": StepRef(MP, "discharge_over_current"),
+    "charge_ocp": StepRef(MP, "charge_over_current"),
+    "ovp": StepRef(MP, "over_voltage"),
+    "uvp": StepRef(MP, "under_voltage"),
 }
 PROTECTION_STEPS = ("discharge_ocp", "charge_ocp", "ovp", "uvp")
 
 
-@dataclass
-class SeriesRun(Run):
-    """A run of this table's STEPS (or of a shipped plan)."""
+def table_step(table: dict[str, StepRef], key: str, plans_dir: Path = PLANS_DIR) -> dict[str, Any]:
+    """The step ``table[key]`` as its shipped plan file has it, named ``key``, its durations
+    shortened, its flow fields dropped -- tests/test_truth_table_parallel.py's
+    ``step_from_shipped`` (the one place that rule lives), given this table's reference under a
+    name of its own for the call."""
+    probe = f"__{table_step.__module__}:{id(table)}:{key}"
+    parallel_table.STEPS[probe] = table[key]
+    try:
+        entry = parallel_table.step_from_shipped(probe, plans_dir)
+    finally:
+        del parallel_table.STEPS[probe]
+    entry["name"] = key
+    return entry
 
-    def plan_data(self) -> dict[str, Any]:
-        steps = [{"name": e.step, **STEPS[e.step]} for e in self.expects]
+
+@dataclass
+class TableRun(Run):
+    """A run of steps of the shipped plans that its table's ``STEPS`` names (or of a whole
+    shipped plan). ``plans_dir``: where the plan files are read (a copy, to show a loosened
+    limit changes a verdict)."""
+
+    table: dict[str, StepRef] = field(default_factory=lambda: STEPS, repr=False)
+    plans_dir: Path = PLANS_DIR
+
+    def plan_data(self, plans_dir: Path | None = None) -> dict[str, Any]:
+        folder = plans_dir or self.plans_dir
+        steps = [table_step(self.table, e.step, folder) for e in self.expects]
         return {"name": f"truth_{self.name}", "version": "1", "applies_to": ["*"], "steps": steps}
+
+
+SeriesRun = TableRun
 
 
 def _all(steps: tuple[str, ...] | list[str], verdict: str, text: str = "") -> list[Expect]:
@@ -157,7 +130,7 @@ RUNS = [
     SeriesRun("4s1p_weak_fet", S4, "weak_fet_series", [
         Expect("rating", PASS),                  # the DUT's record says 80 V: only the dynamic test sees it
         Expect("stress", FAIL, FAILED_SHORT)]),
-    SeriesRun("4s4p_group_open", "4s4p", None, [Expect("stress_group", PASS)]),
+    SeriesRun("plan_mosfet_4s4p", "4s4p", None, whole_plan(M44), plan=M44),
     SeriesRun("4s4p_weak_fet", "4s4p", "weak_fet_series", [Expect("stress_group", FAIL, FAILED_SHORT)]),
     SeriesRun("4s1p_12v_bms", "series/4s1p_12v_bms", None, [
         Expect("rating", FAIL, NOT_SERIES_RATED), Expect("stress", FAIL, NOT_SERIES_RATED)]),
@@ -189,13 +162,9 @@ RUNS = [
     SeriesRun("1s1p_bms_lax_hot", "series/1s1p_bms_lax", "hot_module", [Expect("ot", FAIL, OUT_OF_SPEC)]),
     SeriesRun("1s1p_bms_borderline", "series/1s1p_bms_borderline", None, _all(PROTECTION_STEPS, PASS)),
     # ---- shipped plans on their healthy DUTs; the candidate firmware fails its qualification
-    SeriesRun("plan_series_string", S4, None,
-              _all(("firmware_consistency", "configuration", "mosfet_rating", "aggregation", "mosfet_stress",
-                    "comm_loss_heartbeat", "comm_loss_silent_module", "comm_loss_silent_bms"), PASS),
-              plan="series_string_4s1p"),
-    SeriesRun("plan_eol", "1s1p", None,
-              _all(("bms_comm", "identity", "ocv", "acir", "balance", "discharge_ocp_trip"), PASS),
-              plan="eol_module"),
+    SeriesRun("plan_series_string", S4, None, whole_plan(S4P), plan=S4P),
+    SeriesRun("plan_eol", "1s1p", None, whole_plan(EOL), plan=EOL),
+    SeriesRun("plan_firmware_degraded", "1s4p_diagonal", None, whole_plan(FD), plan=FD),
     SeriesRun("plan_firmware_good", "1s4p_diagonal", None,
               _all(("firmware_consistency", "aggregation", "admission", "comm_loss_heartbeat",
                     "comm_loss_silent_module"), PASS), plan="firmware_qualification"),
@@ -240,3 +209,65 @@ def test_good_and_candidate_firmware_differ() -> None:
         by_name["silent_module_candidate"]["aggregation_degraded"]
     assert by_name["plan_firmware_good"]["comm_loss_heartbeat"] != \
         by_name["plan_firmware_candidate"]["comm_loss_heartbeat"]
+
+
+# ----------------------------------------------------------------------- the plans are the shipped ones
+def assert_shipped_limits(run: TableRun) -> None:
+    """Each step of the case's plan is its shipped plan's step: the same check, the same limits,
+    the same parameters but for the time parameters its reference shortens."""
+    is_time = _time_params()
+    for step in run.plan_data()["steps"]:
+        ref = run.table[step["name"]]
+        shipped = shipped_step(ref.plan, ref.step)
+        assert step["check"] == shipped["check"]
+        assert step.get("limits") == shipped.get("limits"), f"{run.name}: {step['name']} limits differ"
+        ours, theirs = step.get("parameters") or {}, shipped.get("parameters") or {}
+        for name in set(ours) | set(theirs):
+            if ours.get(name) != theirs.get(name):
+                assert is_time(step["check"], name) and name in ref.durations, \
+                    f"{run.name}: {step['name']} changes parameter {name} ({theirs.get(name)!r} -> {ours.get(name)!r})"
+
+
+def loosened_copy(folder: Path, plan: str, tight: str, loose: str) -> Path:
+    """Every shipped plan copied to ``folder``, the one text ``tight`` of ``plan`` (which must be
+    there once) replaced by ``loose``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in PLANS_DIR.glob("*.yaml"):
+        (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    text = (folder / f"{plan}.yaml").read_text(encoding="utf-8")
+    assert text.count(tight) == 1, f"{plan}.yaml no longer has '{tight}' once"
+    (folder / f"{plan}.yaml").write_text(text.replace(tight, loose), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("run", [r for r in RUNS if r.plan is None], ids=lambda r: r.name)
+def test_cases_carry_the_shipped_limits(run: TableRun) -> None:
+    assert_shipped_limits(run)
+
+
+def test_every_step_key_names_a_shipped_step() -> None:
+    for key in STEPS:
+        assert table_step(STEPS, key)["name"] == key
+
+
+def test_only_durations_may_be_shortened() -> None:
+    table = {"probe": StepRef(S4P, "comm_loss_silent_bms", {"load_current": "5 A"})}
+    with pytest.raises(ValueError, match="only parameters of dimension time"):
+        table_step(table, "probe")
+    assert not [k for k in parallel_table.STEPS if k.startswith("__")]  # the probe is gone again
+
+
+def test_a_loosened_shipped_limit_flips_its_case(tmp_path: Path) -> None:
+    """The silent-BMS case fails the shipped step (bms_silence <= 3 s: the BMS stayed silent
+    longer before the harness made the bench safe); with that one limit loosened in a copy of
+    the shipped plan, the same case built the same way passes: the table judges with the plan
+    files' limits, not copies of its own."""
+    plans = loosened_copy(tmp_path / "plans", S4P, "bms_silence: {le: 3 s}", "bms_silence: {le: 10 s}")
+    case = next(r for r in RUNS if r.name == "4s1p_silent_bms")
+    loosened = TableRun(f"{case.name}_loosened", case.dut, case.scenario, [Expect("silent_bms", PASS)],
+                        plans_dir=plans)
+    assert loosened.plan_data()["steps"][0]["limits"]["bms_silence"] == {"le": "10 s"}
+    assert case.plan_data()["steps"][0]["limits"]["bms_silence"] == {"le": "3 s"}
+    outcome = run_in_workers(tmp_path / "runs", [loosened])[loosened.name]
+    assert_expected(outcome, loosened, loosened.expects[0])
+    assert 3.0 < outcome.values["silent_bms"]["bms_silence"] < 10.0

@@ -7,26 +7,21 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 from instruments.roles import InstrumentError, Waveform
 from test_plans.checks import Measure, Param, StepContext, check
+from test_plans.checks.diagnosis import diagnose, outlier, sharing_cause
 
 DIAG_REDUCED_CAPACITY = ("module not accepted by the BMS (004: inverter reports reduced capacity) "
                          "-- check CAN/RS485 order, firmware, protocol")
-DIAG_MISMATCH = ("voltage or SOC mismatch (004: modules exchange current at rest) "
-                 "-- check pre-connect voltage and SOC")
-DIAG_SHARING = ("unequal cable resistance (004: one module current much higher) "
-                "-- check cable length, gauge, busbar landing")
-DIAG_OLDER_MODULE = ("lower resistance path or older module (004: one module discharges faster) "
-                     "-- check cable length, gauge and module health")
 DIAG_OFFLINE = ("BMS address, breaker or contactor issue (004: one module stays offline) "
                 "-- check address setting, branch breaker, communication cable")
-DIAG_FUSE = ("overcurrent or wrong fuse rating (004: branch fuse trips) "
-             "-- check branch current and fuse specification")
-
 # a branch carrying less than this fraction of the mean is open, not just unequal
 OPEN_BRANCH_FRACTION = 0.05
+# a module reading less than this (V) reads nothing: an open BMS switch or lead, not a low charge
+DEAD_VOLTS = 0.5
 # the most samples a trace keeps: a report picture shows no more, and a CSV stays small
 TRACE_POINTS = 5000
 _POSITION = re.compile(r"^s(\d+)p(\d+)$")
@@ -87,6 +82,134 @@ def connect_bank(bench: Any, gap_s: float = 0.5) -> list[str]:
     return closed
 
 
+def contactor_is_closed(bench: Any, name: str) -> bool:
+    return bool(bench.actuator.is_closed(bench.channels.contactor_channel(name)))
+
+
+@contextmanager
+def branches_opened(bench: Any, gap_s: float = 0.5, restore: bool = True) -> Iterator[list[str]]:
+    """Every branch contactor that is closed is opened through the actuator role (load and
+    supply first off); the block runs with the branches open; on leaving, the ones opened here
+    are closed again, one every ``gap_s`` (``restore``), whatever happened. Yields the branches
+    opened. A bank without branch contactors yields ``[]`` (nothing to open)."""
+    outputs_off(bench)
+    opened = []
+    if bench.channels.actuator:
+        for name in branch_contactors(bench):
+            if contactor_is_closed(bench, name):
+                bench.set_contactor(name, False)
+                opened.append(name)
+    try:
+        yield opened
+    finally:
+        if restore:
+            outputs_off(bench)
+            for name in opened:
+                bench.set_contactor(name, True)
+                bench.clock.wait(gap_s)
+
+
+def can_open_modules(bench: Any) -> bool:
+    """Whether every module's terminals can be read open-circuit: the bank has branch contactors
+    the actuator drives, or no module has a parallel peer (one module, or one string)."""
+    if bench.channels.actuator and branch_contactors(bench):
+        return True
+    positions = [_POSITION.match(m) for m in bench.channels.module_voltage_channels()]
+    series = [int(m.group(1)) for m in positions if m]
+    return len(series) == len(set(series))
+
+
+def modules_of(branch: str, modules: Sequence[str]) -> list[str]:
+    """The modules a branch carries: itself (``sXpY``, a bank of parallel groups) or, for a
+    string ``pY``, every ``s*pY`` in series order."""
+    if _POSITION.match(branch):
+        return [branch]
+    p = branch[1:]
+    return sorted((m for m in modules if (hit := _POSITION.match(m)) and hit.group(2) == p), key=_natural)
+
+
+def branch_values(values: Mapping[str, float], branches: Sequence[str]) -> dict[str, float]:
+    """Per-module figures as per-branch ones: a module branch its module's; a string the sum
+    (voltages, resistances in series) of its modules' -- a branch with a module unread is left
+    out."""
+    out = {}
+    for branch in branches:
+        members = modules_of(branch, list(values))
+        if members and all(m in values for m in members):
+            out[branch] = sum(float(values[m]) for m in members)
+    return out
+
+
+def module_resistances(bench: Any) -> dict[str, float]:
+    """AC-IR (ohm) of the modules the station's AC-IR meter reaches (its leads: the channel map's
+    ``acir_module``), read while the branches are open; ``{}`` without an ``acir`` role. A
+    station whose meter reaches one module gives one reading: module-to-module evidence needs at
+    least two."""
+    if "acir" not in bench.instruments or not bench.channels.acir_module:
+        return {}
+    ohm, _ = bench.acir.measure()
+    return {bench.channels.acir_module: float(ohm)}
+
+
+def module_bms_reports(bench: Any) -> Any:
+    """Per-module SOC/SoH from the BMS (SunSpec 805) by position, None without SunSpec."""
+    from test_plans.checks.parallel import module_reports  # parallel.py imports this module
+
+    return module_reports(bench)
+
+
+def bms_module_evidence(module: str, reports: Any, soc: bool = True) -> str:
+    """What the BMS says of one module against its peers (SOC, SoH), for a diagnosis's evidence."""
+    if not reports or module not in reports:
+        return ""
+    parts = []
+    for label, attr, wanted in (("SOC", "soc_pct", soc), ("SoH", "soh_pct", True)):
+        own = getattr(reports[module], attr)
+        peers = [getattr(r, attr) for m, r in reports.items() if m != module and getattr(r, attr) is not None]
+        if not wanted or own is None or (isinstance(own, float) and math.isnan(own)):
+            continue
+        if peers:
+            mean = sum(peers) / len(peers)
+            if label == "SoH" and abs(own - mean) < 0.5:
+                continue
+            parts.append(f"BMS {label} {own:.1f} % against {mean:.1f} %")
+        else:
+            parts.append(f"BMS {label} {own:.1f} %")
+    return "; ".join(parts)
+
+
+def has_parallel_peer(module: str, modules: Sequence[str]) -> bool:
+    """A module with another at its series position (a parallel group) -- else it sits in a string."""
+    hit = _POSITION.match(module)
+    if hit is None:
+        return False
+    return any((other := _POSITION.match(m)) and other.group(1) == hit.group(1) and m != module for m in modules)
+
+
+def ocv_diagnosis(module: str, volts: Mapping[str, float], reports: Any = None) -> str:
+    """One module's open-circuit voltage against the others': negative is a reversed lead,
+    (almost) nothing an open BMS switch or lead (004: one module stays offline); otherwise a
+    charge difference -- between parallel peers 004's "modules exchange current at rest"
+    (voltage or SOC mismatch), in a string 001's series mismatch. The BMS's SOC/SoH of the
+    module are the evidence."""
+    value = float(volts[module])
+    peers = [float(v) for m, v in volts.items() if m != module]
+    evidence = f"open-circuit {value:.3f} V"
+    if peers:
+        mean = sum(peers) / len(peers)
+        evidence += f" against {mean:.3f} V for the others ({(value - mean) * 1e3:+.0f} mV)"
+    health = bms_module_evidence(module, reports)
+    if health:
+        evidence += f"; {health}"
+    if value < -DEAD_VOLTS:
+        return diagnose("reversed_polarity", module, evidence + " (negative)")
+    if abs(value) <= DEAD_VOLTS:
+        return diagnose("module_offline", module, evidence + ": its terminals read nothing (BMS switch or lead open)")
+    if len(volts) > 1 and not has_parallel_peer(module, list(volts)):
+        return diagnose("series_mismatch", module, evidence)
+    return diagnose("soc_mismatch", module, evidence)
+
+
 def bms_now(bench: Any) -> Any:
     """The BMS client that answers with the bank's present state: the SunSpec (Modbus) client
     when the station has one -- a request is answered from the BMS as it is now -- else the Bms
@@ -129,15 +252,103 @@ def bms_alarm_note(bench: Any) -> str:
     return f" (BMS alarms: {', '.join(alarms)})" if alarms else ""
 
 
-def sharing_diagnosis(currents: dict[str, float], bench: Any) -> str:
-    """A branch carrying (almost) nothing is open (fuse, breaker, contactor or its BMS switch);
-    otherwise the split is unequal (cable, joint or an older module)."""
-    mean = sum(currents.values()) / len(currents)
-    if mean and min(abs(i) for i in currents.values()) < OPEN_BRANCH_FRACTION * abs(mean):
-        text = f"{DIAG_OFFLINE}; {DIAG_FUSE}"
+def sharing_diagnosis(currents: dict[str, float], bench: Any, ocv: Mapping[str, float] | None = None,
+                      resistance: Mapping[str, float] | None = None, discharging: bool = True,
+                      module_ocv: Mapping[str, float] | None = None,
+                      module_resistance: Mapping[str, float] | None = None) -> str:
+    """The row for an unequal split, chosen from what was measured and naming the branch
+    (troubleshooting.yaml, test_plans/checks/diagnosis.py), in the group of parallel branches
+    whose split is worst:
+
+    - a branch carrying (almost) nothing is open: with a BMS alarm its module's BMS switch
+      (004: one module stays offline), without one its fuse, breaker or contactor (004: branch
+      fuse trips);
+    - otherwise :func:`sharing_cause` on the branches' current magnitudes with the evidence the
+      check took before loading -- each branch's open-circuit voltage (``ocv``, branches open)
+      and its module resistance (``resistance``, AC-IR): a voltage that explains the current is
+      a SOC mismatch, a resistance that explains it a weak module, neither the path (004: one
+      module current much higher -> unequal cable resistance).
+
+    Two branches (two strings) are each as far from their mean as the other: the one named is
+    the string whose own modules disagree (``module_ocv``, ``module_resistance``: a module unlike
+    its string-mates), compared with the other string by the same rules (:func:`_pair_cause`)."""
+    groups = series_groups(list(currents))
+    members = max(groups.values(), key=lambda b: _imbalance_or_zero({k: currents[k] for k in b}))
+    magnitude = {b: abs(float(currents[b])) for b in members}
+    mean = sum(magnitude.values()) / len(magnitude)
+    alarms = bms_alarm_note(bench)
+    low = min(magnitude, key=lambda b: (magnitude[b], _natural(b)))
+    if mean and magnitude[low] < OPEN_BRANCH_FRACTION * mean:
+        evidence = f"{low} carries {magnitude[low]:.1f} A against a mean of {mean:.1f} A"
+        if alarms:
+            return diagnose("module_offline", low, evidence + f"; its BMS switch is open{alarms}")
+        return diagnose("fuse_trips", low, evidence + "; no BMS alarm: its fuse, breaker or contactor is open")
+    ocv_in = {b: v for b, v in (ocv or {}).items() if b in magnitude} or None
+    r_in = {b: v for b, v in (resistance or {}).items() if b in magnitude} or None
+    odd = _odd_string(list(magnitude), module_ocv or {}, module_resistance or {}) if len(magnitude) == 2 else None
+    if odd is not None:
+        row_id, subject, evidence = _pair_cause(magnitude, odd, ocv_in, discharging)
     else:
-        text = f"{DIAG_SHARING}; {DIAG_OLDER_MODULE}"
-    return text + bms_alarm_note(bench)
+        row_id, subject, evidence = sharing_cause(magnitude, ocv=ocv_in, resistance=r_in, discharging=discharging)
+    if ocv is None:
+        evidence += " (open-circuit voltages not measured)"
+    return diagnose(row_id, subject or None, evidence) + alarms
+
+
+def _odd_string(branches: list[str], module_ocv: Mapping[str, float], module_r: Mapping[str, float],
+                ocv_tolerance_v: float = 0.02, r_tolerance: float = 0.15) -> tuple[str, str, str] | None:
+    """Of two strings, the one with a module unlike its string-mates -- where the other string's
+    modules agree: ``(string, "ocv" | "resistance", what sets it apart)``; else None. A module's
+    open-circuit voltage more than ``ocv_tolerance_v`` off its string-mates' mean, or its
+    resistance more than ``r_tolerance`` (relative) off theirs."""
+    def worst(branch: str, values: Mapping[str, float], relative: bool) -> tuple[float, str, float, float]:
+        members = [m for m in modules_of(branch, list(values)) if m in values]
+        best = (0.0, "", math.nan, math.nan)
+        for m in members if len(members) > 1 else []:
+            mates = sum(values[o] for o in members if o != m) / (len(members) - 1)
+            off = abs(values[m] / mates - 1.0) if relative and mates else abs(values[m] - mates)
+            if off > best[0]:
+                best = (off, m, values[m], mates)
+        return best
+
+    for kind, values, tolerance, relative in (("ocv", module_ocv, ocv_tolerance_v, False),
+                                              ("resistance", module_r, r_tolerance, True)):
+        found = {b: worst(b, values, relative) for b in branches}
+        odd = max(branches, key=lambda b: (found[b][0], _natural(b)))
+        if found[odd][0] > tolerance and all(found[b][0] <= tolerance for b in branches if b != odd):
+            _, module, own, mates = found[odd]
+            text = (f"its module {module} at {own:.3f} V against {mates:.3f} V for its string-mates" if kind == "ocv"
+                    else f"its module {module} at {own * 1e3:.2f} mOhm against {mates * 1e3:.2f} mOhm for its "
+                         "string-mates")
+            return odd, kind, text
+    return None
+
+
+def _pair_cause(magnitude: Mapping[str, float], odd: tuple[str, str, str], ocv: Mapping[str, float] | None,
+                discharging: bool) -> tuple[str, str, str]:
+    """:func:`sharing_cause`'s rules for two strings, naming the odd one (chosen by its modules,
+    :func:`_odd_string`) against the other: its open-circuit voltage differing in the direction
+    that explains its current -> soc_mismatch; a module of higher resistance where it carries
+    less -> weak_module; else the path -> cable_resistance."""
+    import inspect
+
+    name, kind, why = odd
+    ocv_tol = inspect.signature(sharing_cause).parameters["ocv_tolerance_v"].default
+    other = next(b for b in magnitude if b != name)
+    high = magnitude[name] > magnitude[other]
+    share = f"{name} carries {magnitude[name]:.1f} A against {magnitude[other]:.1f} A in {other}"
+    if kind == "ocv" and ocv and name in ocv and other in ocv:
+        delta = ocv[name] - ocv[other]
+        if abs(delta) > ocv_tol and (delta > 0) == (high == discharging):
+            return "soc_mismatch", name, f"{share}; its open-circuit voltage is {delta * 1000:+.0f} mV from {other}'s, {why}"
+    if kind == "resistance" and not high:
+        return "weak_module", name, f"{share}; {why}"
+    return "cable_resistance", name, f"{share} ({'the easiest' if high else 'the hardest'} path)"
+
+
+def _imbalance_or_zero(currents: dict[str, float]) -> float:
+    value = imbalance_pct(currents) if len(currents) > 1 else 0.0
+    return 0.0 if math.isnan(value) else value
 
 
 # ================================================================== traces for the report
@@ -205,24 +416,62 @@ class TraceRows:
 @check("bms_identity",
        measures={"bms_firmware": Measure("", required=True, doc="CAN 0x35F major.minor")})
 def bms_identity(ctx: StepContext) -> None:
-    """The BMS answers and reports the firmware the plan expects (000, 004: no mixed firmware)."""
-    bms = ctx.bench.bms
-    ctx.measure("bms_firmware", bms.firmware(), "", ctx.limit("bms_firmware"),
-                diagnosis=DIAG_REDUCED_CAPACITY)
+    """The BMS answers and reports the firmware the plan expects (000, 004: one firmware,
+    confirmed before connecting). A version other than the plan's names the BMS with the
+    version it reported (``firmware_release`` row)."""
+    firmware = ctx.bench.bms.firmware()
+    expected = ctx.limit("bms_firmware").equals
+    ctx.measure("bms_firmware", firmware, "", ctx.limit("bms_firmware"),
+                diagnosis=diagnose("firmware_release", "BMS", f"CAN 0x35F reports firmware {firmware}"
+                                   + (f", the plan releases {expected}" if expected is not None else "")))
 
 
 @check("module_ocv_match",
-       params={"rest_s": Param("s")},
+       params={"rest_s": Param("s", doc="with the branches open, before the reading"),
+               "close_gap_s": Param("s", doc="between re-closing the branch contactors")},
        measures={"ocv_{module}": Measure("V", limit="module_ocv", required=True),
-                 "ocv_spread": Measure("V", required=True)})
+                 "ocv_spread": Measure("V", required=True, doc="highest minus lowest module"),
+                 "branches_opened": Measure("", doc="branch contactors opened for the reading")})
 def module_ocv_match(ctx: StepContext) -> None:
-    """Every module's open-circuit voltage and their spread (000: <= 0.1 V before paralleling)."""
-    ctx.bench.clock.wait(float(ctx.param("rest_s", 1.0)))
-    volts = ctx.bench.module_voltages()
-    for module, value in sorted(volts.items()):
-        ctx.measure(f"ocv_{module}", value, "V", ctx.limit("module_ocv"))
+    """Every module's open-circuit voltage and their spread, measured open (000: "measure
+    open-circuit voltage on every unit before closing the parallel bus", <= 0.1 V; 003: +-0.05 V).
+
+    A closed bank forces one bus voltage on its parallel modules: a module 0.2 V low reads a
+    few tens of mV low while current flows into it. So load and supply are switched off and
+    every closed branch contactor is opened through the actuator role; after ``rest_s`` the
+    scanner reads each module's terminals (``sXpY.+`` to ``sXpY.P-``, its own side of the branch
+    contactor: no current, its open-circuit voltage); then the contactors opened are closed
+    again, one every ``close_gap_s``, as they were found. ``ocv_spread`` is the highest minus the
+    lowest module. A failed reading names the module farthest from the others with its voltage
+    and its SOC/SoH from the BMS (SunSpec 805): a charge difference (004: modules exchange
+    current at rest -> voltage or SOC mismatch; in a string 001's series mismatch), nothing on
+    its terminals (004: one module stays offline) or a reversed lead. A bank of parallel
+    modules without an actuator cannot be read open: the spread is an ERROR, not a guess."""
+    bench = ctx.bench
+    if not can_open_modules(bench):
+        volts = bench.module_voltages()
+        for module in sorted(volts, key=_natural):
+            ctx.measure(f"ocv_{module}", volts[module], "V")
+        ctx.measure("ocv_spread", None, "V", ctx.limit("ocv_spread"),
+                    diagnosis="the branches cannot be opened (no actuator role): a closed bank's module "
+                              "voltages are the bus voltage, not open-circuit voltages")
+        return
+    with branches_opened(bench, float(ctx.param("close_gap_s", 0.5))) as opened:
+        bench.clock.wait(float(ctx.param("rest_s", 1.0)))
+        volts = bench.module_voltages()
+        reports = module_bms_reports(bench)
+    ctx.measure("branches_opened", len(opened), "")
+    for module in sorted(volts, key=_natural):
+        ctx.measure(f"ocv_{module}", volts[module], "V", ctx.limit("module_ocv"),
+                    diagnosis=ocv_diagnosis(module, volts, reports))
     spread = max(volts.values()) - min(volts.values())
-    ctx.measure("ocv_spread", spread, "V", ctx.limit("ocv_spread"), diagnosis=DIAG_MISMATCH)
+    odd = outlier(volts)
+    ctx.measure("ocv_spread", spread, "V", ctx.limit("ocv_spread"),
+                diagnosis=ocv_diagnosis(odd.name, volts, reports) if odd is not None else None)
+    modules = sorted(volts, key=_natural)
+    ctx.measure.trace("module_ocv", "xy", {"module": modules, "ocv": [volts[m] for m in modules]},
+                      units={"ocv": "V"}, marks={"mean": sum(volts.values()) / len(volts)},
+                      title="Module open-circuit voltages, branches open")
 
 
 @check("configuration",
@@ -288,9 +537,10 @@ def configuration(ctx: StepContext) -> None:
                     ctx.limit("modules_missing"), diagnosis=DIAG_OFFLINE)
 
 
-def _sharing_phase(ctx: StepContext, phase: str, amps: float) -> None:
+def _sharing_phase(ctx: StepContext, phase: str, amps: float, evidence: "_Evidence") -> None:
     """One operating point: per-branch currents, imbalance per series group, the total against
-    the instrument and the BMS. ``phase`` is ``""`` (load) or ``"charge_"`` (supply)."""
+    the instrument and the BMS. ``phase`` is ``""`` (load) or ``"charge_"`` (supply); the
+    diagnosis is chosen with the evidence taken before loading."""
     bench = ctx.bench
     charging = phase == "charge_"
     if charging:
@@ -304,9 +554,17 @@ def _sharing_phase(ctx: StepContext, phase: str, amps: float) -> None:
     try:
         bench.clock.wait(float(ctx.param("settle_s", 5.0)))
         currents = bench.branch_currents()
+        loaded = bench.module_voltages() if evidence.ocv else {}
         total = bench.supply.measure_current() if charging else -bench.load.measure_current()
         bms_amps = bms_now(bench).telemetry().current_a if bench.bms is not None else None
-        diagnosis = sharing_diagnosis(currents, bench)
+        resistance = _module_resistance(evidence.ocv or {}, loaded, currents)
+        per_module = _per_module_resistance(evidence.modules or {}, loaded, currents)
+        for branch in sorted(resistance, key=_natural):
+            ctx.measure(f"{phase}resistance_{branch}", resistance[branch], "ohm")
+        if evidence.resistance and set(currents) <= set(evidence.resistance):  # the meter reached every branch
+            resistance = dict(evidence.resistance)
+        diagnosis = sharing_diagnosis(currents, bench, evidence.ocv, resistance, discharging=not charging,
+                                      module_ocv=evidence.modules, module_resistance=per_module)
     finally:
         if charging:
             bench.supply.output(False)
@@ -332,6 +590,34 @@ def _sharing_phase(ctx: StepContext, phase: str, amps: float) -> None:
     _trace_sharing(ctx, "charge" if charging else "load", amps, currents, limit.high)
 
 
+def _module_resistance(ocv: Mapping[str, float], loaded: Mapping[str, float],
+                       currents: Mapping[str, float]) -> dict[str, float]:
+    """Each branch's module resistance at the operating point (ohm): its open-circuit voltage
+    (branches open, before loading) minus its terminal voltage now (``sXpY.+`` to ``sXpY.P-``:
+    the module's own side, so its leads, lugs and the bus are not in it), over its current. A
+    branch carrying (almost) nothing has none."""
+    volts = branch_values(loaded, list(currents))
+    out = {}
+    for branch, amps in currents.items():
+        if branch in ocv and branch in volts and abs(amps) > 1.0:
+            out[branch] = abs(ocv[branch] - volts[branch]) / abs(amps)
+    return out
+
+
+def _per_module_resistance(ocv: Mapping[str, float], loaded: Mapping[str, float],
+                           currents: Mapping[str, float]) -> dict[str, float]:
+    """Each module's resistance at the operating point (ohm): its open-circuit minus its terminal
+    voltage over its branch's current (every module of a string carries the string's)."""
+    out = {}
+    for branch, amps in currents.items():
+        if abs(amps) <= 1.0:
+            continue
+        for module in modules_of(branch, list(loaded)):
+            if module in ocv and module in loaded:
+                out[module] = abs(ocv[module] - loaded[module]) / abs(amps)
+    return out
+
+
 def _trace_sharing(ctx: StepContext, side: str, amps: float, currents: dict[str, float],
                    tolerance_pct: float | None) -> None:
     """The branch currents of one operating point for the report: bars around their mean and
@@ -346,12 +632,47 @@ def _trace_sharing(ctx: StepContext, side: str, amps: float, currents: dict[str,
                       title=f"Branch currents at {amps:g} A {side} (+ = charging)")
 
 
+class _Evidence:
+    """What current sharing measures before it loads the bank, to choose a diagnosis with:
+    each branch's open-circuit voltage (branches open) and module resistance (AC-IR)."""
+
+    def __init__(self, ocv: dict[str, float] | None = None, resistance: dict[str, float] | None = None,
+                 modules: dict[str, float] | None = None):
+        self.ocv = ocv
+        self.resistance = resistance
+        self.modules = modules
+
+
+def _open_circuit_evidence(ctx: StepContext) -> _Evidence:
+    """With load and supply off, every branch contactor is opened; after ``ocv_rest_s`` each
+    branch's open-circuit voltage (its module, or the sum of its string's modules) and the AC-IR
+    of the modules the meter reaches are read. Recorded as ``ocv_{branch}`` / ``acir_{module}``.
+    Nothing to open (no actuator, one branch) or ``ocv_rest_s: 0 s``: no evidence."""
+    bench = ctx.bench
+    rest = float(ctx.param("ocv_rest_s", 2.0))
+    branches = branch_contactors(bench) if bench.channels.actuator else []
+    if rest <= 0 or len(branches) < 2:
+        return _Evidence()
+    with branches_opened(bench, restore=False):
+        bench.clock.wait(rest)
+        volts = bench.module_voltages()
+        acir = module_resistances(bench)
+    ocv = branch_values(volts, branches)
+    for branch in sorted(ocv, key=_natural):
+        ctx.measure(f"ocv_{branch}", ocv[branch], "V")
+    for module, ohm in sorted(acir.items()):
+        ctx.measure(f"acir_{module}", ohm, "ohm")
+    return _Evidence(ocv, branch_values(acir, branches), dict(volts))
+
+
 @check("current_sharing",
        params={"load_current": Param("A", setpoint="load.current"),
                "charge_current": Param("A", setpoint="supply.current"),
                "charge_voltage": Param("V", setpoint="supply.voltage", doc="default: the BMS's charge voltage limit"),
                "settle_s": Param("s"),
-               "rest_s": Param("s", doc="between the load and the charge point")},
+               "rest_s": Param("s", doc="between the load and the charge point"),
+               "ocv_rest_s": Param("s", doc="branches open before loading, for their open-circuit voltages "
+                                           "(default 2 s; 0 s: not measured)")},
        # {phase} is "" (load) or "charge_"; the specific patterns come before current_{branch}
        measures={"imbalance": Measure("%", required=True),
                  "charge_imbalance": Measure("%"),
@@ -359,21 +680,34 @@ def _trace_sharing(ctx: StepContext, side: str, amps: float, currents: dict[str,
                  "{phase}bms_current_error": Measure("A", limit="bms_current_error"),
                  "{phase}bms_current": Measure("A"),
                  "{phase}bank_current": Measure("A", doc="the instrument's own reading"),
-                 "{phase}current_{branch}": Measure("A", limit="{phase}branch_current")})
+                 "{phase}current_{branch}": Measure("A", limit="{phase}branch_current"),
+                 "ocv_{branch}": Measure("V", doc="open-circuit, branches open, before loading: evidence"),
+                 "{phase}resistance_{branch}": Measure("ohm", doc="(open-circuit - terminal voltage) / current: evidence"),
+                 "acir_{module}": Measure("ohm", doc="AC-IR with the branches open: evidence")})
 def current_sharing(ctx: StepContext) -> None:
     """Per-branch currents from the shunts at a load (``load_current``) and, if the plan gives
     ``charge_current``, at a charge from the supply (CV ``charge_voltage``, default the BMS's
     charge voltage limit); imbalance = max|I - mean| / |mean| within each group of parallel
     branches (the worst group); the total from the shunts and from the BMS (0x356) against the
-    instrument's own reading (001, 004: equal cables, one module carrying more)."""
+    instrument's own reading (001, 004: equal cables, one module carrying more).
+
+    Before loading, the check takes its own evidence for a diagnosis: every branch contactor is
+    opened and after ``ocv_rest_s`` each branch's open-circuit voltage is read (and the AC-IR of
+    the modules the meter reaches); then the bank is connected. At each operating point the
+    modules' terminal voltages give each branch's module resistance ((open-circuit - terminal
+    voltage) / current; the AC-IR instead where the meter reaches every branch). A branch that
+    carries less (or more) than its share is then named with the cause its evidence gives
+    (004's table, see :func:`sharing_diagnosis`): its open-circuit voltage lower on discharge ->
+    SOC mismatch; its module resistance higher -> weak module; neither -> the cable path."""
     outputs_off(ctx.bench)
+    evidence = _open_circuit_evidence(ctx)
     if ctx.bench.channels.actuator:
         connect_bank(ctx.bench)
     amps = ctx.params.get("load_current")
     if amps is not None:
-        _sharing_phase(ctx, "", float(amps))
+        _sharing_phase(ctx, "", float(amps), evidence)
     charge = ctx.params.get("charge_current")
     if charge is not None:
         if amps is not None:
             ctx.bench.clock.wait(float(ctx.param("rest_s", 0.0)))
-        _sharing_phase(ctx, "charge_", float(charge))
+        _sharing_phase(ctx, "charge_", float(charge), evidence)

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.basic import DIAG_OFFLINE, DIAG_REDUCED_CAPACITY, TraceRows
+from test_plans.checks.diagnosis import diagnose
 from test_plans.checks.parallel import (DIAG_COUNTED, DIAG_STARTUP, _countable, connect_bank,
                                         module_reports, outputs_off)
 from test_plans.checks.series import module_order
@@ -52,8 +53,6 @@ DIAG_BMS_SILENT = ("BMS stopped reporting to the inverter (004: communication lo
                    "termination, addresses, firmware; the bench was brought to its safe state")
 DIAG_SAFE_STATE = ("the bench was not de-energised after the BMS went silent -- check the safety "
                    "supervisor and the instruments' safe state")
-DIAG_MALFORMED = ("malformed frames on the BMS bus (004: communication fault) -- check termination, "
-                  "bit rate, addresses, protocol")
 COMM_ALARMS = {"bms_internal", "communication_error"}
 BEHAVIOURS = ("zero_limits", "alarm", "open_contactor")
 
@@ -547,27 +546,48 @@ def bms_comm_health(ctx: StepContext) -> None:
     (``bms_silence``), malformed frames received (``malformed_frames``: unknown ID, wrong DLC,
     undecodable, error/remote frames), the manufacturer and firmware it reports (CAN 0x35E,
     0x35F; limits on ``bms_firmware``, ``manufacturer``) and the serial number over SunSpec
-    model 1 when the station has it."""
+    model 1 when the station has it. A failure names the BMS: a silence or malformed frames are
+    a communication loss (004), another version than the plan's a BMS not on its release (004:
+    confirm firmware first), another maker a BMS of another model (004: same model)."""
     bench = ctx.bench
     bms = bench.bms
     counts: Callable[[], dict[str, int]] | None = getattr(bms, "malformed_counts", None)
     before = counts() if counts else {}
+    observe_s = float(ctx.param("observe_s", 3.0))
     worst = 0.0
-    for _ in range(max(int(math.ceil(float(ctx.param("observe_s", 3.0)))), 1)):
+    for _ in range(max(int(math.ceil(observe_s)), 1)):
         bench.clock.wait(1.0)
         worst = max(worst, bms.seconds_since_heard())
-    ctx.measure("bms_silence", worst, "s", ctx.limit("bms_silence"), diagnosis=DIAG_BMS_SILENT)
+    ctx.measure("bms_silence", worst, "s", ctx.limit("bms_silence"),
+                diagnosis=diagnose("comm_loss", "BMS", f"silent for up to {worst:.1f} s while watched for "
+                                   f"{observe_s:g} s (it reports every second)"))
     if counts is not None:
         after = counts()
-        ctx.measure("malformed_frames", sum(after.values()) - sum(before.values()), "",
-                    ctx.limit("malformed_frames"), diagnosis=DIAG_MALFORMED)
+        bad = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
+        ctx.measure("malformed_frames", sum(bad.values()), "", ctx.limit("malformed_frames"),
+                    diagnosis=diagnose("comm_loss", "BMS bus", "malformed frames: "
+                                       + ", ".join(f"{n} {k}" for k, n in sorted(bad.items()))
+                                       + " (termination, bit rate or protocol)"))
     maker = getattr(bms, "manufacturer", None)
     if maker is not None:
-        ctx.measure("manufacturer", maker(), "", ctx.limit("manufacturer"), diagnosis=DIAG_MALFORMED)
-    ctx.measure("bms_firmware", bms.firmware(), "", ctx.limit("bms_firmware"),
-                diagnosis="BMS firmware is not the released one (000, 004: one firmware) -- check the firmware")
+        name = maker()
+        ctx.measure("manufacturer", name, "", ctx.limit("manufacturer"),
+                    diagnosis=diagnose("module_mix", "BMS", f"CAN 0x35E names the maker '{name}'"
+                                       + _expected(ctx, "manufacturer")))
+    firmware = bms.firmware()
+    ctx.measure("bms_firmware", firmware, "", ctx.limit("bms_firmware"),
+                diagnosis=diagnose("firmware_release", "BMS", f"CAN 0x35F reports firmware {firmware}"
+                                   + _expected(ctx, "bms_firmware")))
     sunspec = getattr(bench, "sunspec", None)
     if sunspec is not None:
         ctx.measure("serial", sunspec.serial(), "")
-        ctx.measure("master_firmware", sunspec.firmware(), "", ctx.limit("master_firmware"),
-                    diagnosis="BMS firmware is not the released one (000, 004) -- check the firmware")
+        version = sunspec.firmware()
+        ctx.measure("master_firmware", version, "", ctx.limit("master_firmware"),
+                    diagnosis=diagnose("firmware_release", "BMS", f"SunSpec model 1 reports firmware {version}"
+                                       + _expected(ctx, "master_firmware")))
+
+
+def _expected(ctx: StepContext, limit: str) -> str:
+    """``, the plan expects X`` for an ``equals`` limit (empty otherwise)."""
+    expected = ctx.limit(limit).equals
+    return f", the plan expects '{expected}'" if expected is not None else ""

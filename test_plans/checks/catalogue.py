@@ -37,6 +37,8 @@ CATALOGUE: dict[str, CheckInfo] = {
     "firmware_consistency": CheckInfo(_SERIES, "Firmware consistency"),
     "group_assembly": CheckInfo(_SERIES, "4S4P assembly order", safety=True),
     "group_voltage_match": CheckInfo(_SERIES, "Group voltage match", safety=True),
+    "series_match": CheckInfo(_SERIES, "Series matching", safety=True),
+    "string_match": CheckInfo(_SERIES, "String matching", safety=True),
     # parallel bank (000, 004)
     "configuration": CheckInfo(_PARALLEL, "Configuration"),
     "pre_parallel_match": CheckInfo(_PARALLEL, "Pre-parallel matching", safety=True),
@@ -66,7 +68,7 @@ CATALOGUE: dict[str, CheckInfo] = {
     "contactor_proof": CheckInfo(_COMMISSION, "Contactor proof", safety=True),
     # end-of-line (one module)
     "module_identity": CheckInfo(_EOL, "Module identity"),
-    "module_acir": CheckInfo(_EOL, "AC internal resistance"),
+    "module_acir": CheckInfo(_EOL, "AC internal resistance and SoH"),
     "cell_balance": CheckInfo(_EOL, "Cell balance"),
     "protection_trip": CheckInfo(_EOL, "Protection trip", safety=True),
 }

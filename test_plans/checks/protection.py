@@ -27,13 +27,16 @@ Extreme cell voltages and the module temperature are read where the BMS's presen
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from harness.measure import Limits
 from test_plans.checks import Measure, Param, StepContext, check
-from test_plans.checks.basic import TraceRows
+from test_plans.checks.basic import (TraceRows, _natural, branches_opened, has_parallel_peer,
+                                     module_bms_reports)
+from test_plans.checks.diagnosis import diagnose, outlier
 from test_plans.checks.bms_comm import state_client
-from test_plans.checks.parallel import connect_bank, outputs_off
+from test_plans.checks.parallel import SOH_EVIDENCE_PCT, connect_bank, outputs_off
 
 # protection -> (the 0x359 alarm the role names, what drives it)
 PROTECTIONS = {
@@ -422,67 +425,219 @@ def _recovery(ctx: StepContext, protection: str, alarm: str) -> None:
 
 
 # ================================================================== balancing (end of line)
+def module_cell_voltages(bench: Any) -> dict[str, tuple[float, float]]:
+    """(lowest, highest) cell voltage of each module as its BMS reports it (SunSpec 805
+    CellVMin/CellVMax), by position; ``{}`` without SunSpec or where a module does not report."""
+    client = getattr(bench, "sunspec", None)
+    if client is None:
+        return {}
+    out = {}
+    for ref in client.refs(805):
+        block = client.read_model(ref)
+        low, high = block.value("CellVMin"), block.value("CellVMax")
+        s, p = block.value("ModIdx"), block.value("StrIdx")
+        if None not in (low, high, s, p):
+            out[f"s{int(s)}p{int(p)}"] = (float(low), float(high))
+    return dict(sorted(out.items(), key=lambda kv: _natural(kv[0])))
+
+
+def cell_spread_diagnosis(cells: dict[str, tuple[float, float]], low_v: float | None, high_v: float | None) -> str:
+    """Whose cells the spread is: within one module (its own lowest to highest cell makes the
+    spread -- 002: cell mismatch its balancing must manage) or between modules whose own cells
+    agree (a module at another charge than the rest: parallel peers 004's voltage or SOC
+    mismatch, a string 001's series mismatch). Chosen from the BMS's per-module cell figures
+    and naming the module."""
+    if not cells:
+        return diagnose("cell_imbalance", "module", f"cells {low_v} V to {high_v} V (no per-module cell data)")
+    own = {m: hi - lo for m, (lo, hi) in cells.items()}
+    lowest = min(cells, key=lambda m: cells[m][0])
+    highest = max(cells, key=lambda m: cells[m][1])
+    across = cells[highest][1] - cells[lowest][0]
+    inner = max(own, key=lambda m: (own[m], _natural(m)))
+    if len(cells) == 1 or own[inner] >= across / 2:
+        lo, hi = cells[inner]
+        return diagnose("cell_imbalance", inner, f"its cells {lo:.3f} V to {hi:.3f} V "
+                        f"({(hi - lo) * 1e3:.0f} mV apart within the module)")
+    means = {m: (lo + hi) / 2 for m, (lo, hi) in cells.items()}
+    odd = outlier(means)
+    assert odd is not None
+    lo, hi = cells[odd.name]
+    peers = [v for m, v in means.items() if m != odd.name]
+    evidence = (f"its cells {lo:.3f}-{hi:.3f} V against {sum(peers) / len(peers):.3f} V in the other modules "
+                f"(each module's own cells within {max(own.values()) * 1e3:.0f} mV): the module is at another charge")
+    row = "soc_mismatch" if has_parallel_peer(odd.name, list(cells)) else "series_mismatch"
+    return diagnose(row, odd.name, evidence)
+
+
 @check("cell_balance",
        params={"rest_s": Param("s")},
        measures={"max_cell_voltage": Measure("V"),
                  "min_cell_voltage": Measure("V"),
                  "cell_spread": Measure("V", required=True),
+                 "cell_spread_{module}": Measure("V", doc="within the module, SunSpec 805"),
                  "cells_balancing": Measure("", doc="SunSpec 805 NCellBal, summed")})
 def cell_balance(ctx: StepContext) -> None:
     """Cell balance as the BMS reports it (end of line): after ``rest_s`` the spread between the
     highest and lowest cell voltage (``cell_spread``; SunSpec 802 CellVMax/CellVMin, else CAN
     0x373) and how many cells the BMS is balancing (SunSpec 805 NCellBal; ``cells_balancing``:
-    a module at mid SOC has nothing to balance -- balancing starts near the top, 3.40 V)."""
+    a module at mid SOC has nothing to balance -- balancing starts near the top, 3.40 V).
+
+    Each module's own spread (805 CellVMin/CellVMax, ``cell_spread_{module}``) tells whose the
+    spread is: cells of one module apart (002: cell mismatch) or, on a bank, one module's cells
+    all away from the others' (the module is at another charge: 004 voltage or SOC mismatch
+    between parallel peers, 001 series mismatch in a string); the diagnosis names it."""
     bench = ctx.bench
     outputs_off(bench)
     bench.clock.wait(float(ctx.param("rest_s", 1.0)))
     t = state_client(bench).telemetry()
     spread = (float(t.max_cell_v) - float(t.min_cell_v)) if t.max_cell_v is not None and t.min_cell_v is not None \
         else math.nan
+    cells = module_cell_voltages(bench)
     ctx.measure("max_cell_voltage", t.max_cell_v, "V")
     ctx.measure("min_cell_voltage", t.min_cell_v, "V")
+    for module, (lo, hi) in cells.items():
+        ctx.measure(f"cell_spread_{module}", hi - lo, "V")
     ctx.measure("cell_spread", spread, "V", ctx.limit("cell_spread"),
-                diagnosis="cells out of balance (003: periodic health, BMS warnings; 004: weak module) "
-                          "-- check the BMS balancing and the cells")
+                diagnosis=cell_spread_diagnosis(cells, t.min_cell_v, t.max_cell_v))
     client = getattr(bench, "sunspec", None)
     if client is None:
         return
-    balancing = 0
+    balancing: dict[str, int] = {}
     for ref in client.refs(805):
-        value = client.read_model(ref).value("NCellBal")
-        balancing += int(value or 0)
-    ctx.measure("cells_balancing", balancing, "", ctx.limit("cells_balancing"),
-                diagnosis="BMS balancing at mid SOC (balancing starts near the top of charge) -- check the "
-                          "BMS balancing settings")
+        block = client.read_model(ref)
+        value = int(block.value("NCellBal") or 0)
+        if value:
+            balancing[f"s{int(block.value('ModIdx'))}p{int(block.value('StrIdx'))}"] = value
+    busy = max(balancing, key=lambda m: balancing[m]) if balancing else "module"
+    ctx.measure("cells_balancing", sum(balancing.values()), "", ctx.limit("cells_balancing"),
+                diagnosis=diagnose("cell_imbalance", busy, f"{balancing.get(busy, 0)} cell(s) balancing at rest, "
+                                   f"mid SOC (balancing starts near the top of charge, 3.40 V): its cells are "
+                                   f"apart or its balancing settings are wrong"))
+
+
+# ================================================================== AC-IR and SoH (end of line)
+def _acir_readings(bench: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """(module -> AC-IR ohm, module -> the voltage the meter read) of every module the AC-IR
+    meter's leads reach -- on a station of today one, the channel map's ``acir_module``."""
+    ohm, volts = bench.acir.measure()
+    module = bench.channels.acir_module or "module"
+    return {module: float(ohm)}, {module: float(volts)}
+
+
+def _soh_by_module(bench: Any, modules: list[str]) -> dict[str, float]:
+    """SoH (%) of each module from its BMS: SunSpec 805 per module where the station has it,
+    else, for a single module, the BMS's own SOH (CAN 0x355 / SunSpec 802)."""
+    reports = module_bms_reports(bench)
+    if reports:
+        return {m: float(r.soh_pct) for m, r in reports.items()
+                if r.soh_pct is not None and not math.isnan(r.soh_pct)}
+    if len(modules) == 1 and bench.bms is not None:
+        soh = state_client(bench).telemetry().soh_pct
+        if soh is not None and not math.isnan(soh):
+            return {modules[0]: float(soh)}
+    return {}
+
+
+def _weak(module: str, soh: dict[str, float], soh_limit: Limits) -> bool:
+    """Its SoH says the module is old: below its peers' by more than SOH_EVIDENCE_PCT, or, with no
+    peer, outside the plan's ``soh`` limit."""
+    if module not in soh:
+        return False
+    peers = [v for m, v in soh.items() if m != module]
+    if peers:
+        return sum(peers) / len(peers) - soh[module] > SOH_EVIDENCE_PCT
+    return soh_limit.judged and soh_limit.judge(soh[module]) == "fail"
+
+
+def acir_diagnosis(module: str, evidence: str, soh: dict[str, float], soh_limit: Limits) -> str:
+    """A module's resistance too high or too far from its peers / the batch: an older (weak)
+    module when its SoH says so (004), else a mixed batch or aged module (003: IR within 3 mohm)."""
+    if module in soh:
+        evidence += f"; BMS SoH {soh[module]:.1f} %"
+    return diagnose("weak_module" if _weak(module, soh, soh_limit) else "ir_mismatch", module, evidence)
+
+
+def judge_acir(ctx: StepContext, readings: dict[str, float], soh: dict[str, float]) -> None:
+    """Record and judge AC-IR readings (ohm, by module) and SoH (%, by module): each module and
+    ``acir`` (the highest) against the plan's range; with several modules ``acir_spread`` (003:
+    modules within 3 mohm of each other), with one ``acir_delta`` against ``acir_reference`` (the
+    batch figure); ``soh`` the lowest SoH. Every diagnosis names the module."""
+    soh_limit = ctx.limit("soh")
+    reference = ctx.params.get("acir_reference")
+    for module in sorted(readings, key=_natural):
+        ctx.measure(f"acir_{module}", readings[module], "ohm")
+    worst = max(readings, key=lambda m: (readings[m], _natural(m)))
+    others = [v for m, v in readings.items() if m != worst]
+    if others:
+        against = f"{min(readings.values()) * 1e3:.2f} mOhm for the lowest module"
+    elif reference is not None:
+        against = f"the batch reference {float(reference) * 1e3:.2f} mOhm"
+    else:
+        against = "no reference"
+    evidence = f"AC-IR {readings[worst] * 1e3:.2f} mOhm against {against}"
+    diagnosis = acir_diagnosis(worst, evidence, soh, soh_limit)
+    ctx.measure("acir", readings[worst], "ohm", ctx.limit("acir"), diagnosis=diagnosis)
+    if others:
+        ctx.measure("acir_spread", max(readings.values()) - min(readings.values()), "ohm",
+                    ctx.limit("acir_spread"), diagnosis=diagnosis)
+    elif reference is not None:
+        ctx.measure("acir_delta", abs(readings[worst] - float(reference)), "ohm", ctx.limit("acir_delta"),
+                    diagnosis=diagnosis)
+    for module in sorted(soh, key=_natural):
+        ctx.measure(f"soh_{module}", soh[module], "%")
+    if soh:
+        low = min(soh, key=lambda m: (soh[m], _natural(m)))
+        ohm = readings.get(low)
+        ctx.measure("soh", soh[low], "%", soh_limit,
+                    diagnosis=diagnose("weak_module", low, f"BMS SoH {soh[low]:.1f} %"
+                                       + (f", AC-IR {ohm * 1e3:.2f} mOhm" if ohm is not None else "")
+                                       + (f" against the batch reference {float(reference) * 1e3:.2f} mOhm"
+                                          if ohm is not None and reference is not None and not others else "")))
 
 
 @check("module_acir",
        params={"rest_s": Param("s"),
-               "acir_reference": Param("ohm", doc="the batch figure")},
-       measures={"acir": Measure("ohm", required=True),
-                 "acir_delta": Measure("ohm", doc="against acir_reference"),
+               "acir_reference": Param("ohm", doc="the batch figure a module measured alone is judged against")},
+       measures={"acir": Measure("ohm", required=True, doc="the highest module reading"),
+                 "acir_spread": Measure("ohm", doc="highest minus lowest, where several modules are read"),
+                 "acir_delta": Measure("ohm", doc="against acir_reference, where one module is read"),
                  "acir_voltage_error": Measure("V", doc="meter against scanner: leads on the terminals"),
-                 "acir_{module}": Measure("ohm", doc="the same reading, named by module")})
+                 "acir_{module}": Measure("ohm", doc="each module's reading"),
+                 "soh": Measure("%", doc="the lowest module SoH the BMS reports"),
+                 "soh_{module}": Measure("%", doc="SunSpec 805 SoH (else CAN 0x355 for a single module)")})
 def module_acir(ctx: StepContext) -> None:
-    """1 kHz AC internal resistance of the module the AC-IR meter's leads are on (end of line;
-    003: IR within +-3 mohm of the batch; module datasheets: <= 20 mohm): ``acir`` against the
-    plan, ``acir_delta`` against the plan's ``acir_reference`` (the batch figure) and the voltage the
-    meter reads against the scanner's (``acir_voltage_error``: a lead not on the terminals)."""
+    """1 kHz AC internal resistance and SoH of the modules (end of line; 003: "if mixed, ensure
+    internal resistance differs by <= +-3 mohm"; module datasheets: <= 20 mohm; 004: module
+    health data, SOH and AC-IR, for an older module).
+
+    003's figure compares modules with each other, so where the AC-IR meter reads several
+    modules they are judged module to module: ``acir_spread``, the highest minus the lowest.
+    Where it reads one -- one module on the end-of-line fixture, or a station whose meter leads
+    sit on one module -- there is nobody to compare it with on the bench, and it is judged
+    against the batch figure the plan gives (``acir_reference``, with its unit): ``acir_delta``.
+    ``acir`` (the highest reading) is judged against the plan's range. Load and supply are off;
+    on a bank the branches are opened for the reading (the meter must see the module alone) and
+    closed again. ``soh`` is the lowest SoH the BMS reports for the modules (SunSpec 805; a
+    single module's CAN 0x355 without SunSpec), the other half of 004's module health data.
+    ``acir_voltage_error``: the meter's voltage against the scanner's (a lead not on the
+    terminals). A failed figure names the module: an older (weak) module when its SoH is low
+    (004), else a mixed batch or aged module (003)."""
     bench = ctx.bench
+    several = len(bench.channels.module_voltage_channels()) > 1
+    with branches_opened(bench) if several else _nothing_opened(bench):
+        bench.clock.wait(float(ctx.param("rest_s", 0.5)))
+        readings, meter_volts = _acir_readings(bench)
+        scanned = bench.module_voltages()
+    judge_acir(ctx, readings, _soh_by_module(bench, list(readings)))
+    for module, volts in meter_volts.items():
+        if module in scanned:
+            ctx.measure("acir_voltage_error", abs(volts - scanned[module]), "V", ctx.limit("acir_voltage_error"),
+                        diagnosis=f"{module}: AC-IR leads not on the module's terminals -- measured: the meter "
+                                  f"reads {volts:.3f} V, the scanner {scanned[module]:.3f} V -- check the test "
+                                  "leads and fixture")
+
+
+@contextmanager
+def _nothing_opened(bench: Any) -> Iterator[list[str]]:
     outputs_off(bench)
-    bench.clock.wait(float(ctx.param("rest_s", 0.5)))
-    ohm, volts = bench.acir.measure()
-    module = bench.channels.acir_module or "module"
-    ctx.measure(f"acir_{module}", ohm, "ohm")
-    ctx.measure("acir", ohm, "ohm", ctx.limit("acir"),
-                diagnosis="internal resistance out of range (003: mixed batches only if IR within 3 mohm; "
-                          "004: weak module) -- check the cells, links and terminals")
-    reference = ctx.params.get("acir_reference")
-    if reference is not None:
-        ctx.measure("acir_delta", abs(ohm - float(reference)), "ohm", ctx.limit("acir_delta"),
-                    diagnosis="internal resistance differs from the batch (003: within +-3 mohm) -- check "
-                              "the module's batch and health")
-    scanned = bench.module_voltages().get(module)
-    if scanned is not None:
-        ctx.measure("acir_voltage_error", abs(volts - scanned), "V", ctx.limit("acir_voltage_error"),
-                    diagnosis="AC-IR leads not on the module's terminals -- check the test leads and fixture")
+    yield []

@@ -22,6 +22,14 @@ for the same firmware in a parallel bank.
   current after the disconnect (an open switch blocks; a MOSFET that avalanched to death fails
   short and keeps carrying the load).
 
+- ``series_match`` (001: "Before wiring batteries in series, ensure all batteries have the same
+  voltage and capacity"; "each battery in a series string should start at a similar state of
+  charge"): before a string is connected, each module's open-circuit voltage, SOC and capacity,
+  and their spread within the string.
+- ``string_match`` (001: "build identical series strings first, then connect those strings in
+  parallel ... same number of batteries, same chemistry, same capacity"): string against string
+  -- open-circuit voltage, capacity (its weakest module's), module count.
+
 Checks use roles only, wait only on ``bench.clock``, take limits from the plan and give a failed
 measurement the cause 000 names (and 004's troubleshooting row where one fits).
 """
@@ -29,11 +37,14 @@ measurement the cause 000 names (and 004's troubleshooting row where one fits).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from instruments.roles import Waveform
 from test_plans.checks import Measure, Param, StepContext, check
-from test_plans.checks.basic import DIAG_REDUCED_CAPACITY, _natural, waveform_columns
+from test_plans.checks.basic import (DIAG_REDUCED_CAPACITY, _natural, branches_opened, can_open_modules,
+                                     waveform_columns)
+from test_plans.checks.diagnosis import diagnose, outlier
 from test_plans.checks.parallel import (ModuleReport, connect_bank, module_position, module_reports,
                                         outputs_off)
 
@@ -328,3 +339,221 @@ def _trace_vds(ctx: StepContext, module: str, wave: Waveform, rating: float, amp
                       marks={"rating": rating, "derated_limit": derated,
                              "peak_limit": peak_limit if peak_limit != rating else None},
                       title=f"Vds across {module}'s BMS switch, forced open at {amps:g} A")
+
+
+# ================================================================== series matching (001)
+@dataclass
+class _Open:
+    """What the modules are before the strings are connected: open-circuit voltage (scanner,
+    branches open), SOC and SoH (BMS, SunSpec 805), capacity (SoH x the module's nameplate)."""
+
+    ocv: dict[str, float]
+    soc: dict[str, float | None]
+    capacity: dict[str, float | None]
+    soh: dict[str, float | None]
+    nameplate: float | None
+    opened: int
+
+
+def strings_of(modules: list[str]) -> dict[str, list[str]]:
+    """Modules by string ``pY`` (the modules ``s*pY``, bottom of the string first)."""
+    out: dict[str, list[str]] = {}
+    for module in sorted(modules, key=lambda m: module_position(m)):
+        out.setdefault(f"p{module_position(module)[1]}", []).append(module)
+    return dict(sorted(out.items(), key=lambda kv: _natural(kv[0])))
+
+
+def _module_capacity(ctx: StepContext) -> float | None:
+    given = ctx.params.get("module_capacity")
+    if given is not None:
+        return float(given)
+    return float(ctx.dut.module_type.capacity_ah) if ctx.dut is not None else None
+
+
+def _read_open(ctx: StepContext) -> _Open:
+    """Open every branch contactor (load and supply off), rest ``rest_s``, read the modules,
+    close again what was closed (one every ``close_gap_s``)."""
+    bench = ctx.bench
+    with branches_opened(bench, float(ctx.param("close_gap_s", 0.5))) as opened:
+        bench.clock.wait(float(ctx.param("rest_s", 2.0)))
+        ocv = bench.module_voltages()
+        reports = module_reports(bench) or {}
+    nameplate = _module_capacity(ctx)
+
+    def pct(module: str, attr: str) -> float | None:
+        report = reports.get(module)
+        value = getattr(report, attr) if report is not None else None
+        return None if value is None or math.isnan(value) else float(value)
+
+    soc = {m: pct(m, "soc_pct") for m in ocv}
+    soh = {m: pct(m, "soh_pct") for m in ocv}
+    capacity = {m: (soh[m] / 100.0 * nameplate if soh[m] is not None and nameplate is not None else None)
+                for m in ocv}
+    return _Open(ocv, soc, capacity, soh, nameplate, len(opened))
+
+
+def _spread(values: dict[str, float | None]) -> float | None:
+    known = [v for v in values.values() if v is not None]
+    if len(known) != len(values):
+        return None  # a module the BMS says nothing of: an ERROR, not a pass
+    return max(known) - min(known) if known else None
+
+
+def _module_evidence(module: str, seen: _Open, members: list[str]) -> str:
+    others = [m for m in members if m != module]
+
+    def against(values: dict[str, float | None], fmt: str, unit: str) -> str:
+        own = values.get(module)
+        if own is None:
+            return "none reported"
+        peers = [values[m] for m in others if values.get(m) is not None]
+        text = f"{own:{fmt}} {unit}"
+        return text + (f" against {sum(peers) / len(peers):{fmt}} {unit}" if peers else "")  # type: ignore[arg-type]
+
+    return (f"open-circuit {against(seen.ocv, '.3f', 'V')}, SOC {against(seen.soc, '.1f', '%')}, "
+            f"capacity {against(seen.capacity, '.1f', 'Ah')}")
+
+
+@check("series_match",
+       params={"string": Param(kind="text", doc="the string to match, e.g. p2 (default: every string)"),
+               "rest_s": Param("s", doc="branches open before the reading"),
+               "close_gap_s": Param("s", doc="between re-closing the branch contactors"),
+               "module_capacity": Param("Ah", doc="one module's nameplate; default the DUT's")},
+       measures={"ocv_{module}": Measure("V", limit="module_ocv"),
+                 "soc_{module}": Measure("%"),
+                 "capacity_{module}": Measure("Ah", doc="BMS SoH x the nameplate"),
+                 "ocv_spread": Measure("V", required=True, doc="within a string, the worst string"),
+                 "soc_spread": Measure("%", required=True),
+                 "capacity_spread": Measure("Ah", required=True),
+                 "branches_opened": Measure("")})
+def series_match(ctx: StepContext) -> None:
+    """001's pre-check for a series string: "Before wiring batteries in series, ensure all
+    batteries have the same voltage and capacity"; "each battery in a series string should
+    start at a similar state of charge" (one that reaches cut-off first disconnects the string).
+
+    Before the string is connected -- load and supply off, every branch contactor opened, so no
+    current flows through a string -- and after ``rest_s``, each module of the string (``string``,
+    default every string of the bank) is read: its open-circuit voltage (scanner, its terminals),
+    its SOC and its capacity (the BMS's SoH, SunSpec 805, times the module's nameplate -- the
+    plan's ``module_capacity`` or the DUT record's). The spreads within the string (``ocv_spread``,
+    ``soc_spread``, ``capacity_spread``; the worst string) are judged against the plan; a failed
+    one names the module farthest from its string with all three figures (series_mismatch row).
+    The contactors opened are closed again as they were found. A module the BMS gives no SOC or
+    SoH for leaves that spread an ERROR; a bank without contactors whose modules sit in
+    parallel cannot be read open (ERROR)."""
+    bench = ctx.bench
+    if not can_open_modules(bench):
+        ctx.measure("ocv_spread", None, "V", ctx.limit("ocv_spread"),
+                    diagnosis="the strings cannot be disconnected (no actuator role): not open-circuit voltages")
+        return
+    seen = _read_open(ctx)
+    ctx.measure("branches_opened", seen.opened, "")
+    strings = strings_of(list(seen.ocv))
+    wanted = ctx.params.get("string")
+    if wanted is not None:
+        if str(wanted) not in strings:
+            raise ValueError(f"step '{ctx.step_name}': string '{wanted}' is not one of {', '.join(strings)}")
+        strings = {str(wanted): strings[str(wanted)]}
+    for members in strings.values():
+        for module in members:
+            ctx.measure(f"ocv_{module}", seen.ocv[module], "V", ctx.limit("module_ocv"),
+                        diagnosis=diagnose("series_mismatch", module, _module_evidence(module, seen, members)))
+            ctx.measure(f"soc_{module}", seen.soc[module], "%")
+            ctx.measure(f"capacity_{module}", seen.capacity[module], "Ah")
+    for name, values, unit in (("ocv_spread", seen.ocv, "V"), ("soc_spread", seen.soc, "%"),
+                               ("capacity_spread", seen.capacity, "Ah")):
+        spreads = {p: _spread({m: values[m] for m in members}) for p, members in strings.items()}
+        unknown = [p for p, v in spreads.items() if v is None]
+        worst = unknown[0] if unknown else max(spreads, key=lambda p: (spreads[p], _natural(p)))
+        worst_value, worst_members = spreads[worst], strings[worst]
+        if worst_value is None:
+            missing = [m for m in worst_members if values[m] is None]
+            diagnosis = diagnose("module_offline", ", ".join(missing), f"the BMS reports no {name[:-7]} for it")
+        else:
+            odd = outlier({m: float(values[m]) for m in worst_members})  # type: ignore[arg-type]
+            subject = odd.name if odd is not None else worst
+            diagnosis = diagnose("series_mismatch", subject, _module_evidence(subject, seen, worst_members))
+        ctx.measure(name, worst_value, unit, ctx.limit(name), diagnosis=diagnosis)
+
+
+@check("string_match",
+       params={"rest_s": Param("s", doc="branches open before the reading"),
+               "close_gap_s": Param("s", doc="between re-closing the branch contactors"),
+               "module_capacity": Param("Ah", doc="one module's nameplate; default the DUT's")},
+       measures={"string_voltage_{string}": Measure("V", doc="sum of its modules' open-circuit voltages"),
+                 "string_capacity_{string}": Measure("Ah", doc="its weakest module's capacity"),
+                 "string_modules_{string}": Measure("", doc="modules the BMS reports in it"),
+                 "string_voltage_spread": Measure("V", required=True),
+                 "string_capacity_spread": Measure("Ah", required=True),
+                 "module_count_spread": Measure("", required=True)})
+def string_match(ctx: StepContext) -> None:
+    """001: "build identical series strings first, then connect those strings in parallel ...
+    Each series string should use the same number of batteries, same chemistry, same capacity".
+
+    Before the strings are paralleled -- every branch (string) contactor open, load and supply
+    off -- and after ``rest_s``: each string's open-circuit voltage (the sum of its modules',
+    scanner), its capacity (its weakest module's: one weak battery limits the whole string, 001;
+    BMS SoH x nameplate) and its module count (modules the BMS reports in it, SunSpec 805; the
+    scanner's without SunSpec). Judged: the spreads between strings (``string_voltage_spread``,
+    ``string_capacity_spread``, ``module_count_spread``); a failed one names the string farthest
+    from the others and the module that makes it so (unequal_strings row). The contactors are
+    closed again as they were found."""
+    bench = ctx.bench
+    if not can_open_modules(bench):
+        ctx.measure("string_voltage_spread", None, "V", ctx.limit("string_voltage_spread"),
+                    diagnosis="the strings cannot be disconnected (no actuator role): not open-circuit voltages")
+        return
+    seen = _read_open(ctx)
+    reports = module_reports(bench)
+    strings = strings_of(list(seen.ocv))
+    volts = {p: sum(seen.ocv[m] for m in members) for p, members in strings.items()}
+    weakest = {p: min(members, key=lambda m: (seen.capacity[m] if seen.capacity[m] is not None else math.inf))
+               for p, members in strings.items()}
+    capacity = {p: seen.capacity[weakest[p]] for p in strings}
+    counted = strings_of(list(reports)) if reports else strings
+    count = {p: len(counted.get(p, [])) for p in strings}
+    for p in strings:
+        ctx.measure(f"string_voltage_{p}", volts[p], "V")
+        ctx.measure(f"string_capacity_{p}", capacity[p], "Ah")
+        ctx.measure(f"string_modules_{p}", count[p], "")
+
+    def odd_module(p: str) -> tuple[str, float]:
+        """The module of string p farthest from its string-mates (V off their mean)."""
+        members = strings[p]
+        delta = {m: seen.ocv[m] - sum(seen.ocv[o] for o in members if o != m) / (len(members) - 1)
+                 for m in members} if len(members) > 1 else {members[0]: 0.0}
+        worst = max(members, key=lambda m: (abs(delta[m]), _natural(m)))
+        return worst, delta[worst]
+
+    # the odd string: the one whose own modules disagree most (with two strings each is as far
+    # from the mean as the other; the string with a module unlike its string-mates is the odd one)
+    inner = {p: abs(odd_module(p)[1]) for p in strings}
+    mean_v = sum(volts.values()) / len(volts)
+    odd = max(strings, key=lambda p: (inner[p], abs(volts[p] - mean_v), _natural(p)))
+    module, delta = odd_module(odd)
+    voltage_diagnosis = diagnose("unequal_strings", odd,
+                                 f"open-circuit {volts[odd]:.3f} V against {mean_v:.3f} V on average; its module "
+                                 f"{module} is {delta * 1e3:+.0f} mV from its string-mates")
+    ctx.measure("string_voltage_spread", max(volts.values()) - min(volts.values()), "V",
+                ctx.limit("string_voltage_spread"), diagnosis=voltage_diagnosis)
+    known = {p: v for p, v in capacity.items() if v is not None}
+    if len(known) == len(capacity):
+        low = min(known, key=lambda p: (known[p], _natural(p)))
+        others = [v for p, v in known.items() if p != low]
+        soh = seen.soh.get(weakest[low])
+        capacity_diagnosis = diagnose("unequal_strings", low,
+                                      f"{known[low]:.1f} Ah against {max(others) if others else known[low]:.1f} Ah: "
+                                      f"its weakest module {weakest[low]} at SoH "
+                                      f"{soh if soh is not None else float('nan'):.1f} % limits it")
+        spread_ah: float | None = max(known.values()) - min(known.values())
+    else:
+        missing = [m for p in strings for m in strings[p] if seen.capacity[m] is None]
+        capacity_diagnosis = diagnose("module_offline", ", ".join(missing), "the BMS reports no SoH for it")
+        spread_ah = None
+    ctx.measure("string_capacity_spread", spread_ah, "Ah", ctx.limit("string_capacity_spread"),
+                diagnosis=capacity_diagnosis)
+    few = min(count, key=lambda p: (count[p], _natural(p)))
+    ctx.measure("module_count_spread", max(count.values()) - min(count.values()), "",
+                ctx.limit("module_count_spread"),
+                diagnosis=diagnose("unequal_strings", few, f"{count[few]} modules against "
+                                   f"{max(count.values())} in the longest string"))
