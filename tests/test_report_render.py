@@ -156,6 +156,10 @@ def test_report_shows_steps_diagnosis_and_plot_in_chromium(rendered, browser):  
     _click_text(browser, f"{FAILED_STEP} — {serial}")
     body = _wait_for_text(browser, DIAGNOSIS)
     assert "Failed" in body and "DUT out of specification" in body  # status and category
+    # numbers in engineering form (no float noise), the plan's severity word, the document title
+    assert re.search(r"imbalance = \d+(\.\d)? % \[<= 10 %\] FAIL", body), body[:3000]
+    assert not re.search(r"\d\.\d{7,}", body), "float noise on the page"
+    assert "Parallel Battery Storage: Safe Wiring & BMS Sync" in body
     _click_text(browser, "(plot)")
     deadline = time.monotonic() + 20
     loaded: list[int] = []
@@ -167,4 +171,20 @@ def test_report_shows_steps_diagnosis_and_plot_in_chromium(rendered, browser):  
     image = browser.find_element(By.TAG_NAME, "img")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", image)
     browser.save_screenshot(str(SCREENSHOTS / "report-failure.png"))
+
+
+def test_summary_page_in_chromium(rendered, browser):  # type: ignore[no-untyped-def]
+    """The one-page summary as a reader sees it: verdict, failed requirement first with its
+    diagnosis and plot, numbers in engineering form, the signature block."""
+    browser.get(rendered["summary"].as_uri())
+    body = _wait_for_text(browser, "Qualification summary")
+    assert "FAIL" in body and DIAGNOSIS in body and "Approved by" in body and "Tested by" in body
+    assert body.index("current sharing") < body.index("bms identity")  # failed first
+    assert re.search(r"\d+(\.\d+)? (m|u)?(V|A|Ohm)\b", body)  # engineering form
+    assert not re.search(r"\d\.\d{7,}", body)
+    loaded = [w for w in browser.execute_script(
+        "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)") if w > 0]
+    assert loaded, "the failed step's plot is not on the page"
+    SCREENSHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "summary.png"))
     assert (SCREENSHOTS / "report-failure.png").stat().st_size > 10_000
