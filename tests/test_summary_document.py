@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def failed_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("summary")
     url = f"sqlite:///{tmp / 'results.sqlite'}"
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--scenario", "unequal_cable",
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--dut", "1s4p_same_side",
                              "--results", url, "--reports", str(tmp / "reports")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
