@@ -82,6 +82,18 @@ ALIASES: dict[str, str] = {
     "°C": "degC", "℃": "degC", "sec": "s", "pct": "%",
 }
 
+# The largest magnitude a file may give, per dimension, in the base unit. A bench never needs more;
+# past these a number is a typo or a hostile file, and a value like 1e308 s would make a wait
+# that never ends (or overflow into inf once converted). Durations: at most a week.
+WEEK_S = 7 * 24 * 3600.0
+LIMITS: dict[str, float] = {
+    "voltage": 1e5, "current": 1e5, "resistance": 1e9, "power": 1e8, "energy": 1e11,
+    "charge": 1e6, "time": WEEK_S, "frequency": 1e9, "temperature": 1e4,
+    "temperature_difference": 1e4, "ratio": 1e6,
+}
+ABSOLUTE_ZERO_C = -273.15
+_MAX_TEXT = 100  # a quantity is short text: "14.2 V"; no regex runs on a megabyte of it
+
 _NUMBER_UNIT = re.compile(
     r"^\s*(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>\S.*?)?\s*$")
 
@@ -154,6 +166,8 @@ class Quantity:
         elif isinstance(text, (int, float)):
             raise UnitError(f"{text!r} has no unit", allowed, "quantity_no_unit")
         elif isinstance(text, str):
+            if len(text) > _MAX_TEXT:
+                raise UnitError(f"text of {len(text)} characters", allowed, "quantity_syntax")
             match = _NUMBER_UNIT.match(text)
             if not match:
                 raise UnitError(f"{text!r} is not a number followed by a unit", allowed,
@@ -176,7 +190,14 @@ class Quantity:
                 f"'{quantity.unit}' is {DIMENSIONS[quantity.dimension][1]} unit",
                 f"{describe_dimension(want)} -- '{quantity.unit}' is "
                 f"{DIMENSIONS[quantity.dimension][1]} unit", "unit_mismatch")
+        if not isinstance(text, Quantity):
+            _check_bounds(quantity, text, allowed)
         return quantity
+
+    @property
+    def in_bounds(self) -> bool:
+        """Finite and within :data:`LIMITS` (what a file may give)."""
+        return _bounds_problem(self) is None
 
     @classmethod
     def of(cls, value: float, unit: str) -> "Quantity":
@@ -289,6 +310,34 @@ def _schema(expect: str | None) -> Any:
         validate, serialization=core_schema.plain_serializer_function_ser_schema(str))
 
 
+def _bounds_problem(quantity: Quantity) -> str | None:
+    """Why a quantity is outside what a file may give (None if it is inside)."""
+    dimension = quantity.dimension
+    base = DIMENSIONS[dimension][0]
+    try:
+        value = quantity.value
+    except OverflowError:  # pragma: no cover - float * float gives inf, not an error
+        value = math.inf
+    if not math.isfinite(value):
+        return "a finite value"
+    limit = LIMITS[dimension]
+    if abs(value) > limit:
+        return f"at most {limit:g} {base} in magnitude"
+    if dimension == "temperature" and value < ABSOLUTE_ZERO_C:
+        return f"at least {ABSOLUTE_ZERO_C:g} degC (absolute zero)"
+    return None
+
+
+def _check_bounds(quantity: Quantity, text: Any, allowed: str) -> None:
+    problem = _bounds_problem(quantity)
+    if problem is not None:
+        dimension = quantity.dimension
+        week = " (a week)" if dimension == "time" and "at most" in problem else ""
+        raise UnitError(f"{text!r} is out of range",
+                        f"{DIMENSIONS[dimension][1]} of {problem}{week}, e.g. "
+                        f"'{_example(dimension)}'", "quantity_range")
+
+
 _EXAMPLES = {"voltage": "14.2 V", "current": "200 A", "resistance": "3 mohm", "power": "1.5 kW",
              "energy": "1.28 kWh", "charge": "100 Ah", "time": "2 s", "frequency": "1 kHz",
              "temperature": "-20 degC", "temperature_difference": "30 K", "ratio": "5 %"}
@@ -303,5 +352,5 @@ def parse_quantity(text: Any, expect: str | None = None) -> Quantity:
     return Quantity.parse(text, expect)
 
 
-__all__ = ["ALIASES", "DIMENSIONS", "Quantity", "QuantityOf", "Unit", "UnitError", "UNITS",
+__all__ = ["ALIASES", "DIMENSIONS", "LIMITS", "Quantity", "QuantityOf", "Unit", "UnitError", "UNITS",
            "describe_dimension", "dimension_of", "lookup_unit", "parse_quantity", "units_of"]

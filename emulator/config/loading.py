@@ -74,4 +74,49 @@ def load_bank_spec(dut: str | Path, scenario: str | Path | None = None) -> BankS
     scenario_path = resolve_fixture(scenario, "scenarios") if scenario else None
     scenario_file = (load_model(ScenarioFile, scenario_path) if scenario_path
                      else ScenarioFile(name="healthy"))
-    return BankSpec(dut_file, module_type, firmware, scenario_file, dut_path, scenario_path)
+    spec = BankSpec(dut_file, module_type, firmware, scenario_file, dut_path, scenario_path)
+    check_scenario_targets(spec)
+    return spec
+
+
+def check_scenario_targets(spec: BankSpec) -> None:
+    """Every module, terminal, branch and contactor a scenario names exists in the DUT.
+
+    The twin resolves targets when it is built (:mod:`emulator.faults`), which in a ``hil run``
+    is after the bench is assembled; resolving them here, against the DUT's layout alone, makes
+    a scenario that cannot apply a FileError at its line before anything starts.
+    """
+    if not spec.scenario.faults:
+        return
+    from types import SimpleNamespace
+
+    from emulator import faults
+    from emulator.config import scenario as sc
+    from emulator.topology import build_layout
+
+    layout = build_layout(spec)
+    twin = SimpleNamespace(modules=layout.modules, layout=layout, spec=spec)
+    resolve = faults._Resolver(twin, spec)  # type: ignore[arg-type]
+    for index, fault in enumerate(spec.scenario.faults):
+        resolve.index = index
+        if isinstance(fault, sc.LooseLug):
+            module_target, polarity = fault.terminal.rsplit(".", 1)
+            terminal = f"{resolve.module(module_target, 'terminal')}.{polarity}"
+            if not any(node == terminal and part.startswith("lug")
+                       for element in layout.resistive for part, node in element.heat_to.items()):
+                raise resolve._error("terminal", f"'{fault.terminal}'",
+                                     "a module terminal with a cable lug in this DUT")
+        elif isinstance(fault, sc.UnequalCable):
+            branch = resolve.branch(fault.branch, "branch")
+            if branch == "main":
+                raise resolve._error("branch", "'main'", "a parallel branch")
+            length, _ = faults._lead_length(twin, branch)  # type: ignore[arg-type]
+            if length + fault.extra_length_m <= 0:
+                raise resolve._error("extra_length_m", f"{fault.extra_length_m:g}",
+                                     f"more than -{length:g} m (the lead's length)")
+        elif isinstance(fault, sc.StuckContactor):
+            resolve.branch(fault.contactor, "contactor")
+        elif isinstance(fault, sc.BlownFuse):
+            resolve.branch(fault.branch, "branch")
+        elif hasattr(fault, "module"):
+            resolve.module(fault.module)

@@ -10,10 +10,21 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from emulator.config.base import FileModel, NonNegative, Percent, Positive
+from emulator.config.base import FileModel, Percent, between
 
-Target = Annotated[str, Field(pattern=r"^(s\d+p\d+|first|middle|last)$")]
-TerminalTarget = Annotated[str, Field(pattern=r"^(s\d+p\d+|first|middle|last)\.[+-]$")]
+# Sane ranges of a fault's figures (see emulator.config.base.between)
+At = between(0.0, 7 * 24 * 3600.0)         # s into the run (at most a week)
+ContactResistance = between(0.001, 10_000.0)  # mohm
+FetVoltage = between(1.0, 10_000.0)         # V
+Energy = between(0.001, 1_000_000.0)        # J
+Heat = between(0.0, 100_000.0)              # W
+CapacityFactor = between(0.01, 1.0)
+ResistanceFactor = between(1.0, 1000.0)
+ExtraLength = between(-100.0, 100.0)        # m added to a lead (negative: shorter)
+Celsius = between(-60.0, 200.0)
+
+Target = Annotated[str, Field(pattern=r"^(s\d{1,3}p\d{1,3}|first|middle|last)$")]
+TerminalTarget = Annotated[str, Field(pattern=r"^(s\d{1,3}p\d{1,3}|first|middle|last)\.[+-]$")]
 
 
 class SocOffset(FileModel):
@@ -27,20 +38,20 @@ class SocOffset(FileModel):
 class AgedModule(FileModel):
     kind: Literal["aged_module"]
     module: Target
-    capacity_factor: Annotated[float, Field(gt=0, le=1)] = 0.8
-    resistance_factor: Annotated[float, Field(ge=1)] = 1.6
+    capacity_factor: CapacityFactor = 0.8
+    resistance_factor: ResistanceFactor = 1.6
 
 
 class LooseLug(FileModel):
     kind: Literal["loose_lug"]
     terminal: TerminalTarget
-    contact_mohm: Positive = 0.5
+    contact_mohm: ContactResistance = 0.5
 
 
 class UnequalCable(FileModel):
     kind: Literal["unequal_cable"]
     branch: Target
-    extra_length_m: float = 0.15
+    extra_length_m: ExtraLength = 0.15
 
 
 class WeakFet(FileModel):
@@ -48,9 +59,9 @@ class WeakFet(FileModel):
 
     kind: Literal["weak_fet"]
     module: Target
-    vds_rating_v: Positive = 40.0
-    avalanche_clamp_v: Positive = 48.0
-    avalanche_energy_j: Positive = 2.0
+    vds_rating_v: FetVoltage = 40.0
+    avalanche_clamp_v: FetVoltage = 48.0
+    avalanche_energy_j: Energy = 2.0
 
 
 class FirmwareMismatch(FileModel):
@@ -62,14 +73,14 @@ class FirmwareMismatch(FileModel):
 class SilentModule(FileModel):
     kind: Literal["silent_module"]
     module: Target
-    at_s: NonNegative = 0.0
+    at_s: At = 0.0
 
 
 class HeartbeatLoss(FileModel):
     """The BMS stops hearing the inverter's keep-alive (bus fault on its receive side)."""
 
     kind: Literal["heartbeat_loss"]
-    at_s: NonNegative = 0.0
+    at_s: At = 0.0
 
 
 class SilentBms(FileModel):
@@ -77,25 +88,25 @@ class SilentBms(FileModel):
     listens and decides: a broken transmit side or a hung communication task (004: comm loss)."""
 
     kind: Literal["silent_bms"]
-    at_s: NonNegative = 0.0
+    at_s: At = 0.0
 
 
 class StuckContactor(FileModel):
     kind: Literal["stuck_contactor"]
-    contactor: Annotated[str, Field(pattern=r"^(s\d+p\d+|p\d+|first|middle|last|main)$")]
+    contactor: Annotated[str, Field(pattern=r"^(s\d{1,3}p\d{1,3}|p\d{1,3}|first|middle|last|main)$")]
     stuck: Literal["closed", "open"] = "closed"
 
 
 class BlownFuse(FileModel):
     kind: Literal["blown_fuse"]
-    branch: Annotated[str, Field(pattern=r"^(s\d+p\d+|p\d+|first|middle|last|main)$")]
+    branch: Annotated[str, Field(pattern=r"^(s\d{1,3}p\d{1,3}|p\d{1,3}|first|middle|last|main)$")]
 
 
 class HotModule(FileModel):
     kind: Literal["hot_module"]
     module: Target
-    extra_heat_w: NonNegative = 0.0
-    initial_temperature_c: float | None = None
+    extra_heat_w: Heat = 0.0
+    initial_temperature_c: Celsius | None = None
 
 
 Fault = Annotated[

@@ -1,14 +1,12 @@
 """Validated harness files: stations (fixtures/stations/) and test plans (test_plans/).
 
-Loading goes through :mod:`emulator.files` (safe YAML, line numbers, FileError). This package
-adds what harness files need on top of it:
-
-- :func:`load_document` first walks the composed YAML tree and refuses what plain data never
-  contains -- explicit tags such as ``!!python/object`` (also on lists and mappings, where the
-  shared loader would drop the tag and keep the content), merge keys, dates that do not exist
-  (``2026-02-30``), alias bombs -- each with its own line;
-- a loaded model keeps its :class:`Document` so that cross-file checks (plan against station
-  against DUT, in :mod:`harness.config.validate`) can still point at the offending line.
+Loading goes through :mod:`emulator.files` (safe YAML, line numbers, FileError), the one
+loader every file of the project shares. It refuses what plain data never contains -- explicit
+tags such as ``!!python/object`` (also on lists and mappings), merge keys, dates that do not
+exist (``2026-02-30``), alias bombs and recursive aliases, files that are not regular files or are
+too large -- each with its own line. This package adds what harness files need on top of it:
+a loaded model keeps its :class:`Document` so that cross-file checks (plan against station
+against DUT, in :mod:`harness.config.validate`) can still point at the offending line.
 
 Public API: :func:`load_station`, :func:`load_plan`, :func:`validate_run` and the models.
 """
@@ -22,22 +20,13 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
+from emulator.files import MAX_FILE_BYTES, MAX_NODES  # noqa: F401  (the shared loader's limits)
 from emulator.files import FileError, _dotted, _Located, load_yaml
 from emulator.files import validate as _validate_model  # not "validate": that is a submodule
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-MAX_FILE_BYTES = 1_000_000
-MAX_NODES = 100_000  # after alias expansion: a few aliases must not become a billion nodes
-
-_PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in
-               ("str", "int", "float", "bool", "null", "timestamp", "seq", "map")}
-_PLAIN_DATA = ("plain YAML data: mappings, lists, text, numbers, true/false, dates "
-               "(no tags such as !!python/...)")
-
 
 @dataclass(frozen=True)
 class Document:
@@ -56,84 +45,14 @@ class Document:
         return FileError(self.path, self.line(*loc), _dotted(tuple(loc)), found, allowed)
 
 
-def _screen(path: Path, text: str) -> None:
-    """Refuse non-plain YAML with a line, before the shared loader builds anything."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return  # the shared loader reports syntax errors with their line
-    except RecursionError:
-        raise FileError(path, None, "", "data nested too deeply", "a plain file") from None
-    if root is None:
-        return
-    sizes: dict[int, int] = {}
-    constructor = yaml.SafeLoader("")
-
-    def size(node: yaml.Node) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
-        sizes[id(node)] = 1  # a recursive alias counts once here; the loader refuses it later
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(item) for item in node.value)
-        sizes[id(node)] = total
-        return total
-
-    try:
-        total = size(root)
-    except RecursionError:
-        raise FileError(path, None, "", "data nested too deeply", "a plain file") from None
-    if total > MAX_NODES:
-        raise FileError(path, 1, "", f"more than {MAX_NODES} values once aliases are expanded",
-                        "a plain file; use fewer nested aliases")
-
-    seen: set[int] = set()
-
-    def walk(node: yaml.Node, loc: tuple[Any, ...]) -> None:
-        line = node.start_mark.line + 1
-        if node.tag == "tag:yaml.org,2002:merge":
-            raise FileError(path, line, _dotted(loc), "a YAML merge key (<<)",
-                            "each key written out; anchors (&a) and aliases (*a) are fine")
-        if node.tag not in _PLAIN_TAGS:
-            raise FileError(path, line, _dotted(loc), f"the YAML tag '{node.tag}'", _PLAIN_DATA)
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
-                walk(key, loc)
-                walk(value, loc + (name,))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                walk(item, loc + (index,))
-        elif node.tag == "tag:yaml.org,2002:timestamp":
-            try:
-                constructor.construct_object(node, deep=True)
-            except (ValueError, yaml.YAMLError) as exc:
-                raise FileError(path, line, _dotted(loc), f"'{node.value}' ({exc})",
-                                "a real date as YYYY-MM-DD, e.g. 2027-03-31") from None
-
-    try:
-        walk(root, ())
-    except RecursionError:
-        raise FileError(path, None, "", "data nested too deeply", "a plain file") from None
-
-
 def load_document(path: Path | str) -> Document:
-    """Read a YAML file safely (nothing in it is executed); raise FileError if it is not data."""
+    """Read a YAML file safely (nothing in it is executed); raise FileError if it is not data.
+
+    The reading, limits and screening are :func:`emulator.files.load_yaml`'s, shared with the
+    DUT, module, firmware, scenario and program files: regular files only, at most
+    ``MAX_FILE_BYTES``, bounded nesting and alias expansion, no recursive aliases, no tags.
+    """
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise FileError(path, None, "", f"a file of {path.stat().st_size} bytes",
-                            f"at most {MAX_FILE_BYTES} bytes")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        text = None  # the shared loader reports the missing or unreadable file
-    if text is not None:
-        _screen(path, text)
     data, located = load_yaml(path)
     return Document(path, data, located)
 
@@ -207,9 +126,11 @@ def _split(dotted: str) -> tuple[Any, ...]:
 
 
 class FileModel(BaseModel):
-    """Strict and immutable: a misspelt key is an error, never silently ignored."""
+    """Strict and immutable: a misspelt key is an error, never silently ignored, and nothing is
+    coerced -- ``gate: "yes"`` is not true and ``retries: "4"`` is not 4 (YAML already gives
+    true/false and numbers their own types; quoted text stays text). No ``.inf`` or ``.nan``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SourcedFile(FileModel):

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
@@ -71,8 +72,32 @@ BRANCH_PATTERN = r"^(s\d+p\d+|p\d+)$"
 CONTACTOR_PATTERN = r"^(s\d+p\d+|p\d+|main)$"
 
 
-Role = Annotated[str, Field(pattern=ROLE_PATTERN, description="a role name: supply, load, ...")]
-Node = Annotated[str, Field(pattern=NODE_PATTERN, description="a DUT node, e.g. s1p1.+")]
+Role = Annotated[str, Field(pattern=ROLE_PATTERN, max_length=64,
+                            description="a role name: supply, load, ...")]
+Node = Annotated[str, Field(pattern=NODE_PATTERN, max_length=64,
+                            description="a DUT node, e.g. s1p1.+")]
+ChannelNumber = Annotated[int, Field(ge=1, le=9999)]
+
+
+# ================================================================================== bounds
+def _between(low: str, high: str, what: str):  # type: ignore[no-untyped-def]
+    """Validator: a quantity from ``low`` to ``high`` (texts with units, e.g. '10 ms', '1 h').
+
+    A period of 1 ns would flood a bus; a timeout of 1e308 s would wait forever: both are
+    refused here, before anything is connected."""
+    lo, hi = Quantity.parse(low), Quantity.parse(high)
+
+    def check(value: Quantity) -> Quantity:
+        if not (lo.value <= value.value <= hi.value):
+            raise PydanticCustomError("quantity_bounds", f"{what} from {low} to {high}")
+        return value
+
+    return AfterValidator(check)
+
+
+InstrumentTimeout = Annotated[Quantity["s"], _between("1 ms", "1 h", "a timeout")]
+BusTimeout = Annotated[Quantity["s"], _between("1 ms", "10 min", "a timeout")]
+BusPeriod = Annotated[Quantity["s"], _between("10 ms", "10 min", "a period")]
 
 
 # ================================================================================== auto
@@ -193,7 +218,7 @@ class Instrument(FileModel):
     serial: str = ""
     rating: Rating = Rating()
     calibration_due: CalibrationDate | None = None
-    timeout: Quantity["s"] | None = None
+    timeout: InstrumentTimeout | None = None
     cards: list[Card] = Field(default_factory=list)
     options: dict[str, OptionValue] = Field(default_factory=dict)
 
@@ -253,12 +278,12 @@ class CanBus(FileModel):
     leave the machine."""
 
     interface: CanInterface
-    channel: str | int
+    channel: Annotated[str, Field(min_length=1, max_length=200)] | Annotated[int, Field(ge=0, le=65535)]
     bitrate: Annotated[int, AfterValidator(_bitrate)] = 500_000
     host: Host | None = None
     port: Port | None = None
     protocol: Literal["pylontech"] = "pylontech"
-    keepalive_period: Quantity["s"] = Quantity.parse("1 s")
+    keepalive_period: BusPeriod = Quantity.parse("1 s")
     # whose clock dates a frame: "receiver" (on arrival: hardware, where the sender's clock is
     # not the bench's) or "sender" (the frame's own stamp: the embedded emulated bench stamps
     # frames in bench time, so a busy host cannot make the BMS look silent)
@@ -290,8 +315,8 @@ class ModbusBus(FileModel):
     host: Host
     port: Port = 502
     device_id: int = Field(default=1, ge=1, le=247)
-    timeout: Quantity["s"] = Quantity.parse("1 s")
-    heartbeat_period: Quantity["s"] = Quantity.parse("1 s")
+    timeout: BusTimeout = Quantity.parse("1 s")
+    heartbeat_period: BusPeriod = Quantity.parse("1 s")
 
 
 AutoCan = Annotated[CanBus, _auto_or("interface, channel, bitrate",
@@ -323,7 +348,7 @@ class ShuntInput(FileModel):
 
     kind: Literal["shunt"]
     branch: Annotated[str, Field(pattern=BRANCH_PATTERN)]
-    resistance: Quantity["ohm"]
+    resistance: Annotated[Quantity["ohm"], _between("0.1 uohm", "1 kohm", "a shunt resistance")]
     rating: Rating | None = None
     label: str = ""
 
@@ -347,15 +372,15 @@ Input = Annotated[Union[VoltageInput, ShuntInput, ThermocoupleInput], Field(disc
 
 
 class VoltageChannel(VoltageInput):
-    channel: int = Field(ge=1)
+    channel: ChannelNumber
 
 
 class ShuntChannel(ShuntInput):
-    channel: int = Field(ge=1)
+    channel: ChannelNumber
 
 
 class ThermocoupleChannel(ThermocoupleInput):
-    channel: int = Field(ge=1)
+    channel: ChannelNumber
 
 
 ScannerChannel = Annotated[Union[VoltageChannel, ShuntChannel, ThermocoupleChannel],
@@ -372,7 +397,7 @@ def input_of(entry: Any) -> VoltageInput | ShuntInput | ThermocoupleInput:
 class ActuatorChannel(FileModel):
     """One relay and the contactor coil it drives (a branch, ``s1p2``/``p1``, or ``main``)."""
 
-    channel: int = Field(ge=1)
+    channel: ChannelNumber
     contactor: Annotated[str, Field(pattern=CONTACTOR_PATTERN)]
     label: str = ""
 
@@ -531,11 +556,16 @@ def _check_drivers(station: StationFile) -> None:
         cls = get_driver(inst.driver)
         known = getattr(cls, "OPTIONS", None)
         if known is not None:
-            for option in inst.options:
+            for option, value in inst.options.items():
                 if option not in known:
                     raise station.error(("instruments", role, "options", option),
                                         f"unknown option '{option}' for {inst.driver}",
                                         "options: " + ", ".join(sorted(known)))
+                wanted = _option_kind(known[option], value)
+                if wanted is not None:
+                    raise station.error(("instruments", role, "options", option), repr(value),
+                                        f"{wanted} for {inst.driver}'s option '{option}' "
+                                        f"(default {known[option]!r})")
         interface = role_interface(role)
         if interface is not None and not issubclass(cls, getattr(roles_module, interface)):
             fits = sorted(name for name, kind in ROLE_INTERFACES.items()
@@ -548,6 +578,22 @@ def _check_drivers(station: StationFile) -> None:
         if inst.cards and inst.driver not in SLOTTED_DRIVERS:
             raise station.error(("instruments", role, "cards"), f"cards on {inst.driver}",
                                 "cards only on a mainframe with slots: " + ", ".join(SLOTTED_DRIVERS))
+
+
+def _option_kind(default: Any, value: Any) -> str | None:
+    """What a driver option must be, judged by its default (None if ``value`` fits): a flag
+    stays true/false, text stays text, a number a number; an option without a default (a list
+    of channels) takes a list of whole numbers or text."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, str):
+        return None if isinstance(value, str) and len(value) <= 200 else "text (at most 200 characters)"
+    if isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a number"
+    if default is None:
+        return None if isinstance(value, list) else "a list"
+    return None
 
 
 def cards_of(station: StationFile, role: str) -> list[Card]:
