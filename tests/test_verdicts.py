@@ -77,6 +77,8 @@ REFUSALS = [
     pytest.param("    parameters: {load_current: 200 A, settle_s: 10 s}",
                  "    parameters: {load_current: 200 A, settle_s: 10 s}\n    setpoints: {load.current: 200 A}",
                  ["setpoints"], id="setpoints-copy-refused"),
+    pytest.param("load_current: 200 A", "load_current: -200 A",
+                 ["parameters.load_current", "a magnitude"], id="negative-setpoint"),
     pytest.param("load_current: 200 A", "load_current: 300 A",
                  ["parameters.load_current", "240 A"], id="parameter-above-the-load-rating"),
 ]

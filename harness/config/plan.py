@@ -511,6 +511,11 @@ def _check_parameter(plan: PlanFile, loc: tuple[Any, ...], step: Step, name: str
                              f"'{name}' -- '{value.unit}' is {DIMENSIONS[value.dimension][1]} unit")
         if not math.isfinite(value.value) or abs(value.value) > 1e9:
             raise plan.error(loc, f"'{value}'", "a finite value of a sensible size")
+        if declared.setpoint and value.value < 0:
+            raise plan.error(loc, f"'{value}'", f"a magnitude (>= 0) for {step.check}'s '{name}': it "
+                             "commands an instrument, whose direction the check sets")
+        if want == "time" and value.value < 0:
+            raise plan.error(loc, f"'{value}'", f"a time >= 0 for {step.check}'s '{name}'")
         return
     if isinstance(value, Quantity):
         raise plan.error(loc, f"'{value}' (a {DIMENSIONS[value.dimension][1].split(' ', 1)[-1]})",
