@@ -80,3 +80,39 @@ def test_each_row_reads_as_itself_and_only_itself(row_id: str) -> None:
 def test_an_unknown_row_is_a_clear_error() -> None:
     with pytest.raises(KeyError, match="no troubleshooting row 'nope'"):
         row("nope")
+
+
+CONFIGURATION_PLAN = """\
+name: configuration_probe
+version: "1"
+applies_to: [1S4P]
+steps:
+  - name: configuration
+    check: configuration
+    parameters: {rest_s: 2 s}
+    limits:
+      bank_voltage: {in_range: [12.0 V, 14.6 V]}
+      capacity_deviation: {in_range: [-3 %, 3 %]}
+      modules_missing: {le: 0}
+"""
+
+
+def test_reduced_capacity_with_every_module_online_names_the_weak_module(tmp_path: Path) -> None:
+    """004's "inverter reports reduced capacity" points at a module not accepted; with every
+    module online and one module's SoH low, the evidence says weak module, and names it."""
+    import subprocess
+    import sys
+
+    from harness.store import ResultStore
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(CONFIGURATION_PLAN)
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(plan), "--dut", "parallel/1s4p_busbar",
+                             "--scenario", "aged_module", "--results", url, "--reports", str(tmp_path / "rep")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    store = ResultStore(url)
+    failed = [m for m in store.measurements(store.runs()[0].id) if m.verdict == "fail"]
+    assert failed and all(only_row(m.diagnosis or "") == "weak_module" for m in failed)
+    assert all((m.diagnosis or "").startswith("s1p3: ") for m in failed)

@@ -506,10 +506,11 @@ def configuration(ctx: StepContext) -> None:
     volts = bench.load.measure_voltage()
     ctx.measure("bank_voltage", volts, "V", ctx.limit("bank_voltage"))
     status = bms_read(bench, "status")
+    capacity_cause = _capacity_cause(ctx, status)
     ctx.measure("installed_capacity", status.installed_capacity_ah, "Ah",
-                ctx.limit("installed_capacity"), diagnosis=DIAG_REDUCED_CAPACITY)
+                ctx.limit("installed_capacity"), diagnosis=capacity_cause)
     ctx.measure("online_capacity", status.online_capacity_ah, "Ah",
-                ctx.limit("online_capacity"), diagnosis=DIAG_REDUCED_CAPACITY)
+                ctx.limit("online_capacity"), diagnosis=capacity_cause)
     if ctx.dut is None:
         return
     dut, module = ctx.dut.dut, ctx.dut.module_type
@@ -520,21 +521,52 @@ def configuration(ctx: StepContext) -> None:
     ctx.measure("nominal_voltage", nominal_v, "V")
     ctx.measure("nominal_capacity", nominal_ah, "Ah")
     ctx.measure("nominal_energy", nominal_kwh, "kWh")
+    online = status.modules_online
+    expected = dut.series * dut.parallel
     ctx.measure("bank_voltage_deviation", (volts - nominal_v) / nominal_v * 100.0, "%",
                 ctx.limit("bank_voltage_deviation"),
-                diagnosis="series count or a module off the bank (000: series adds voltage) "
-                          + "-- " + DIAG_OFFLINE)
+                diagnosis=diagnose("module_offline", "bank", f"{volts:.2f} V against {nominal_v:.1f} V "
+                                   f"nominal for {dut.series} in series; {online if online is not None else '?'} "
+                                   f"of {expected} modules online"))
     installed = status.installed_capacity_ah
     if installed is not None:
         ctx.measure("capacity_deviation", (installed - nominal_ah) / nominal_ah * 100.0, "%",
-                    ctx.limit("capacity_deviation"), diagnosis=DIAG_REDUCED_CAPACITY)
+                    ctx.limit("capacity_deviation"), diagnosis=capacity_cause)
         energy = nominal_v * installed / 1000.0
         ctx.measure("energy", energy, "kWh")
         ctx.measure("energy_deviation", (energy - nominal_kwh) / nominal_kwh * 100.0, "%",
-                    ctx.limit("energy_deviation"), diagnosis=DIAG_REDUCED_CAPACITY)
-    if status.modules_online is not None:
-        ctx.measure("modules_missing", dut.series * dut.parallel - status.modules_online, "",
-                    ctx.limit("modules_missing"), diagnosis=DIAG_OFFLINE)
+                    ctx.limit("energy_deviation"), diagnosis=capacity_cause)
+    if online is not None:
+        ctx.measure("modules_missing", expected - online, "",
+                    ctx.limit("modules_missing"),
+                    diagnosis=diagnose("module_offline", "bank", f"{online} of {expected} modules online"))
+
+
+def _capacity_cause(ctx: StepContext, status: Any) -> str:
+    """Why the BMS reports less capacity than the DUT has, from what it reports: modules missing
+    from the online set -> a module not accepted (004); every module online but one with a low
+    SoH -> a weak module, named; else the capacity itself."""
+    if ctx.dut is None:
+        return diagnose("reduced_capacity", "bank")
+    dut = ctx.dut.dut
+    expected = dut.series * dut.parallel
+    online = status.modules_online
+    if online is not None and online < expected:
+        return diagnose("reduced_capacity", "bank", f"{online} of {expected} modules online and accepted")
+    try:
+        from test_plans.checks.parallel import module_reports
+        reports = module_reports(ctx.bench) or {}
+    except Exception:  # noqa: BLE001 - no per-module data: the capacity alone is the evidence
+        reports = {}
+    soh = {pos: r.soh_pct for pos, r in reports.items() if r.soh_pct is not None}
+    if len(soh) > 1:
+        weakest = min(soh, key=soh.get)
+        peers = [v for k, v in soh.items() if k != weakest]
+        if soh[weakest] < sum(peers) / len(peers) - 2.0:
+            return diagnose("weak_module", weakest, f"every module online; its SoH {soh[weakest]:.0f} % "
+                            f"against {sum(peers) / len(peers):.0f} % for its peers")
+    return diagnose("reduced_capacity", "bank", f"{online if online is not None else '?'} of {expected} "
+                    f"modules online; installed {status.installed_capacity_ah} Ah")
 
 
 def _sharing_phase(ctx: StepContext, phase: str, amps: float, evidence: "_Evidence") -> None:
