@@ -15,6 +15,7 @@ import datetime as dt
 import signal
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,20 @@ class EmulatedStation:
         self._runner = threading.Thread(target=self.bench.run_realtime, kwargs={"speed": speed},
                                         name="bench-clock", daemon=True)
         self._runner.start()
+
+    def take_in_keepalives(self, sent: int, timeout_s: float = 1.0) -> bool:
+        """Virtual-time barrier: every keep-alive the harness has sent so far (``sent`` in all)
+        crosses socketcand asynchronously; take each one in at the current bench time before
+        bench time moves on, so a busy host cannot make a healthy BMS lose its inverter.
+        False if they did not arrive within ``timeout_s`` of wall time."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.can_bms.poll()
+            if self.can_bms.heartbeats_received >= sent:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0002)
 
     def outputs_off(self) -> None:
         with self.bench.lock:
