@@ -171,6 +171,7 @@ def test_report_shows_steps_diagnosis_and_plot_in_chromium(rendered, browser):  
     image = browser.find_element(By.TAG_NAME, "img")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", image)
     browser.save_screenshot(str(SCREENSHOTS / "report-failure.png"))
+    assert (SCREENSHOTS / "report-failure.png").stat().st_size > 10_000
 
 
 def test_summary_page_in_chromium(rendered, browser):  # type: ignore[no-untyped-def]
@@ -187,4 +188,4 @@ def test_summary_page_in_chromium(rendered, browser):  # type: ignore[no-untyped
     assert loaded, "the failed step's plot is not on the page"
     SCREENSHOTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "summary.png"))
-    assert (SCREENSHOTS / "report-failure.png").stat().st_size > 10_000
+    assert (SCREENSHOTS / "summary.png").stat().st_size > 10_000
