@@ -57,7 +57,7 @@ import pytest
 
 from harness.measure import Limits, Recorder
 from test_truth_table_parallel import FAIL, NOT_RUN, PASS, Expect, Fail, Outcome, StepRef, assert_expected, \
-    run_in_workers, whole_plan
+    assert_exit_status, run_in_workers, table_cases, whole_plan
 from test_truth_table_series import TableRun, assert_shipped_limits, loosened_copy, table_step
 
 EOL, SMOKE, S4P, STR, P1 = "eol_module", "bank_smoke", "series_string_4s1p", "series_strings_4s2p", "parallel_bank_1s4p"
@@ -144,7 +144,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     return run_in_workers(tmp_path_factory.mktemp("truth_table_module"), RUNS, _weight)
 
 
-CASES = [pytest.param(run, expect, id=f"{expect.step}-{run.name}") for run in RUNS for expect in run.expects]
+CASES = table_cases(RUNS)
 
 
 @pytest.mark.parametrize("run, expect", CASES)
@@ -154,10 +154,7 @@ def test_truth_table(outcomes: dict[str, Outcome], run: TableRun, expect: Expect
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
 def test_exit_status(outcomes: dict[str, Outcome], run: TableRun) -> None:
-    """``hil run`` exits 0 exactly when every step it ran passed, 1 when one failed."""
-    outcome = outcomes[run.name]
-    failed = any(e.verdict == FAIL for e in run.expects)
-    assert outcome.returncode == (1 if failed else 0), outcome.output
+    assert_exit_status(outcomes[run.name], run)
 
 
 def test_the_gate_reads_open_circuit_voltages(outcomes: dict[str, Outcome]) -> None:

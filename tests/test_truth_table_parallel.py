@@ -419,7 +419,18 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     return run_in_workers(tmp_path_factory.mktemp("truth_table"), RUNS, _weight)
 
 
-CASES = [pytest.param(run, expect, id=f"{expect.step}-{run.name}") for run in RUNS for expect in run.expects]
+def table_cases(runs: list[Any]) -> list[Any]:
+    """One pytest case per (run, expected step verdict): the cells of a truth table."""
+    return [pytest.param(run, expect, id=f"{expect.step}-{run.name}") for run in runs for expect in run.expects]
+
+
+def assert_exit_status(outcome: Outcome, run: Any) -> None:
+    """``hil run`` exits 0 exactly when every step it ran passed, 1 when one failed."""
+    failed = any(e.verdict == FAIL for e in run.expects)
+    assert outcome.returncode == (1 if failed else 0), outcome.output
+
+
+CASES = table_cases(RUNS)
 
 
 @pytest.mark.parametrize("run, expect", CASES)
@@ -429,10 +440,7 @@ def test_truth_table(outcomes: dict[str, Outcome], run: Run, expect: Expect) -> 
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
 def test_exit_status(outcomes: dict[str, Outcome], run: Run) -> None:
-    """``hil run`` exits 0 exactly when every step it ran passed, 1 when one failed."""
-    outcome = outcomes[run.name]
-    failed = any(e.verdict == FAIL for e in run.expects)
-    assert outcome.returncode == (1 if failed else 0), outcome.output
+    assert_exit_status(outcomes[run.name], run)
 
 
 def test_thermal_rise_is_judged_at_the_rated_current(outcomes: dict[str, Outcome]) -> None:

@@ -38,7 +38,8 @@ import pytest
 
 import test_truth_table_parallel as parallel_table
 from test_truth_table_parallel import (FAIL, PASS, PLANS_DIR, Expect, Outcome, Run, StepRef, _time_params,
-                                       assert_expected, run_in_workers, shipped_step, whole_plan)
+                                       assert_exit_status, assert_expected, run_in_workers, shipped_step,
+                                       table_cases, whole_plan)
 
 
 # what the diagnoses must name
@@ -184,7 +185,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
                           lambda r: 1.0 + 10 * sum(e.step in LONG for e in r.expects))
 
 
-CASES = [pytest.param(run, expect, id=f"{expect.step}-{run.name}") for run in RUNS for expect in run.expects]
+CASES = table_cases(RUNS)
 
 
 @pytest.mark.parametrize("run, expect", CASES)
@@ -194,10 +195,7 @@ def test_truth_table(outcomes: dict[str, Outcome], run: SeriesRun, expect: Expec
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
 def test_exit_status(outcomes: dict[str, Outcome], run: SeriesRun) -> None:
-    """``hil run`` exits 0 exactly when every step it ran passed, 1 when one failed."""
-    outcome = outcomes[run.name]
-    failed = any(e.verdict == FAIL for e in run.expects)
-    assert outcome.returncode == (1 if failed else 0), outcome.output
+    assert_exit_status(outcomes[run.name], run)
 
 
 def test_good_and_candidate_firmware_differ() -> None:
