@@ -334,7 +334,6 @@ def _keepalive_barrier(assembled: Any, bench: Any) -> Any:
 
 def _record_identities(session: Session, modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ctx, store = session.ctx, session.store
-    dut = ctx.dut_spec.dut
     store.add_dut(session.run_id, ctx.serial, ctx.dut_spec.dut.name, modules,
                   firmware=ctx.dut_spec.firmware.version)
     identities = []

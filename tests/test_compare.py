@@ -385,7 +385,7 @@ def test_runs_of_different_plans_are_refused_unless_forced(tmp_path, capsys) -> 
     for run_id in ids:
         store.finish_run(run_id, "pass")
     store.close()
-    args = NS = __import__("argparse").Namespace(
+    args = __import__("argparse").Namespace(
         run_a=str(ids[0]), run_b=str(ids[1]), results=url, out=str(tmp_path / "out"), alluredir=None,
         no_allure=True, format="text", tolerance=5.0, force=False)
     assert command(args) == 2

@@ -357,11 +357,11 @@ def _station_for(case: Case) -> str:
     return text
 
 
-def run(tmp_path: Path, station: str, plan: str, dut: str) -> None:
+def run(tmp_path: Path, station: str, plan: str, dut: str):  # type: ignore[no-untyped-def]
     station_path, plan_path = tmp_path / "station.yaml", tmp_path / "plan.yaml"
     station_path.write_text(station.replace("{tmp}", str(tmp_path)), encoding="utf-8")
     plan_path.write_text(plan, encoding="utf-8")
-    validate_run(plan_path, station_path, dut, CHECKS, on=ON, serial="BH12-000123")
+    return validate_run(plan_path, station_path, dut, CHECKS, on=ON, serial="BH12-000123")
 
 
 def test_there_are_enough_distinct_bad_files() -> None:
@@ -397,7 +397,11 @@ def test_bad_file_stops_the_run_with_file_line_field_found_allowed(tmp_path: Pat
 
 # ====================================================================== good files
 def test_good_base_files_validate_together(tmp_path: Path) -> None:
-    run(tmp_path, STATION, PLAN, "1s1p")
+    config = run(tmp_path, STATION, PLAN, "1s1p")
+    assert [s.name for s in config.plan.steps] == ["ocv", "discharge"]
+    assert config.bank.dut.name == "1s1p" and config.station.name == "test-bench"
+    # the discharge step's load setpoint is derived from its declared parameter and was rated
+    assert config.plan.steps[1].setpoints["load.current"] == Quantity.parse("100 A")
 
 
 def test_emulated_station_loads_with_auto_everywhere() -> None:

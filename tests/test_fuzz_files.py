@@ -294,3 +294,7 @@ def test_a_mutated_file_is_accepted_or_refused_on_one_line(kind: str, workdir: P
     fuzz()
     print(f"fuzz {kind}: {sum(counts.values())} files ({counts['accepted']} past their own "
           f"loader, {counts['refused']} refused by it) in {time.monotonic() - started:.1f} s")
+    # the generator reached both paths: files the loader takes and files it refuses (a loader
+    # that refused everything, or a generator that only made valid files, would pass silently)
+    assert counts["accepted"] > 0 and counts["refused"] > 0, counts
+    assert not marker.exists()

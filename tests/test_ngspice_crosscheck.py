@@ -20,7 +20,6 @@ Set BANKHIL_REQUIRE_NGSPICE=1 (CI) to turn a missing ngspice into a failure inst
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -15,7 +15,6 @@ BANKHIL_REQUIRE_REPORT_TOOLS=1 (CI sets it), when a missing tool fails it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

@@ -56,7 +56,7 @@ from pathlib import Path
 import pytest
 
 from harness.measure import Limits, Recorder
-from test_truth_table_parallel import FAIL, NOT_RUN, PASS, Expect, Fail, Outcome, StepRef, assert_expected, \
+from test_truth_table_parallel import NOT_RUN, PASS, Expect, Fail, Outcome, StepRef, assert_expected, \
     assert_exit_status, run_in_workers, table_cases, whole_plan
 from test_truth_table_series import TableRun, assert_shipped_limits, loosened_copy, table_step
 

@@ -37,8 +37,9 @@ from typing import Any
 import pytest
 
 import test_truth_table_parallel as parallel_table
-from test_truth_table_parallel import (FAIL, PASS, PLANS_DIR, Expect, Outcome, Run, StepRef, _time_params,
-                                       assert_exit_status, assert_expected, run_in_workers, shipped_step,
+from test_truth_table_parallel import (FAIL, PASS, PLANS_DIR, Expect, Outcome, Run, StepRef,
+                                       assert_exit_status, assert_expected, assert_shipped_limits,
+                                       run_in_workers,
                                        table_cases, whole_plan)
 
 
@@ -210,22 +211,6 @@ def test_good_and_candidate_firmware_differ() -> None:
 
 
 # ----------------------------------------------------------------------- the plans are the shipped ones
-def assert_shipped_limits(run: TableRun) -> None:
-    """Each step of the case's plan is its shipped plan's step: the same check, the same limits,
-    the same parameters but for the time parameters its reference shortens."""
-    is_time = _time_params()
-    for step in run.plan_data()["steps"]:
-        ref = run.table[step["name"]]
-        shipped = shipped_step(ref.plan, ref.step)
-        assert step["check"] == shipped["check"]
-        assert step.get("limits") == shipped.get("limits"), f"{run.name}: {step['name']} limits differ"
-        ours, theirs = step.get("parameters") or {}, shipped.get("parameters") or {}
-        for name in set(ours) | set(theirs):
-            if ours.get(name) != theirs.get(name):
-                assert is_time(step["check"], name) and name in ref.durations, \
-                    f"{run.name}: {step['name']} changes parameter {name} ({theirs.get(name)!r} -> {ours.get(name)!r})"
-
-
 def loosened_copy(folder: Path, plan: str, tight: str, loose: str) -> Path:
     """Every shipped plan copied to ``folder``, the one text ``tight`` of ``plan`` (which must be
     there once) replaced by ``loose``."""

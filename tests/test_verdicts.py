@@ -19,7 +19,6 @@ ABORTED    130          SIGINT while a step runs
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess

@@ -46,16 +46,15 @@ import math
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 import regex as _regex
 from pydantic import (AfterValidator, BeforeValidator, Field, PlainSerializer, PrivateAttr, Strict,
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from emulator.files import FileError
 from harness.config import FileModel, SourcedFile, load_document, validate_document
-from harness.units import ALIASES, DIMENSIONS, UNITS, Quantity, UnitError, describe_dimension, dimension_of
+from harness.units import ALIASES, DIMENSIONS, UNITS, Quantity, UnitError, describe_dimension
 
 NAME_PATTERN = r"^[a-z0-9_]+$"
 ROLE_PATTERN = r"^[a-z][a-z0-9_]*(\.(can|modbus))?$"
@@ -65,7 +64,6 @@ SETPOINT_QUANTITIES = {"voltage": "V", "current": "A", "power": "W"}
 # markers pytest gives a meaning of its own: a plan must not switch them on by accident
 RESERVED_MARKERS = {"skip", "skipif", "xfail", "parametrize", "usefixtures", "filterwarnings"}
 
-KnownChecks = Union[Collection[str], Mapping[str, Mapping[str, str] | None]]
 
 
 def _matching(pattern: str, allowed: str) -> AfterValidator:

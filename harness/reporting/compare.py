@@ -32,7 +32,6 @@ import hashlib
 import html
 import json
 import math
-import re
 import sys
 import time
 import uuid as uuid_module
