@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emulator import kernels as kn
-from emulator.config.module_type import ModuleType
+from bankmodel.specs.module_type import ModuleType
 
 # Protection names, also the alarm names reported on CAN 0x359 and SunSpec Evt1.
 PROTECTIONS = ("cell_overvoltage", "cell_undervoltage", "charge_overcurrent",

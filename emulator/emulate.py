@@ -25,7 +25,7 @@ import can
 import yaml
 
 from emulator.bench import EmulatedBench, Input, Wiring
-from emulator.config.loading import load_bank_spec
+from emulator.faults import load_bank
 from emulator.endpoints.can_bms import EmulatedCanBms
 from emulator.endpoints.scpi_instruments import start_scpi_endpoints, stop_scpi_endpoints
 from emulator.endpoints.socketcand_server import SocketcandServer
@@ -122,7 +122,7 @@ class EmulatedStation:
 def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, seed: int = 0,
                            host: str = "127.0.0.1") -> EmulatedStation:
     """Build the twin, start its SCPI, CAN (virtual + socketcand) and SunSpec endpoints."""
-    spec = load_bank_spec(dut, scenario)
+    spec = load_bank(dut, scenario)
     twin = Twin(spec, seed=seed)
     bench = EmulatedBench(twin)
     channel = f"bankhil-{uuid.uuid4().hex[:8]}"

@@ -7,11 +7,12 @@ the scenario's line, so a scenario that cannot apply never runs silently healthy
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emulator.config import scenario as sc
-from emulator.config.loading import BankSpec
-from emulator.files import FileError, load_yaml
+from bankmodel.specs import scenario as sc
+from bankmodel.specs.loading import BankSpec, load_bank_spec
+from bankmodel.files import FileError, load_yaml
 
 if TYPE_CHECKING:
     from emulator.twin import Twin
@@ -147,3 +148,51 @@ def _lead_length(twin: "Twin", branch: str) -> tuple[float, float]:
     section = (ic.lead.cross_section_mm2 if override is None or override.cross_section_mm2 is None
                else override.cross_section_mm2)
     return length, section
+
+
+def check_targets(spec: BankSpec) -> None:
+    """Every module, terminal, branch and contactor a scenario names exists in the DUT.
+
+    The twin resolves targets when it is built (below), which in a ``hil run``
+    is after the bench is assembled; resolving them here, against the DUT's layout alone, makes
+    a scenario that cannot apply a FileError at its line before anything starts.
+    """
+    if not spec.scenario.faults:
+        return
+    from types import SimpleNamespace
+
+    from emulator.topology import build_layout
+
+    layout = build_layout(spec)
+    twin = SimpleNamespace(modules=layout.modules, layout=layout, spec=spec)
+    resolve = _Resolver(twin, spec)  # type: ignore[arg-type]
+    for index, fault in enumerate(spec.scenario.faults):
+        resolve.index = index
+        if isinstance(fault, sc.LooseLug):
+            module_target, polarity = fault.terminal.rsplit(".", 1)
+            terminal = f"{resolve.module(module_target, 'terminal')}.{polarity}"
+            if not any(node == terminal and part.startswith("lug")
+                       for element in layout.resistive for part, node in element.heat_to.items()):
+                raise resolve._error("terminal", f"'{fault.terminal}'",
+                                     "a module terminal with a cable lug in this DUT")
+        elif isinstance(fault, sc.UnequalCable):
+            branch = resolve.branch(fault.branch, "branch")
+            if branch == "main":
+                raise resolve._error("branch", "'main'", "a parallel branch")
+            length, _ = _lead_length(twin, branch)  # type: ignore[arg-type]
+            if length + fault.extra_length_m <= 0:
+                raise resolve._error("extra_length_m", f"{fault.extra_length_m:g}",
+                                     f"more than -{length:g} m (the lead's length)")
+        elif isinstance(fault, sc.StuckContactor):
+            resolve.branch(fault.contactor, "contactor")
+        elif isinstance(fault, sc.BlownFuse):
+            resolve.branch(fault.branch, "branch")
+        elif hasattr(fault, "module"):
+            resolve.module(fault.module)
+
+
+def load_bank(dut: str | Path, scenario: str | Path | None = None) -> BankSpec:
+    """The twin's files, validated, with the scenario's targets checked against the DUT."""
+    spec = load_bank_spec(dut, scenario)
+    check_targets(spec)
+    return spec

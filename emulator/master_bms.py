@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emulator import kernels as kn
-from emulator.config.firmware import FirmwareProfile
-from emulator.config.module_type import ModuleLimits
+from bankmodel.specs.firmware import FirmwareProfile
+from bankmodel.specs.module_type import ModuleLimits
 
 
 @dataclass

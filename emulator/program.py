@@ -40,7 +40,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from emulator.config.base import FileModel, Positive
+from bankmodel.specs.base import FileModel, Positive
 
 Seconds = Annotated[float, Field(ge=0, le=1e6)]
 MaxStep = Annotated[float, Field(ge=1e-7, le=3600)]

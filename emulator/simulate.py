@@ -34,8 +34,9 @@ from typing import Any, Callable, TextIO  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emulator.config.loading import FIXTURES, BankSpec, load_bank_spec, resolve_fixture  # noqa: E402
-from emulator.files import FileError, load_model, load_yaml  # noqa: E402
+from bankmodel.specs.loading import FIXTURES, BankSpec, resolve_fixture  # noqa: E402
+from emulator.faults import load_bank  # noqa: E402
+from bankmodel.files import FileError, load_model, load_yaml  # noqa: E402
 from emulator.program import (Charge,  # noqa: E402
                               CloseContactor, Discharge, Heartbeat, Load, OpenContactor,
                               OpenFets, ProgramFile, ReleaseFets, Rest)
@@ -68,7 +69,7 @@ def load_files(dut: str | Path, scenario: str | Path | None,
     """Validate every file before anything is built; raise FileError on the first bad one."""
     dut_path = _existing(dut, "duts", "DUT")
     scenario_path = _existing(scenario, "scenarios", "scenario") if scenario else None
-    spec = load_bank_spec(dut_path, scenario_path)
+    spec = load_bank(dut_path, scenario_path)
     prog, prog_path = load_program(program or "default")
     return spec, prog, prog_path
 

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from emulator.circuit import GROUND, Netlist
-from emulator.config.loading import BankSpec
+from bankmodel.specs.loading import BankSpec
 from emulator.conductors import busbar_ohm, busbar_thermal, cable_ohm, cable_ohm_per_m, cable_thermal
 
 FUSE_OHM_PER_A = 0.02  # a 200 A fuse link is ~0.1 mohm: R ~ 0.02 ohm*A / rating

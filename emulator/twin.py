@@ -34,7 +34,7 @@ from emulator.bms import BmsArray, BmsInputs
 from emulator.circuit import MnaSolver
 from emulator.clock import VirtualClock
 from emulator.conductors import temperature_factor
-from emulator.config.loading import BankSpec
+from bankmodel.specs.loading import BankSpec
 from emulator.master_bms import MasterBms, ModuleViews
 from emulator.ocv import OCV_POINTS, SOC_MARGIN, SOC_POINTS, cell_ocv
 from emulator.thermal import ThermalNetwork
@@ -716,9 +716,9 @@ class Twin:
 
 
 def build_twin(dut: str, scenario: str | None = None, seed: int = 0, **kwargs) -> Twin:  # type: ignore[no-untyped-def]
-    """Validate the files and build a twin (raises emulator.files.FileError on a bad file)."""
-    from emulator.config.loading import load_bank_spec
-    return Twin(load_bank_spec(dut, scenario), seed=seed, **kwargs)
+    """Validate the files and build a twin (raises bankmodel.files.FileError on a bad file)."""
+    from emulator.faults import load_bank
+    return Twin(load_bank(dut, scenario), seed=seed, **kwargs)
 
 
 __all__ = ["Twin", "build_twin", "FET_STATE_NAMES", "math"]

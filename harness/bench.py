@@ -219,8 +219,8 @@ def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
     emulated_station = None
     clock: BenchClock
     if station.emulated:
-        from emulator.emulate import start_emulated_station
-        emulated_station = start_emulated_station(dut or station.dut, scenario, seed=seed)
+        from harness.emulated import start_station
+        emulated_station = start_station(dut or station.dut, scenario, seed=seed)
         try:
             station = resolve_emulated(station, emulated_station.station)
         except BaseException:

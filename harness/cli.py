@@ -4,7 +4,7 @@ Each subcommand lives with the code it drives and contributes two functions: one
 options to an argparse sub-parser and one that runs it from the parsed arguments and returns an
 exit status. This module only wires them up and turns failures into one line on stderr:
 
-- a bad input file (``emulator.files.FileError``): ``file:line: field: found ...; allowed: ...``,
+- a bad input file (``bankmodel.files.FileError``): ``file:line: field: found ...; allowed: ...``,
   exit status 2;
 - any other error: ``hil: error: ...``, exit status 1;
 - Ctrl-C: exit status 130.
@@ -36,30 +36,30 @@ def _interrupt(signum: int, frame: object) -> None:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _add_simulate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from emulator import simulate  # the twin, never the harness: see emulator/simulate.py
-
+def _add_simulate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser,
+                  full: bool = True) -> None:
     parser = subparsers.add_parser(
         "simulate", parents=[common],
         help="run a bench program on the emulated bank and print what happened as JSON",
         description="Run a bench program (fixtures/programs/) on the twin of a DUT "
                     "(fixtures/duts/) with an optional fault scenario (fixtures/scenarios/); "
                     "print the final state, peaks, master BMS report and events as JSON.")
-    simulate.add_arguments(parser)
-    parser.set_defaults(handler=simulate.command)
+    if full:  # the twin is imported only when this command runs (harness/emulated.py)
+        from harness import emulated
+        emulated.add_simulate_arguments(parser)
 
 
-def _add_emulate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from emulator import emulate  # starts the emulator through its one entry point
-
+def _add_emulate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser,
+                 full: bool = True) -> None:
     parser = subparsers.add_parser(
         "emulate", parents=[common],
         help="serve an emulated bench (SCPI, CAN, Modbus/SunSpec) on loopback until stopped",
         description="Start the twin of a DUT with emulated instruments and BMS buses on "
                     "127.0.0.1, print their endpoints, optionally write a station file pointing "
                     "at them, and follow wall time (times --speed) until Ctrl-C or SIGTERM.")
-    emulate.add_arguments(parser)
-    parser.set_defaults(handler=emulate.run)
+    if full:
+        from harness import emulated
+        emulated.add_emulate_arguments(parser)
 
 
 def _add_run(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -102,7 +102,7 @@ def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.Argume
 
 
 # name -> function adding the subcommand
-SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = {
+SUBCOMMANDS: dict[str, Callable[..., None]] = {
     "simulate": _add_simulate,
     "emulate": _add_emulate,
     "run": _add_run,
@@ -111,7 +111,13 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction, argparse.ArgumentPa
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+# commands that start the twin: their options (and the emulator) are loaded only when one runs,
+# so a hardware ``hil run`` never imports the emulator
+_EMULATOR_COMMANDS = ("simulate", "emulate")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``hil`` parser; ``command`` is the subcommand about to run (None: all, for help)."""
     # --debug is accepted before and after the subcommand; SUPPRESS keeps the sub-parser's
     # default from overwriting a top-level --debug.
     common = argparse.ArgumentParser(add_help=False)
@@ -122,8 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hardware-in-the-loop tests for LiFePO4 modules and banks, on a bench or "
                     "on the emulated twin.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in SUBCOMMANDS.values():
-        add(subparsers, common)
+    for name, add in SUBCOMMANDS.items():
+        if name in _EMULATOR_COMMANDS:
+            add(subparsers, common, full=(name == command))  # type: ignore[call-arg]
+        else:
+            add(subparsers, common)
     return parser
 
 
@@ -146,11 +155,12 @@ def threading_main() -> bool:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    import emulator  # noqa: F401  (one BLAS thread, before numpy: see emulator/__init__.py)
-    from emulator.files import FileError
+    from harness.emulated import single_threaded_blas
+    single_threaded_blas()  # before numpy is first imported
+    from bankmodel.files import FileError
 
-    parser = build_parser()
     argv = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(next((token for token in argv if not token.startswith("-")), None))
     if not argv:
         argv = ["run"]  # `hil` alone: the default plan on the embedded emulated station
     run_index = next((k for k, token in enumerate(argv) if not token.startswith("-")), None)

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from emulator.files import FileError
+from bankmodel.files import FileError
 from harness.measure import Limits, Measurement, Recorder
 from harness.reporting.allure_labels import measurement_parameter
 from harness.reporting.artifacts import TraceArtifacts
@@ -96,7 +96,7 @@ class RunContext:
 
     @classmethod
     def load(cls, config: pytest.Config) -> "RunContext":
-        from emulator.config.loading import load_bank_spec
+        from bankmodel.specs.loading import load_bank_spec
         from harness.config import load_plan, load_station, validate_run
         from test_plans.checks import known_checks
 
@@ -112,6 +112,9 @@ class RunContext:
             raise FileError(station_path, None, "--scenario", f"'{scenario}'",
                             "fault scenarios only on an emulated station")
         dut_spec = load_bank_spec(dut_arg, scenario)
+        if scenario:
+            from harness.emulated import check_scenario
+            check_scenario(dut_spec)
         serial = config.getoption("--serial") or f"{dut_spec.dut.serial_prefix}{dut_spec.dut.batch}"
         validate_run(plan, station, dut_spec, checks, scenario=scenario, serial=serial)
         run_uuid = config.getoption("--run-uuid") or str(uuid.uuid4())

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from emulator.bench import EmulatedBench
-from emulator.config.loading import FIXTURES, load_bank_spec
+from bankmodel.specs.loading import FIXTURES, load_bank_spec
 from emulator.endpoints import start_scpi_endpoints, stop_scpi_endpoints
 from emulator.endpoints.sunspec_server import SunSpecServer
 from emulator.twin import Twin, build_twin

@@ -1,7 +1,7 @@
 """A bad DUT, scenario or program file stops ``hil simulate`` with one line and exit status 2.
 
 The line names the file and line, the field path, what was found and what is allowed
-(``emulator.files.FileError``); nothing is simulated and no traceback is shown. Each case writes
+(``bankmodel.files.FileError``); nothing is simulated and no traceback is shown. Each case writes
 one bad file to tmp_path and calls ``harness.cli.main`` in-process (one case goes through a real
 ``python -m harness.cli`` subprocess, to cover the entry point and the exit status itself).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.config import scenario as scenario_model
+from bankmodel.specs import scenario as scenario_model
 from emulator import program as program_model
 from harness.cli import main
 
@@ -230,7 +230,7 @@ def test_other_errors_exit_1_without_traceback(monkeypatch, capsys) -> None:  # 
 
 
 def test_debug_shows_the_file_error_too(tmp_path: Path) -> None:
-    from emulator.files import FileError
+    from bankmodel.files import FileError
 
     path = tmp_path / "dut.yaml"
     path.write_text(GOOD_DUT + "seriez: 4\n")

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from emulator.bench import EmulatedBench
-from emulator.config.loading import FIXTURES
+from bankmodel.specs.loading import FIXTURES
 from emulator.endpoints.can_bms import (EmulatedCanBms, dbc_path, firmware_code, load_dbc,
                                         protocol_values)
 from emulator.endpoints.socketcand_server import SocketcandServer, format_frame, parse_send

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emulator.files import FileError
+from bankmodel.files import FileError
 from harness.config import load_plan, load_station, validate_run
 from harness.config.plan import Limit
 from harness.config.station import channel_map_from_emulator, resolve_emulated
-from harness.units import Quantity, UnitError
+from bankmodel.units import Quantity, UnitError
 from test_plans.checks.spec import CheckSpec, Measure, Param
 
 REPO = Path(__file__).resolve().parents[1]
@@ -518,7 +518,7 @@ def test_missing_file_is_a_file_error(tmp_path: Path) -> None:
 def _described(dut: str = "1s1p") -> dict:
     """What start_emulated_station describes, without starting endpoints (wiring of the twin)."""
     from emulator.bench import default_wiring
-    from emulator.config.loading import load_bank_spec
+    from bankmodel.specs.loading import load_bank_spec
     from emulator.emulate import DMM_DRIVER, DRIVERS, channel_map
     from emulator.twin import Twin
 

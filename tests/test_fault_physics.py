@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emulator.config.loading import FIXTURES, load_bank_spec
+from bankmodel.specs.loading import FIXTURES, load_bank_spec
 from emulator.twin import FUSE_CONTINUOUS, FUSE_MELT_S, Twin
 
 # ------------------------------------------------------------------------------ fuses

@@ -33,8 +33,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.config.loading import load_bank_spec
-from emulator.files import FileError
+from bankmodel.specs.loading import load_bank_spec
+from bankmodel.files import FileError
 from harness.config import load_plan, load_station, validate_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 Every case here was seen to break ``hil run`` (a Python traceback, a pytest INTERNALERROR, a run
 that failed only after the bench was assembled, or a run that never ended) and is now refused by
-the loaders: ``emulator.files.load_yaml`` (shared by station, plan, DUT, module, firmware,
+the loaders: ``bankmodel.files.load_yaml`` (shared by station, plan, DUT, module, firmware,
 scenario and program files), the strict models and the bounded values. A refusal is a
 ``FileError`` whose message is ONE line starting with the file's path:
 ``file:line: field: found ...; allowed: ...`` -- ``hil run`` prints it and exits with status 2.
@@ -22,8 +22,9 @@ from typing import Callable
 
 import pytest
 
-from emulator.config.loading import load_bank_spec
-from emulator.files import MAX_FILE_BYTES, FileError
+from bankmodel.specs.loading import load_bank_spec
+from emulator.faults import load_bank
+from bankmodel.files import MAX_FILE_BYTES, FileError
 from harness.config import load_plan, load_station, validate_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,7 +242,7 @@ def test_a_module_type_with_an_absurd_figure_is_refused(tmp_path: Path) -> None:
 def test_a_scenario_target_missing_from_the_dut_is_refused_before_the_twin(tmp_path: Path) -> None:
     """Targets used to be resolved when the twin was built: in ``hil run``, after assembly."""
     path = write(tmp_path, "scenario.yaml", replaced(SCENARIO.read_text(), "module: last", "module: s1p9"))
-    err = refused(lambda: load_bank_spec(DUT, path), path)
+    err = refused(lambda: load_bank(DUT, path), path)
     assert err.field == "faults[0].module" and "s1p1..s1p4" in err.allowed
 
 

@@ -6,15 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from emulator.config.loading import load_bank_spec
+from bankmodel.specs.loading import load_bank_spec
 from emulator.twin import Twin
 
 
 def twin_with(dut: str, firmware: str = "good", **dut_updates) -> Twin:  # type: ignore[no-untyped-def]
     spec = load_bank_spec(dut)
-    from emulator.config.firmware import FirmwareProfile
-    from emulator.config.loading import FIXTURES
-    from emulator.files import load_model
+    from bankmodel.specs.firmware import FirmwareProfile
+    from bankmodel.specs.loading import FIXTURES
+    from bankmodel.files import load_model
     profile = load_model(FirmwareProfile, FIXTURES / "firmware" / f"{firmware}.yaml")
     spec = replace(spec, firmware=profile, dut=spec.dut.model_copy(update=dut_updates))
     return Twin(spec)

@@ -354,7 +354,7 @@ def test_fault_plots_are_deterministic(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def bench_1s4p():  # type: ignore[no-untyped-def]
     """The shipped 1S4P plan's healthy busbar DUT with a 20-point SOC mismatch (a ~9 A surge)."""
-    from emulator.config.loading import load_bank_spec
+    from bankmodel.specs.loading import load_bank_spec
     from harness.bench import assemble
     from harness.config import load_station
 

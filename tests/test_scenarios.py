@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emulator.config.loading import FIXTURES, load_bank_spec
-from emulator.config.scenario import ScenarioFile
-from emulator.files import FileError, load_model
+from bankmodel.specs.loading import FIXTURES, load_bank_spec
+from bankmodel.specs.scenario import ScenarioFile
+from bankmodel.files import FileError, load_model
 from emulator.twin import Twin
 
 SCENARIOS = sorted((FIXTURES / "scenarios").glob("*.yaml"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.config.loading import FIXTURES, load_bank_spec
+from bankmodel.specs.loading import FIXTURES, load_bank_spec
 from emulator.simulate import load_program, resolve_program
 from emulator.twin import Twin
 from harness.cli import main

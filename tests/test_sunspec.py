@@ -18,10 +18,10 @@ import pytest
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
 from emulator.bench import EmulatedBench
-from emulator.config.firmware import FirmwareProfile
-from emulator.config.loading import FIXTURES, load_bank_spec
+from bankmodel.specs.firmware import FirmwareProfile
+from bankmodel.specs.loading import FIXTURES, load_bank_spec
 from emulator.endpoints.sunspec_server import BASE_ADDRESS, SunSpecServer
-from emulator.files import load_model
+from bankmodel.files import load_model
 from emulator.twin import Twin
 from instruments.roles import InstrumentError
 from instruments.sunspec_bms import Malformed, SunSpecBms, decode_model

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emulator.config.loading import FIXTURES
+from bankmodel.specs.loading import FIXTURES
 from emulator.ocv import ocv_energy_wh
 from emulator.twin import build_twin
 
@@ -206,7 +206,7 @@ def test_middle_of_a_tight_stack_runs_warmer():
     spreads = {}
     for spacing in (0.0, 10.0):
         from dataclasses import replace
-        from emulator.config.loading import load_bank_spec
+        from bankmodel.specs.loading import load_bank_spec
         from emulator.twin import Twin
         spec = load_bank_spec("4s1p")
         spec = replace(spec, dut=spec.dut.model_copy(update={"spacing_cm": spacing}))

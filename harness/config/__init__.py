@@ -1,6 +1,6 @@
 """Validated harness files: stations (fixtures/stations/) and test plans (test_plans/).
 
-Loading goes through :mod:`emulator.files` (safe YAML, line numbers, FileError), the one
+Loading goes through :mod:`bankmodel.files` (safe YAML, line numbers, FileError), the one
 loader every file of the project shares. It refuses what plain data never contains -- explicit
 tags such as ``!!python/object`` (also on lists and mappings), merge keys, dates that do not
 exist (``2026-02-30``), alias bombs and recursive aliases, files that are not regular files or are
@@ -22,9 +22,9 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origi
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from emulator.files import MAX_FILE_BYTES, MAX_NODES  # noqa: F401  (the shared loader's limits)
-from emulator.files import FileError, _dotted, _Located, load_yaml
-from emulator.files import validate as _validate_model  # not "validate": that is a submodule
+from bankmodel.files import MAX_FILE_BYTES, MAX_NODES  # noqa: F401  (the shared loader's limits)
+from bankmodel.files import FileError, dotted, Located, load_yaml
+from bankmodel.files import validate as _validate_model  # not "validate": that is a submodule
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -34,7 +34,7 @@ class Document:
 
     path: Path
     data: Any
-    located: _Located
+    located: Located
 
     def line(self, *loc: Any) -> int | None:
         """1-based line of a field path (or of its deepest existing parent)."""
@@ -42,13 +42,13 @@ class Document:
 
     def error(self, loc: tuple[Any, ...], found: str, allowed: str) -> FileError:
         """A FileError at a field path of this file."""
-        return FileError(self.path, self.line(*loc), _dotted(tuple(loc)), found, allowed)
+        return FileError(self.path, self.line(*loc), dotted(tuple(loc)), found, allowed)
 
 
 def load_document(path: Path | str) -> Document:
     """Read a YAML file safely (nothing in it is executed); raise FileError if it is not data.
 
-    The reading, limits and screening are :func:`emulator.files.load_yaml`'s, shared with the
+    The reading, limits and screening are :func:`bankmodel.files.load_yaml`'s, shared with the
     DUT, module, firmware, scenario and program files: regular files only, at most
     ``MAX_FILE_BYTES``, bounded nesting and alias expansion, no recursive aliases, no tags.
     """
@@ -154,7 +154,7 @@ class SourcedFile(FileModel):
 
     def error(self, loc: tuple[Any, ...], found: str, allowed: str) -> FileError:
         if self._document is None:
-            return FileError(self._label, None, _dotted(loc), found, allowed)
+            return FileError(self._label, None, dotted(loc), found, allowed)
         return self._document.error(loc, found, allowed)
 
 

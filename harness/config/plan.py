@@ -54,7 +54,7 @@ from pydantic import (AfterValidator, BeforeValidator, Field, PlainSerializer, P
 from pydantic_core import PydanticCustomError
 
 from harness.config import FileModel, SourcedFile, load_document, validate_document
-from harness.units import ALIASES, DIMENSIONS, UNITS, Quantity, UnitError, describe_dimension
+from bankmodel.units import ALIASES, DIMENSIONS, UNITS, Quantity, UnitError, describe_dimension
 
 NAME_PATTERN = r"^[a-z0-9_]+$"
 ROLE_PATTERN = r"^[a-z][a-z0-9_]*(\.(can|modbus))?$"

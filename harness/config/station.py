@@ -59,17 +59,15 @@ from pydantic import (AfterValidator, BeforeValidator, Field,
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
-from emulator.files import FileError
+from bankmodel.files import FileError
 from harness.config import FileModel, SourcedFile, load_document, validate_document
-from harness.units import Quantity
+from bankmodel.positions import BRANCH_PATTERN, CONTACTOR_PATTERN, POSITION_PATTERN
+from bankmodel.units import Quantity
 from instruments.drivers import driver_names, get_driver
 
 AUTO = "auto"
 ROLE_PATTERN = r"^[a-z][a-z0-9_]*$"
 NODE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$"
-POSITION_PATTERN = r"^s\d+p\d+$"
-BRANCH_PATTERN = r"^(s\d+p\d+|p\d+)$"
-CONTACTOR_PATTERN = r"^(s\d+p\d+|p\d+|main)$"
 
 
 Role = Annotated[str, Field(pattern=ROLE_PATTERN, max_length=64,

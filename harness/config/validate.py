@@ -3,7 +3,7 @@
 Each file can be valid on its own and the run still be wrong: a plan for 12.8 V modules pointed
 at a 4S4P bank, a step that needs an AC-IR meter on a bench without one, 200 A asked of a load
 rated 120 A, a channel map wired for a 4P bank on a 1P DUT, an instrument past its calibration
-date. :func:`validate_run` finds these and raises :class:`~emulator.files.FileError` pointing at
+date. :func:`validate_run` finds these and raises :class:`~bankmodel.files.FileError` pointing at
 the line to change (the plan's setpoint, the station's rating, ...), naming the other file's line
 where that helps.
 
@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emulator.config.loading import BankSpec, load_bank_spec
+from bankmodel.positions import POSITION, STRING
+from bankmodel.specs.loading import BankSpec, load_bank_spec
 from harness.config import today as _today
 from harness.config.plan import PlanFile, load_plan
 from harness.config.station import StationFile, load_station
 
-POSITION = re.compile(r"^s(\d+)p(\d+)$")
-BRANCH_ONLY = re.compile(r"^p(\d+)$")
 TOPOLOGY = re.compile(r"^(\d+)S(\d+)P$", re.I)
 MODULE_ROLES = {"acir"}  # roles that see one module's voltage, not the bank's
 
@@ -176,7 +175,7 @@ def _position_error(name: str, bank: BankSpec) -> str | None:
         if not (1 <= s <= dut.series and 1 <= p <= dut.parallel):
             return f"positions s1p1..s{dut.series}p{dut.parallel} of the {dut.series}S{dut.parallel}P DUT"
         return None
-    match = BRANCH_ONLY.match(name)
+    match = STRING.match(name)
     if match and not 1 <= int(match.group(1)) <= dut.parallel:
         return f"branches p1..p{dut.parallel} of the {dut.series}S{dut.parallel}P DUT"
     return None
@@ -254,6 +253,9 @@ def validate_run(plan: PlanFile | Path | str, station: StationFile | Path | str,
     station_model = station if isinstance(station, StationFile) else load_station(station)
     plan_model = plan if isinstance(plan, PlanFile) else load_plan(plan, known_checks)
     bank = dut if isinstance(dut, BankSpec) else load_bank_spec(dut, scenario)
+    if scenario and not isinstance(dut, BankSpec):
+        from harness.emulated import check_scenario
+        check_scenario(bank)
     check_applies_to(plan_model, bank)
     if serial is not None:
         check_serial(plan_model, serial)

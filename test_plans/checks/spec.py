@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
-from harness.units import DIMENSIONS, UNITS, ALIASES, dimension_of
+from bankmodel.units import DIMENSIONS, UNITS, ALIASES, dimension_of
 
 ParamKind = Literal["any", "number", "count", "flag", "text"]
 

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from emulator.config.base import FileModel, between
+from bankmodel.specs.base import FileModel, between
 
-# Sane ranges of a firmware profile's figures (see emulator.config.base.between)
+# Sane ranges of a firmware profile's figures (see bankmodel.specs.base.between)
 Period = between(0.01, 600.0)               # s between reports
 Timeout = between(0.05, 3600.0)             # s of silence before acting
 Settle = between(0.0, 3600.0)               # s

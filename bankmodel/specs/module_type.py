@@ -6,9 +6,9 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from emulator.config.base import FileModel, between
+from bankmodel.specs.base import FileModel, between
 
-# Sane ranges of a module's figures (see emulator.config.base.between)
+# Sane ranges of a module's figures (see bankmodel.specs.base.between)
 Capacity = between(0.1, 10_000.0)           # Ah
 CellResistance = between(0.001, 10_000.0)   # mohm
 TimeConstant = between(0.01, 100_000.0)     # s

@@ -10,9 +10,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from emulator.config.base import FileModel, Percent, between
+from bankmodel.specs.base import FileModel, Percent, between
 
-# Sane ranges of a fault's figures (see emulator.config.base.between)
+# Sane ranges of a fault's figures (see bankmodel.specs.base.between)
 At = between(0.0, 7 * 24 * 3600.0)         # s into the run (at most a week)
 ContactResistance = between(0.001, 10_000.0)  # mohm
 FetVoltage = between(1.0, 10_000.0)         # V

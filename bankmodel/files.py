@@ -326,7 +326,7 @@ def compose(text: str) -> yaml.Node | None:
 
 
 # ================================================================================== building
-class _Located:
+class Located:
     """Plain data plus a map from field path (tuple of keys/indices) to 1-based line number."""
 
     def __init__(self) -> None:
@@ -337,21 +337,21 @@ class _Located:
         """Plain data from a composed tree (depth and size already bounded by :func:`compose`)."""
         self.lines[path] = node.start_mark.line + 1
         if node.tag not in _PLAIN_TAGS:  # compose refuses these; a tree built elsewhere too
-            raise FileError("", node.start_mark.line + 1, _dotted(path),
+            raise FileError("", node.start_mark.line + 1, dotted(path),
                             f"the YAML tag '{node.tag}'", _PLAIN_DATA)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
                 if key is None or not isinstance(key, str):
-                    raise FileError("", key_node.start_mark.line + 1, _dotted(path),
+                    raise FileError("", key_node.start_mark.line + 1, dotted(path),
                                     "a non-text key", "text keys")
                 if key_node.tag == _MERGE_TAG:
-                    raise FileError("", key_node.start_mark.line + 1, _dotted(path),
+                    raise FileError("", key_node.start_mark.line + 1, dotted(path),
                                     "a YAML merge key (<<)",
                                     "each key written out; anchors (&a) and aliases (*a) are fine")
                 if key in out:
-                    raise FileError("", key_node.start_mark.line + 1, _dotted(path + (key,)),
+                    raise FileError("", key_node.start_mark.line + 1, dotted(path + (key,)),
                                     f"'{key}' twice", "each key once")
                 self.lines[path + (key,)] = key_node.start_mark.line + 1
                 out[key] = self.build(value_node, path + (key,))
@@ -361,7 +361,7 @@ class _Located:
         try:
             return self._constructor.construct_object(node, deep=True)
         except Exception as exc:  # noqa: BLE001 - PyYAML raises IndexError on "!!float" alone
-            raise FileError("", node.start_mark.line + 1, _dotted(path),
+            raise FileError("", node.start_mark.line + 1, dotted(path),
                             _describe_found(node.value) + f" ({_one_line(exc, 80)})",
                             "a value YAML can read") from None
 
@@ -378,14 +378,14 @@ class _Located:
         return self.lines.get((), None)
 
 
-def _dotted(path: tuple[Any, ...]) -> str:
+def dotted(path: tuple[Any, ...]) -> str:
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 
 
-def load_yaml(path: Path | str) -> tuple[Any, _Located]:
+def load_yaml(path: Path | str) -> tuple[Any, Located]:
     """Read a YAML file safely; return its plain data and the line map. Raises FileError.
 
     The one loading function of the project: station and plan files (``harness.config``) and
@@ -396,7 +396,7 @@ def load_yaml(path: Path | str) -> tuple[Any, _Located]:
     try:
         node = compose(text)
     except _Refused as exc:
-        raise FileError(path, exc.line, _dotted(exc.loc), exc.found, exc.allowed) from None
+        raise FileError(path, exc.line, dotted(exc.loc), exc.found, exc.allowed) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -408,7 +408,7 @@ def load_yaml(path: Path | str) -> tuple[Any, _Located]:
                         "a plain file") from None
     if node is None:
         raise FileError(path, 1, "", "an empty file", "a YAML mapping")
-    located = _Located()
+    located = Located()
     try:
         data = located.build(node, ())
     except FileError as exc:
@@ -428,7 +428,7 @@ def _describe_found(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def validate(model: type[ModelT], data: Any, located: _Located, path: Path | str) -> ModelT:
+def validate(model: type[ModelT], data: Any, located: Located, path: Path | str) -> ModelT:
     """Validate plain data into ``model``; the first error becomes a FileError with its line."""
     if not isinstance(data, dict):
         raise FileError(path, located.line_of(()), "", f"a {type(data).__name__}", "a YAML mapping")
@@ -449,7 +449,7 @@ def validate(model: type[ModelT], data: Any, located: _Located, path: Path | str
         else:
             found = _describe_found(err.get("input"))
             allowed = err.get("msg", "a valid value")
-        raise FileError(path, located.line_of(loc), _dotted(loc), found, allowed) from None
+        raise FileError(path, located.line_of(loc), dotted(loc), found, allowed) from None
 
 
 def _data_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:

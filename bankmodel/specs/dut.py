@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from emulator.config.base import FileModel, Percent, Stem, between
+from bankmodel.specs.base import FileModel, Percent, Stem, between
 
 POSITION = re.compile(r"^s(\d{1,3})p(\d{1,3})$")
 
-# Sane ranges of a bank's figures (see emulator.config.base.between)
+# Sane ranges of a bank's figures (see bankmodel.specs.base.between)
 CableLength = between(0.01, 100.0)          # m: a lead, a jumper, the main cable
 JumperLength = between(0.001, 100.0)        # m
 Section = between(0.5, 1000.0)              # mm2 of copper

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.config.dut import DutFile
-from emulator.config.firmware import FirmwareProfile
-from emulator.config.module_type import ModuleType
-from emulator.config.scenario import ScenarioFile
-from emulator.files import FileError, load_model, load_yaml
+from bankmodel.specs.dut import DutFile
+from bankmodel.specs.firmware import FirmwareProfile
+from bankmodel.specs.module_type import ModuleType
+from bankmodel.specs.scenario import ScenarioFile
+from bankmodel.files import FileError, load_model, load_yaml
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -56,7 +56,10 @@ def _field_line(path: Path, key: str) -> int | None:
 
 
 def load_bank_spec(dut: str | Path, scenario: str | Path | None = None) -> BankSpec:
-    """Validate a DUT (and scenario) and everything they reference; raise FileError if bad."""
+    """Validate a DUT (and scenario) and everything they reference; raise FileError if bad.
+
+    Whether a scenario's targets exist in the DUT's layout needs the twin's topology: the
+    emulator checks that (:func:`emulator.faults.check_targets`) before it builds anything."""
     dut_path = resolve_fixture(dut, "duts")
     dut_file = load_model(DutFile, dut_path)
     module_path = _find(dut_file.module_type, "modules", dut_path)
@@ -75,48 +78,4 @@ def load_bank_spec(dut: str | Path, scenario: str | Path | None = None) -> BankS
     scenario_file = (load_model(ScenarioFile, scenario_path) if scenario_path
                      else ScenarioFile(name="healthy"))
     spec = BankSpec(dut_file, module_type, firmware, scenario_file, dut_path, scenario_path)
-    check_scenario_targets(spec)
     return spec
-
-
-def check_scenario_targets(spec: BankSpec) -> None:
-    """Every module, terminal, branch and contactor a scenario names exists in the DUT.
-
-    The twin resolves targets when it is built (:mod:`emulator.faults`), which in a ``hil run``
-    is after the bench is assembled; resolving them here, against the DUT's layout alone, makes
-    a scenario that cannot apply a FileError at its line before anything starts.
-    """
-    if not spec.scenario.faults:
-        return
-    from types import SimpleNamespace
-
-    from emulator import faults
-    from emulator.config import scenario as sc
-    from emulator.topology import build_layout
-
-    layout = build_layout(spec)
-    twin = SimpleNamespace(modules=layout.modules, layout=layout, spec=spec)
-    resolve = faults._Resolver(twin, spec)  # type: ignore[arg-type]
-    for index, fault in enumerate(spec.scenario.faults):
-        resolve.index = index
-        if isinstance(fault, sc.LooseLug):
-            module_target, polarity = fault.terminal.rsplit(".", 1)
-            terminal = f"{resolve.module(module_target, 'terminal')}.{polarity}"
-            if not any(node == terminal and part.startswith("lug")
-                       for element in layout.resistive for part, node in element.heat_to.items()):
-                raise resolve._error("terminal", f"'{fault.terminal}'",
-                                     "a module terminal with a cable lug in this DUT")
-        elif isinstance(fault, sc.UnequalCable):
-            branch = resolve.branch(fault.branch, "branch")
-            if branch == "main":
-                raise resolve._error("branch", "'main'", "a parallel branch")
-            length, _ = faults._lead_length(twin, branch)  # type: ignore[arg-type]
-            if length + fault.extra_length_m <= 0:
-                raise resolve._error("extra_length_m", f"{fault.extra_length_m:g}",
-                                     f"more than -{length:g} m (the lead's length)")
-        elif isinstance(fault, sc.StuckContactor):
-            resolve.branch(fault.contactor, "contactor")
-        elif isinstance(fault, sc.BlownFuse):
-            resolve.branch(fault.branch, "branch")
-        elif hasattr(fault, "module"):
-            resolve.module(fault.module)
