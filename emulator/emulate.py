@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import can
 import yaml
@@ -76,6 +76,7 @@ class EmulatedStation:
     sunspec: SunSpecServer
     _runner: threading.Thread | None = None
     _stopped: bool = field(default=False)
+    undelivered_reports: int = 0  # frame sets the harness did not confirm within the barrier's wait
 
     def run_realtime(self, speed: float = 1.0) -> None:
         """Follow wall time in a background thread until stop()."""
@@ -83,19 +84,25 @@ class EmulatedStation:
                                         name="bench-clock", daemon=True)
         self._runner.start()
 
-    def take_in_keepalives(self, sent: int, timeout_s: float = 1.0) -> bool:
-        """Virtual-time barrier: every keep-alive the harness has sent so far (``sent`` in all)
-        crosses socketcand asynchronously; take each one in at the current bench time before
-        bench time moves on, so a busy host cannot make a healthy BMS lose its inverter.
-        False if they did not arrive within ``timeout_s`` of wall time."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self.can_bms.poll()
-            if self.can_bms.heartbeats_received >= sent:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.0002)
+    def take_in(self, sent: int, timeout_s: float = 1.0) -> bool:
+        """Virtual-time barrier, inverter to battery: every frame the harness has sent on CAN so
+        far (``sent`` in all: keep-alives, service commands) crosses socketcand asynchronously;
+        take each one in at the current bench time before bench time moves on, so a busy host
+        cannot make a healthy BMS lose its inverter. False if they did not arrive in time."""
+        return self.can_bms.take_in(sent, timeout_s)
+
+    def deliver_each_report(self, arrived: Callable[[float], bool] | None) -> None:
+        """Virtual-time barrier, battery to inverter: after each frame set the emulated BMS
+        sends, the twin stands still until ``arrived(bench_time)`` says the harness has it
+        (None: publish and go on, as in wall time). Failed deliveries are counted."""
+        if arrived is None:
+            self.can_bms.after_publish = None
+            return
+
+        def wait(stamp: float) -> None:
+            if not arrived(stamp):
+                self.undelivered_reports += 1
+        self.can_bms.after_publish = wait
 
     def outputs_off(self) -> None:
         with self.bench.lock:
@@ -148,7 +155,7 @@ def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, 
         "instruments": instruments,
         "bms": {
             "can": {"interface": "socketcand", "host": can_host, "port": can_port,
-                    "channel": channel, "bitrate": 500000, "timestamps": "sender"},
+                    "channel": channel, "bitrate": 500000},
             "modbus": {"host": host, "port": sunspec.port, "device_id": 1},
         },
         "channels": channel_map(bench.wiring),

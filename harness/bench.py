@@ -207,6 +207,7 @@ class AssembledBench:
                 pass
         self.bench.clock.stop()  # type: ignore[attr-defined]
         if self.emulated_station is not None:
+            self.emulated_station.deliver_each_report(None)
             self.emulated_station.stop()
 
 
@@ -226,7 +227,9 @@ def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
         except BaseException:
             emulated_station.stop()
             raise
-        clock = VirtualClock(emulated_station.bench)
+        from harness.emulated import SynchronisedBench
+        synchronised = SynchronisedBench(emulated_station)
+        clock = VirtualClock(synchronised)
     else:
         clock = WallClock()
     runtime = station.as_runtime()
@@ -241,6 +244,9 @@ def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
         if emulated_station is not None:
             emulated_station.stop()
         raise
+    if emulated_station is not None:
+        for client in {id(c): c for c in (bms, sunspec) if hasattr(c, "wait_for_stamp")}.values():
+            synchronised.attach_can(client)
     bench = Bench(instruments, ChannelMap.from_dict(runtime.get("channels") or {}), clock, bms,
                   runtime.get("name", ""), bool(runtime.get("emulated")), sunspec)
     return AssembledBench(bench, runtime, emulated_station)

@@ -49,3 +49,40 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     from emulator import simulate
     simulate.add_arguments(parser)
     parser.set_defaults(handler=simulate.command)
+
+
+class SynchronisedBench:
+    """What a virtual clock moves on an emulated bench: the twin, with the transports drained.
+
+    Advancing is a barrier, over the same sockets a hardware bench uses: first the emulated BMS
+    takes in every CAN frame the harness has sent (keep-alives, service commands) at the
+    present bench time; then, while the twin advances, each frame set the emulated BMS publishes
+    is waited for until the harness's CAN client has processed it. No driver or check
+    compensates for lag: what a check reads after a wait is what the bench showed at that time.
+    Modbus and SCPI are request/response and need no barrier.
+    """
+
+    def __init__(self, station: Any, wait_s: float = 2.0):
+        self.station = station
+        self.wait_s = wait_s
+        self.can_clients: list[Any] = []
+        self.frames_late = 0  # harness frames not taken in within wait_s (counted, not fatal)
+
+    @property
+    def now(self) -> float:
+        return float(self.station.bench.now)
+
+    def attach_can(self, client: Any) -> None:
+        """Hold the twin at each published frame set until ``client`` has it."""
+        self.can_clients.append(client)
+        self.station.deliver_each_report(lambda stamp: client.wait_for_stamp(stamp, self.wait_s))
+
+    def advance(self, seconds: float, max_step: float = 1.0) -> None:
+        for client in self.can_clients:
+            if not self.station.take_in(int(client.frames_sent), self.wait_s):
+                self.frames_late += 1
+        self.station.bench.advance(seconds, max_step=max_step)
+
+    def detach(self) -> None:
+        self.station.deliver_each_report(None)
+        self.can_clients.clear()

@@ -243,7 +243,7 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
     try:
         if bench.bms is not None:
             bench.clock.every(getattr(bench.bms, "period_s", 1.0),
-                              _keepalive_duty(bench.bms, _keepalive_barrier(assembled, bench)))
+                              _keepalive_duty(bench.bms))
             bench.clock.wait(2.0)  # let the BMS report once before anyone asks it
         identities = _record_identities(session, modules)
         _report_environment(session, identities)
@@ -313,26 +313,14 @@ def _assemble_or_close(ctx: RunContext, store: Any, run_id: int, assemble: Any) 
         raise
 
 
-def _keepalive_duty(bms: Any, barrier: Any = None):  # type: ignore[no-untyped-def]
-    """The inverter keep-alive in bench time (the client's own thread follows wall time); on a
-    virtual clock followed by the barrier that lets it arrive before bench time moves on."""
+def _keepalive_duty(bms: Any):  # type: ignore[no-untyped-def]
+    """The inverter keep-alive in bench time (the client's own thread follows wall time). On a
+    virtual clock the next advance takes it in before bench time moves on (harness/emulated.py)."""
     def duty() -> None:
         send = getattr(bms, "send_keepalive_if_due", None) or getattr(bms, "send_heartbeat", None)
         if send is not None and getattr(bms, "heartbeat_on", True):
             send()
-            if barrier is not None:
-                barrier()
     return duty
-
-
-def _keepalive_barrier(assembled: Any, bench: Any) -> Any:
-    """On an emulated bench in virtual time: wait (bounded) until the emulated BMS has taken in
-    every keep-alive sent; None on a wall-clock bench, where time itself carries the frames."""
-    station = getattr(assembled, "emulated_station", None)
-    if station is None or not bench.clock.emulated or not hasattr(station, "take_in_keepalives"):
-        return None
-    bms = bench.bms
-    return lambda: station.take_in_keepalives(int(getattr(bms, "keepalives_sent", 0)))
 
 
 def _record_identities(session: Session, modules: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -32,8 +32,14 @@ disconnect of 000's series MOSFET stress test) and :meth:`CanBms.silence_module`
 module stop reporting to its master (004's silent module). They are not part of the inverter
 protocol: a real bench sends the same commands with the BMS vendor's service tool (or pulls the
 module's link cable through a relay) -- the station decides which; the emulated BMS takes them
-from the bus. A command returns after ``command_settle_s`` of wall time, so a node on the far
-side of a bridge (socketcand) has it before the caller moves bench time on.
+from the bus. A command returns once sent, as on a real bus: it takes effect when it arrives
+(on an emulated bench in virtual time, before bench time moves on: harness/emulated.py).
+
+Frames are received by a ``can.Notifier`` (python-can's own receive thread) and dated on the
+bench clock as they arrive. There is no catching up and no sender time: on an emulated bench in
+virtual time, bench time does not move on until every published frame has arrived here
+(:meth:`CanBms.wait_for_stamp`, used by the virtual clock's barrier), so arrival time is bench
+time, exactly as on a real bus.
 
 ``safe_state()`` de-energises nothing (a BMS client has no output) and never raises. What it
 does with the keep-alive is the ``safe_state_heartbeat`` policy:
@@ -92,6 +98,24 @@ def parse_resource(resource: str) -> dict[str, Any]:
     for key, value in urllib.parse.parse_qsl(url.query):
         kwargs[key] = int(value) if value.lstrip("-").isdigit() else value
     return kwargs
+
+
+class _Receiver(can.Listener):
+    """The client's ear on the bus: every frame goes through :meth:`CanBms.process`; a failing
+    bus is counted in ``bus_errors`` (and slows the retry), never raised."""
+
+    def __init__(self, client: "CanBms"):
+        self.client = client
+
+    def on_message_received(self, msg: can.Message) -> None:
+        try:
+            self.client.process(msg)
+        except Exception as exc:  # pragma: no cover - the decoder catches its own
+            self.client._bus_error(exc)
+
+    def on_error(self, exc: Exception) -> None:
+        self.client._bus_error(exc)
+        self.client._closing.wait(0.05)
 
 
 def _num(value: float) -> float:
@@ -159,8 +183,7 @@ class CanBms(Bms):
                  safe_state_heartbeat: SafeStateHeartbeat = "keep",
                  stale_after_s: float | None = None, wait_s: float = 1.0,
                  poll_s: float = 0.005, name: str = "bms", service_dbc_path: str | Path | None = None,
-                 command_settle_s: float = 0.05, timestamps: str = "receiver",
-                 catch_up_s: float = 1.0, **bus_kwargs: Any):
+                 **bus_kwargs: Any):
         if safe_state_heartbeat not in ("keep", "resume", "stop"):
             raise ValueError(f"safe_state_heartbeat {safe_state_heartbeat!r}: keep, resume or stop")
         self.name = name
@@ -172,19 +195,14 @@ class CanBms(Bms):
         self.wait_s = wait_s
         self._clock = clock
         self._poll_s = poll_s
-        if timestamps not in ("receiver", "sender"):
-            raise ValueError(f"timestamps {timestamps!r}: receiver or sender")
-        # "sender": the frame's own stamp dates it (the emulated bench stamps in bench time), and
-        # a read first lets the receive thread catch up with what was sent up to now
-        self._sender_stamps = timestamps == "sender"
-        self.catch_up_s = catch_up_s
+        # the newest stamp a received frame carried (the sender's or the adapter's clock): what
+        # a virtual-time barrier waits on (wait_for_stamp); never used to date a frame
+        self.newest_stamp = -float("inf")
         self._arrived = threading.Condition()
-        self._behind_since_frame = False  # the last catch-up timed out and nothing came since
         db = cantools.database.load_file(str(dbc_path or DBC_PATH), strict=True)
         assert isinstance(db, Database)
         db.add_dbc_file(str(service_dbc_path or SERVICE_DBC_PATH))  # bench service frames (0x3F0..)
         self.db = db
-        self.command_settle_s = command_settle_s
         # frames the inverter side sends (0x305, service commands): never a sign of the battery's life
         self._inverter_ids = {m.frame_id for m in db.messages if "INVERTER" in m.senders}
         self._decoder = _Decoder(db)
@@ -218,10 +236,10 @@ class CanBms(Bms):
         self._send_lock = threading.Lock()
         self._closing = threading.Event()
         self._wake = threading.Event()
-        self._threads = [threading.Thread(target=self._receive_loop, name=f"{name}-rx", daemon=True),
-                         threading.Thread(target=self._keepalive_loop, name=f"{name}-keepalive", daemon=True)]
+        self._threads = [threading.Thread(target=self._keepalive_loop, name=f"{name}-keepalive", daemon=True)]
         for thread in self._threads:
             thread.start()
+        self._notifier = can.Notifier(self._bus, [_Receiver(self)], timeout=0.05)
 
     @classmethod
     def from_resource(cls, resource: str, **kwargs: Any) -> "CanBms":
@@ -234,7 +252,8 @@ class CanBms(Bms):
 
         The receive thread's whole path, public so a benchmark can time it without a bus.
         """
-        now = msg.timestamp if self._sender_stamps and msg.timestamp else self._clock()
+        carried = msg.timestamp
+        now = self._clock()
         msg.timestamp, msg.is_rx = now, True
         self._write_log(msg)
         reason, values = self._decoder.decode(msg)
@@ -247,46 +266,25 @@ class CanBms(Bms):
             elif msg.arbitration_id not in self._inverter_ids:
                 self._latest[msg.arbitration_id] = (now, values)  # type: ignore[assignment]
                 self._heard_at[msg.arbitration_id] = now
-        if self._sender_stamps:
-            with self._arrived:
-                self._behind_since_frame = False
-                self._arrived.notify_all()
+        with self._arrived:
+            if carried and carried > self.newest_stamp:
+                self.newest_stamp = carried
+            self._arrived.notify_all()
         return reason
 
-    def _catch_up(self) -> None:
-        """With sender stamps: before answering, wait (wall time, at most ``catch_up_s``) until
-        the newest frame dates from the last report period, so frames still in flight on a busy
-        host are not taken for silence. A BMS that stays silent costs this wait once, not on
-        every read."""
-        if not self._sender_stamps:
-            return
-        due = self._clock() - 1.5 * self.report_period_s
-        deadline = time.monotonic() + self.catch_up_s
+    def wait_for_stamp(self, stamp: float, timeout_s: float = 1.0) -> bool:
+        """Wait (wall time, at most ``timeout_s``) until a frame carrying a stamp of at least
+        ``stamp`` has been processed. An emulated bench stamps its frames in bench time, so its
+        virtual clock uses this as a barrier: a published frame set has arrived before bench
+        time moves on. False on timeout (the frames were lost or the reader is stuck)."""
+        deadline = time.monotonic() + timeout_s
         with self._arrived:
-            while not self._behind_since_frame:
-                with self._state_lock:
-                    last = self._last_heard
-                if last is not None and last >= due:
-                    return
+            while self.newest_stamp < stamp - 1e-6:  # stamps cross socketcand in microseconds
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    self._behind_since_frame = True
-                    return
+                if left <= 0 or self._closing.is_set():
+                    return False
                 self._arrived.wait(min(left, 0.05))
-
-    def _receive_loop(self) -> None:
-        while not self._closing.is_set():
-            try:
-                msg = self._bus.recv(timeout=0.05)
-            except Exception as exc:  # a failing bus is reported through bus_errors, never raised
-                self._bus_error(exc)
-                self._closing.wait(0.05)
-                continue
-            if msg is not None:
-                try:
-                    self.process(msg)
-                except Exception as exc:  # pragma: no cover - the decoder catches its own
-                    self._bus_error(exc)
+        return True
 
     def _bus_error(self, exc: BaseException) -> None:
         with self._state_lock:
@@ -376,8 +374,6 @@ class CanBms(Bms):
         self._write_log(msg)
         with self._state_lock:
             self.frames_sent += 1
-        if self.command_settle_s > 0:
-            time.sleep(self.command_settle_s)  # wall time: the command crosses the bus, bench time stands
 
     def force_disconnect(self, module_index: int, on: bool) -> None:
         """Service command 0x3F0: open (``on``) or release one module's BMS switch.
@@ -404,7 +400,6 @@ class CanBms(Bms):
     def seconds_since_heard(self, frame_id: int | None = None) -> float:
         """Clock seconds since the battery sent anything (or ``frame_id`` decoded cleanly);
         counted from opening if never heard."""
-        self._catch_up()
         with self._state_lock:
             last = self._last_heard if frame_id is None else self._heard_at.get(frame_id)
         return self._clock() - (self._opened_at if last is None else last)
@@ -420,7 +415,6 @@ class CanBms(Bms):
         return dict(entry[1]) if entry else None
 
     def _need(self, frame_id: int, what: str, wait: bool = False) -> dict[str, Any]:
-        self._catch_up()
         deadline = time.monotonic() + (self.wait_s if wait else 0.0)
         while True:
             with self._state_lock:
@@ -507,6 +501,9 @@ class CanBms(Bms):
             return
         self._closing.set()
         self._wake.set()
+        with self._arrived:
+            self._arrived.notify_all()
+        self._notifier.stop(timeout=2.0)
         for thread in self._threads:
             thread.join(timeout=2.0)
         try:

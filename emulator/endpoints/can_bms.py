@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import can
 import cantools
@@ -238,7 +240,11 @@ class EmulatedCanBms:
         self.frames_ignored = 0
         self.send_errors = 0
         self.receive_errors = 0
+        self.frames_taken_in = 0  # every frame drained from the bus, whatever it was
         self.last_values: dict[int, dict[str, float]] = {}
+        # called with the bench time of each frame set just sent (bench lock held): a harness in
+        # virtual time waits there until the set has arrived (harness/emulated.py)
+        self.after_publish: Callable[[float], None] | None = None
         self._last_report: object = None
         self._last_sent_at = -np.inf
         self._last_drain_at = -np.inf
@@ -290,13 +296,31 @@ class EmulatedCanBms:
             return
         values = protocol_values(twin, self.model_code)
         self.last_values = values
+        sent = 0
         for frame in self.encoder.encode(values, twin.clock.now):
             try:
                 self.bus.send(frame)
-                self.frames_sent += 1
+                sent += 1
             except can.CanError:
                 self.send_errors += 1  # a full or broken bus must not stop the twin
+        self.frames_sent += sent
         self.reports_sent += 1
+        if sent and self.after_publish is not None:
+            self.after_publish(twin.clock.now)
+
+    def take_in(self, sent: int, timeout_s: float = 1.0) -> bool:
+        """Handle, at the current bench time, every frame a peer has sent so far (``sent`` in
+        all, counted by the peer): frames cross a bridge such as socketcand asynchronously, so a
+        caller that holds bench time still uses this before moving it on. False if they did not
+        all arrive within ``timeout_s`` of wall time."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.poll()
+            if self.frames_taken_in >= sent:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0002)
 
     # -- receive --------------------------------------------------------------------------------
     def poll(self) -> int:
@@ -318,6 +342,7 @@ class EmulatedCanBms:
             if msg is None:
                 return handled
             handled += 1
+            self.frames_taken_in += 1
             if (msg.arbitration_id == KEEPALIVE_ID and not msg.is_extended_id
                     and not msg.is_error_frame and not msg.is_remote_frame):
                 with self.bench.lock:  # re-entrant: already held when called from the observer

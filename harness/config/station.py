@@ -282,10 +282,6 @@ class CanBus(FileModel):
     port: Port | None = None
     protocol: Literal["pylontech"] = "pylontech"
     keepalive_period: BusPeriod = Quantity.parse("1 s")
-    # whose clock dates a frame: "receiver" (on arrival: hardware, where the sender's clock is
-    # not the bench's) or "sender" (the frame's own stamp: the embedded emulated bench stamps
-    # frames in bench time, so a busy host cannot make the BMS look silent)
-    timestamps: Literal["receiver", "sender"] = "receiver"
 
     @model_validator(mode="after")
     def _socketcand_needs_address(self) -> "CanBus":
@@ -475,8 +471,7 @@ class StationFile(SourcedFile):
         bms: dict[str, Any] = {}
         if self.bms.can is not None:
             bms["can"] = AUTO if self.bms.can == AUTO else {
-                **self.bms.can.bus_kwargs(), "period_s": self.bms.can.keepalive_period.value,
-                "timestamps": self.bms.can.timestamps}
+                **self.bms.can.bus_kwargs(), "period_s": self.bms.can.keepalive_period.value}
         if self.bms.modbus is not None:
             bus = self.bms.modbus
             bms["modbus"] = AUTO if bus == AUTO else {
@@ -735,7 +730,7 @@ def resolve_emulated(station: StationFile, described: dict[str, Any]) -> Station
     can, modbus = station.bms.can, station.bms.modbus
     if can == AUTO:
         can = CanBus.model_validate({k: v for k, v in bms["can"].items()
-                                     if k in ("interface", "channel", "bitrate", "host", "port", "timestamps")})
+                                     if k in ("interface", "channel", "bitrate", "host", "port")})
     if modbus == AUTO:
         modbus = ModbusBus.model_validate(bms["modbus"])
     update["bms"] = BmsBuses(can=can, modbus=modbus)
