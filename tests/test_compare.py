@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -282,6 +285,115 @@ def test_json_format_prints_the_comparison(store, tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert (doc["run_a"]["id"], doc["run_b"]["id"]) == (a, b)
     assert doc["rows"][0]["kind"] == "regression" and doc["files"]["allure"] is None
+
+
+# ------------------------------------------------------------------ the HTML page
+
+
+class _Cells(HTMLParser):
+    """A page's table rows as [(tr class, [cell text, ...])], as a browser reads them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: list[tuple[str | None, list[str]]] = []
+        self.tags: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "tr":
+            self.rows.append((dict(attrs).get("class"), []))
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1][1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def cells(page: str) -> _Cells:
+    parsed = _Cells()
+    parsed.feed(page)
+    parsed.close()
+    return parsed
+
+
+EVIL_STEP = "<script>alert('step')</script>"
+EVIL_MEASUREMENT = '<script src="x.js"></script>&'
+
+
+def test_html_escapes_step_and_measurement_names(store):
+    """A name is text on the page, never markup: `<script>` reads as written, runs nothing."""
+    a = make_run(store, {EVIL_STEP: ("pass", [(EVIL_MEASUREMENT, 1.0, "V", LE_2, "pass")])},
+                 serial="<b>SN</b>")
+    b = make_run(store, {EVIL_STEP: ("fail", [(EVIL_MEASUREMENT, 3.0, "V", LE_2, "fail")])})
+    page = cmp.render_html(cmp.compare_runs(store, a, b))
+    assert "<script" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(&#39;step&#39;)&lt;/script&gt;" in page
+    assert "&lt;script src=&#34;x.js&#34;&gt;&lt;/script&gt;&amp;" in page
+    parsed = cells(page)
+    assert "script" not in parsed.tags and "b" not in parsed.tags
+    rows = {tuple(texts[1:3]): (kind, texts) for kind, texts in parsed.rows if kind}
+    assert rows[(EVIL_STEP, "(step)")][0] == "regression"
+    assert rows[(EVIL_STEP, EVIL_MEASUREMENT)][0] == "regression"
+    assert ["DUT serial", "<b>SN</b>", "SN-1"] in [texts for _, texts in parsed.rows]
+
+
+def test_html_page_has_both_runs_the_counts_and_every_row(pair):
+    """The page a reader gets: both runs side by side, the counts line, one row per pair with
+    the ten columns, numbers right-aligned, the kinds coloured by the inline style."""
+    page = cmp.render_html(pair)
+    assert page.startswith("<!DOCTYPE html>") and f"<title>{pair.title}</title>" in page
+    assert f"<h1>{pair.title}</h1>" in page
+    assert "tr.regression td { background: #fde2e2; }" in page and "td.num {" in page
+    counts = ", ".join(f"{n} {kind}" for kind, n in pair.counts.items() if n)
+    assert f"<p>{counts} (relative tolerance 5 %)</p>" in page
+    parsed = cells(page)
+    head = [texts for kind, texts in parsed.rows[:9]]
+    assert head[0] == ["", "A (reference)", "B"]
+    assert [texts[0] for texts in head[1:]] == [label for label, _ in pair.run_a.lines()]
+    assert parsed.rows[9] == (None, list(cmp.HTML_COLUMNS))
+    body = parsed.rows[10:]
+    assert [kind for kind, _ in body] == [row.kind for row in pair.rows]
+    assert all(len(texts) == len(cmp.HTML_COLUMNS) for _, texts in body)
+    regress = next(texts for _, texts in body if texts[1:3] == ["regress", "r"])
+    assert regress == ["regression", "regress", "r", "pass", "fail", "1 V", "3 V", "<= 2 V",
+                       "+2.00 V (+200.0 % of A)", ""]
+    assert page.count('<td class="num">') == 3 * len(pair.rows)
+
+
+def test_no_html_is_built_from_strings():
+    """Every HTML page comes from a template under harness/reporting/templates (autoescaped);
+    no source builds tags in strings."""
+    tag = re.compile(r"<(?:!DOCTYPE|html|head|body|table|tr|td|th|p|div|pre|h[1-6]|ul|ol|li|span"
+                     r"|img|style|script)(?:\s[^<>]*)?>", re.IGNORECASE)
+    found = [f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+             for folder in ("harness", "emulator", "test_plans", "instruments")
+             for path in sorted((REPO / folder).rglob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if tag.search(line)]
+    assert not found, "HTML built from strings (use a template):\n" + "\n".join(found)
+
+
+def test_pages_share_one_autoescaping_environment(pair, monkeypatch):
+    """The comparison page is rendered through the environment the summary page uses, and
+    every template there is autoescaped."""
+    from harness.reporting import templating
+    env = templating.environment()
+    assert env is templating.environment()
+    templates = sorted(p.name for p in templating.TEMPLATES.glob("*.j2"))
+    assert {"compare.html.j2", "summary.html.j2"} <= set(templates)
+    assert all(env.autoescape(name) for name in templates)
+    used: list[str] = []
+    monkeypatch.setattr(templating, "environment", lambda: SimpleNamespace(
+        get_template=lambda name: used.append(name) or env.get_template(name)))
+    cmp.render_html(pair)
+    assert used == ["compare.html.j2"]
 
 
 # ------------------------------------------------------------------ must-show: firmware

@@ -56,3 +56,33 @@ def test_pdf_is_printed_and_reads_back(failed_run) -> None:  # type: ignore[no-u
     assert "FAIL" in text and run.serials[0] in text
     assert "Tested by" in text and "Approved by" in text
     assert "current sharing" in text.lower()
+
+
+def test_summary_escapes_names_and_shares_the_page_environment(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Serials, plan, step and measurement names are text on the page, never markup; the page
+    comes from the one environment every HTML page is rendered through."""
+    from harness.reporting import summary, templating
+
+    calls: list[str] = []
+    real = templating.environment()
+
+    class Spy:
+        def get_template(self, name: str):  # type: ignore[no-untyped-def]
+            calls.append(name)
+            return real.get_template(name)
+
+    with ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}") as store:
+        run = store.start_run(station="bench-1", operator="<i>op</i>", plan_name="p<script>",
+                              emulated=True)
+        store.add_dut(run, "<script>SN</script>", "dut", [])
+        step = store.start_step(run, "<script>alert(1)</script>", check="c")
+        store.record_measurement(step, "<script>m</script>", 3.0, "V", {"kind": "le", "high": 2.0},
+                                 "fail")
+        store.finish_step(step, "fail", 0.1)
+        store.finish_run(run, "fail")
+        monkeypatch.setattr(templating, "environment", Spy)
+        page = summary.render_summary(store, run)
+    assert calls == ["summary.html.j2"]
+    assert "<script" not in page and "<i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;script&gt;m&lt;/script&gt;" in page
+    assert "&lt;script&gt;SN&lt;/script&gt;" in page and "&lt;i&gt;op&lt;/i&gt;" in page

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import html
 import json
 import math
 import sys
@@ -42,6 +41,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy.engine import make_url
 
 from harness.reporting.runs import DEFAULT_RESULTS, REPO, RunNotFound, resolve_run
+from harness.reporting.templating import render_page
 from harness.store import MeasurementRecord, ResultStore, RunRecord, StepRecord, StoreError
 
 __all__ = [
@@ -526,47 +526,29 @@ def write_csv(comparison: Comparison, path: Path) -> None:
             writer.writerow(["" if data[c] is None else data[c] for c in CSV_COLUMNS])
 
 
-_HTML_STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin: 0.8em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; }
-tr.regression td { background: #fde2e2; }
-tr.improvement td { background: #e2f5e2; }
-tr.changed td { background: #fff6d6; }
-tr.only_in_a td, tr.only_in_b td { background: #eef2fb; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-"""
+HTML_COLUMNS = ("kind", "step", "measurement", "A", "B", "value A", "value B", "limits", "delta",
+                "note")
 
 
 def render_html(comparison: Comparison) -> str:
-    """A self-contained page (inline CSS, no script): headings, counts, every row."""
-    e = html.escape
+    """A self-contained page (inline CSS, no script): headings, counts, every row; the template
+    ``templates/compare.html.j2``, autoescaped like every page the harness writes."""
     a, b = comparison.run_a, comparison.run_b
-    head = "".join(f"<tr><th>{e(label)}</th><td>{e(va)}</td><td>{e(vb)}</td></tr>"
-                   for (label, va), (_, vb) in zip(a.lines(), b.lines()))
-    counts = ", ".join(f"{n} {kind}" for kind, n in comparison.counts.items() if n)
-    body = "".join(_html_row(row) for row in comparison.rows)
-    columns = "".join(f"<th>{e(c)}</th>" for c in ("kind", "step", "measurement", "A", "B",
-                                                   "value A", "value B", "limits", "delta", "note"))
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(comparison.title)}</title><style>{_HTML_STYLE}</style></head><body>\n"
-            f"<h1>{e(comparison.title)}</h1>\n"
-            f"<table><tr><th></th><th>A (reference)</th><th>B</th></tr>{head}</table>\n"
-            f"<p>{e(counts)} (relative tolerance {comparison.rel_tol * 100:g} %)</p>\n"
-            f"<table><tr>{columns}</tr>\n{body}</table>\n</body></html>\n")
+    return render_page(
+        "compare.html.j2", title=comparison.title,
+        header=[(label, va, vb) for (label, va), (_, vb) in zip(a.lines(), b.lines())],
+        counts=", ".join(f"{n} {kind}" for kind, n in comparison.counts.items() if n),
+        tolerance=f"{comparison.rel_tol * 100:g}", columns=HTML_COLUMNS,
+        rows=[{"kind": row.kind, "cells": _html_cells(row)} for row in comparison.rows])
 
 
-def _html_row(row: Row) -> str:
-    e = html.escape
-    cells = [(row.kind, ""), (row.step, ""), (row.measurement or "(step)", ""),
-             (row.verdict_a or "-", ""), (row.verdict_b or "-", ""),
-             (format_value(row.value_a, row.unit), "num"),
-             (format_value(row.value_b, row.unit), "num"),
-             (_limits_text(row), ""), (_delta_text(row), "num"), (row.note, "")]
-    tds = "".join(f"<td class=\"{cls}\">{e(str(text))}</td>" if cls else f"<td>{e(str(text))}</td>"
-                  for text, cls in cells)
-    return f"<tr class=\"{e(row.kind)}\">{tds}</tr>\n"
+def _html_cells(row: Row) -> list[tuple[str, str]]:
+    """(text, CSS class) of a row's cells, in :data:`HTML_COLUMNS` order; numbers ``num``."""
+    return [(row.kind, ""), (row.step, ""), (row.measurement or "(step)", ""),
+            (row.verdict_a or "-", ""), (row.verdict_b or "-", ""),
+            (format_value(row.value_a, row.unit), "num"),
+            (format_value(row.value_b, row.unit), "num"),
+            (_limits_text(row), ""), (_delta_text(row), "num"), (row.note, "")]
 
 
 # --------------------------------------------------------------------------------------------

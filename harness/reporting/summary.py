@@ -12,10 +12,10 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.measure import Limits, Measurement
 from harness.reporting.allure_labels import source_title
+from harness.reporting.templating import render_page
 from harness.store import MeasurementRecord, ResultStore
 
 VERDICT_COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#8250df", "skipped": "#57606a",
@@ -72,16 +72,8 @@ def requirements(store: ResultStore, run_id: int, run_dir: Path | None) -> list[
     return out
 
 
-_TEMPLATES = Path(__file__).resolve().parent / "templates"
 # requirement order on the page: what needs a reader's attention first
 _ORDER = {"fail": 0, "error": 1, "aborted": 2, "recorded": 3, "not run": 4, "skipped": 4, "pass": 5}
-
-
-def _environment() -> Any:
-    import jinja2
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
-                              autoescape=jinja2.select_autoescape(["html", "j2"]),
-                              undefined=jinja2.StrictUndefined)
 
 
 def _folded_events(store: ResultStore, run_id: int) -> list[str]:
@@ -133,8 +125,9 @@ def render_summary(store: ResultStore, run_id: int, run_dir: Path | None = None)
                     "due": i.calibration_due or "not recorded",
                     "overdue": i.calibration_overdue(run.started_at)} for i in store.instruments(run_id)]
     serial = dut.serial if dut else "?"
-    return _environment().get_template("summary.html.j2").render(
-        run=run, serial=serial, dut_model=dut.model if dut else "?", firmware=", ".join(firmware),
+    return render_page(
+        "summary.html.j2", run=run, serial=serial, dut_model=dut.model if dut else "?",
+        firmware=", ".join(firmware),
         started=run.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"), requirements=shown, counts=counts,
         instruments=instruments, events=_folded_events(store, run_id),
         colour=lambda v: VERDICT_COLOUR.get((v or "not run").lower(), "#57606a"))
