@@ -16,67 +16,40 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any
 
+from bankmodel.channels import ChannelMap, Input
+from bankmodel.units import Quantity
 from emulator.twin import Twin
 
 
-@dataclass(frozen=True)
-class Input:
-    """What an instrument input is connected to."""
-
-    kind: Literal["voltage", "shunt", "thermocouple"]
-    plus: str = ""            # voltage: node names
-    minus: str = ""
-    branch: str = ""          # shunt: parallel branch (current + = charging)
-    shunt_ohm: float = 0.0    # shunt: its resistance, so the input reads volts like a real one
-    point: str = ""           # thermocouple: module, terminal or busbar segment
-
-    def describe(self) -> str:
-        if self.kind == "voltage":
-            return f"V({self.plus}, {self.minus})"
-        if self.kind == "shunt":
-            return f"shunt {self.branch} ({self.shunt_ohm * 1e6:g} uohm)"
-        return f"TC {self.point}"
-
-
-@dataclass
-class Wiring:
-    """Instrument inputs to twin nodes, as a station file's channel map describes them."""
-
-    dmm: dict[str, Input] = field(default_factory=dict)          # DMM name -> its input
-    scanner: dict[int, Input] = field(default_factory=dict)      # channel -> input
-    actuator: dict[int, str] = field(default_factory=dict)       # channel -> contactor name
-    acir_module: str = ""                                        # module the AC-IR leads touch
-
-
-def default_wiring(twin: Twin) -> Wiring:
+def default_wiring(twin: Twin) -> ChannelMap:
     """The wiring an emulated station uses: every module, every shunt, every thermocouple.
 
     Scanner channels follow the DAQ970A card layout: slot 1 (101-140) module voltages and
-    shunts, slot 2 (201-240) thermocouples; the actuator card is slot 3 (301-...).
+    shunts, slot 2 (201-240) thermocouples; the actuator card is slot 3 (301-...). It is the
+    one channel-map type (:class:`bankmodel.channels.ChannelMap`) a station file describes.
     """
-    shunt_ohm = twin.spec.dut.interconnect.shunt_uohm * 1e-6
-    wiring = Wiring()
+    shunt = Quantity.of(twin.spec.dut.interconnect.shunt_uohm, "uohm")
+    scanner: list[dict[str, Any]] = []
     channel = 101
     for module in twin.modules:
-        wiring.scanner[channel] = Input("voltage", plus=f"{module}.+", minus=f"{module}.P-")
+        scanner.append({"channel": channel, "kind": "voltage", "plus": f"{module}.+", "minus": f"{module}.P-"})
         channel += 1
     for branch in twin.layout.branches:
-        wiring.scanner[channel] = Input("shunt", branch=branch, shunt_ohm=shunt_ohm)
+        scanner.append({"channel": channel, "kind": "shunt", "branch": branch, "resistance": shunt})
         channel += 1
     channel = 201
     for point in twin.thermal.names:
-        wiring.scanner[channel] = Input("thermocouple", point=point)
+        scanner.append({"channel": channel, "kind": "thermocouple", "point": point})
         channel += 1
-    for k, name in enumerate(twin.layout.contactors):
-        wiring.actuator[301 + k] = name
+    actuator = [{"channel": 301 + k, "contactor": name} for k, name in enumerate(twin.layout.contactors)]
     first = twin.modules[0]
-    wiring.dmm["dmm_vds"] = Input("voltage", plus=f"{first}.P-", minus=f"{first}.B-")
-    wiring.dmm["dmm_shunt"] = Input("shunt", branch=twin.layout.branches[-1], shunt_ohm=shunt_ohm)
-    wiring.acir_module = first
-    return wiring
+    dmm = {"dmm_vds": {"kind": "voltage", "plus": f"{first}.P-", "minus": f"{first}.B-"},
+           "dmm_shunt": {"kind": "shunt", "branch": twin.layout.branches[-1], "resistance": shunt}}
+    return ChannelMap.model_validate({"scanner": scanner, "actuator": actuator, "dmm": dmm,
+                                      "acir_module": first}, strict=False)
 
 
 @dataclass
@@ -117,7 +90,7 @@ class Capture:
 
 
 class EmulatedBench:
-    def __init__(self, twin: Twin, wiring: Wiring | None = None, noise: Noise | None = None):
+    def __init__(self, twin: Twin, wiring: ChannelMap | None = None, noise: Noise | None = None):
         self.twin = twin
         self.wiring = wiring or default_wiring(twin)
         self.noise = noise or Noise()

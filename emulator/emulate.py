@@ -24,7 +24,7 @@ from typing import Any, Callable
 import can
 import yaml
 
-from emulator.bench import EmulatedBench, Input, Wiring
+from emulator.bench import EmulatedBench
 from emulator.faults import load_bank
 from emulator.endpoints.can_bms import EmulatedCanBms
 from emulator.endpoints.scpi_instruments import start_scpi_endpoints, stop_scpi_endpoints
@@ -46,21 +46,6 @@ def _ratings(twin: Twin) -> dict[str, dict[str, float]]:
     amps = max(100.0, twin.spec.dut.parallel * twin.spec.module_type.bms.limits.discharge_current_a * 1.2)
     return {"supply": {"voltage_v": round(volts, 1), "current_a": round(amps, 1)},
             "load": {"voltage_v": round(volts * 1.2, 1), "current_a": min(round(amps * 2.0, 1), LOAD_MAX_A)}}
-
-
-def _input_yaml(source: Input) -> dict[str, Any]:
-    if source.kind == "voltage":
-        return {"kind": "voltage", "plus": source.plus, "minus": source.minus}
-    if source.kind == "shunt":
-        return {"kind": "shunt", "branch": source.branch, "shunt_ohm": source.shunt_ohm}
-    return {"kind": "thermocouple", "point": source.point}
-
-
-def channel_map(wiring: Wiring) -> dict[str, Any]:
-    return {"scanner": {ch: _input_yaml(src) for ch, src in wiring.scanner.items()},
-            "actuator": dict(wiring.actuator),
-            "dmm": {name: _input_yaml(src) for name, src in wiring.dmm.items()},
-            "acir_module": wiring.acir_module}
 
 
 @dataclass
@@ -158,20 +143,13 @@ def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, 
                     "channel": channel, "bitrate": 500000},
             "modbus": {"host": host, "port": sunspec.port, "device_id": 1},
         },
-        "channels": channel_map(bench.wiring),
+        "channels": bench.wiring,  # bankmodel.channels.ChannelMap, as a station file has it
     }
     return EmulatedStation(bench, station, scpi, bus, can_bms, socketcand, sunspec)
 
 
 def _quantity(value: float, unit: str) -> str:
     return f"{value:g} {unit}"
-
-
-def _input_file(source: dict[str, Any]) -> dict[str, Any]:
-    if source["kind"] == "shunt":
-        return {"kind": "shunt", "branch": source["branch"],
-                "resistance": _quantity(source["shunt_ohm"] * 1e6, "uohm")}
-    return dict(source)
 
 
 def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +171,6 @@ def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
         elif role == "acir":
             item["rating"] = {"voltage": "60 V"}
         instruments[role] = item
-    channels = station["channels"]
     can_bus = station["bms"]["can"]
     return {
         "name": station["name"],
@@ -204,12 +181,7 @@ def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
         "bms": {"can": {"interface": "socketcand", "host": can_bus["host"], "port": can_bus["port"],
                         "channel": can_bus["channel"], "bitrate": can_bus["bitrate"]},
                 "modbus": dict(station["bms"]["modbus"])},
-        "channels": {
-            "scanner": [{"channel": ch, **_input_file(src)} for ch, src in channels["scanner"].items()],
-            "actuator": [{"channel": ch, "contactor": name} for ch, name in channels["actuator"].items()],
-            "dmm": {name: _input_file(src) for name, src in channels["dmm"].items()},
-            "acir_module": channels["acir_module"],
-        },
+        "channels": station["channels"].model_dump(mode="json", exclude_defaults=True),
     }
 
 

@@ -1,80 +1,83 @@
 """Assemble the bench from a station: drivers by name from the registry, addresses from the file.
 
 An emulated station first starts the twin and its endpoints on loopback (through
-:func:`emulator.emulate.start_emulated_station`, the one entry point) and fills in the
-addresses; the drivers are the same classes a hardware station uses. Check code receives the
+``harness/emulated.py``, the one door to the emulator) and fills in the addresses; the drivers are the same classes a hardware station uses. Check code receives the
 :class:`Bench`: roles (``bench.load``, ``bench.scanner``, ``bench.bms``), the channel map and
 the clock -- nothing that says which kind of bench it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bankmodel.channels import ChannelMap
 from harness.clock import BenchClock, VirtualClock, WallClock
 from instruments.drivers import get_driver
-from instruments.roles import (AcIrMeter, Actuator, Bms, DcSupply, Dmm, ElectronicLoad, Instrument,
-                               Scanner)
+from instruments.roles import (PROTOCOLS, AcIrMeter, Actuator, Bms, BmsService, DcSupply, Dmm,
+                               ElectronicLoad, Instrument, ModuleReports, Scanner)
 
 
-@dataclass
-class ChannelMap:
-    """Which scanner channel reads which node, shunt or thermocouple; which relay drives which contactor."""
+class ProtocolNotDeclared(RuntimeError):
+    """A check used a role protocol it did not declare (``needs``/``uses``): a harness bug, the
+    step ends ERROR -- the plan was validated against the declaration, not against this use."""
 
-    scanner: dict[int, dict[str, Any]] = field(default_factory=dict)
-    actuator: dict[int, str] = field(default_factory=dict)
-    dmm: dict[str, dict[str, Any]] = field(default_factory=dict)
-    acir_module: str = ""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ChannelMap":
-        return cls({int(k): v for k, v in (data.get("scanner") or {}).items()},
-                   {int(k): str(v) for k, v in (data.get("actuator") or {}).items()},
-                   dict(data.get("dmm") or {}), str(data.get("acir_module") or ""))
-
-    def module_voltage_channels(self) -> dict[str, int]:
-        """Module position -> scanner channel measuring its terminals (+ to P-)."""
-        out = {}
-        for ch, src in self.scanner.items():
-            if src.get("kind") == "voltage" and src.get("plus", "").endswith(".+"):
-                out[src["plus"][:-2]] = ch
-        return out
-
-    def shunt_channels(self) -> dict[str, tuple[int, float]]:
-        """Branch -> (scanner channel, shunt resistance in ohm)."""
-        return {src["branch"]: (ch, float(src["shunt_ohm"])) for ch, src in self.scanner.items()
-                if src.get("kind") == "shunt"}
-
-    def thermocouple_channels(self) -> dict[str, int]:
-        return {src["point"]: ch for ch, src in self.scanner.items() if src.get("kind") == "thermocouple"}
-
-    def contactor_channel(self, contactor: str) -> int:
-        for ch, name in self.actuator.items():
-            if name == contactor:
-                return ch
-        raise KeyError(f"no actuator channel drives contactor '{contactor}'")
+# instrument roles with a protocol of the same name
+_ROLE_PROTOCOLS = ("supply", "load", "scanner", "actuator", "acir")
 
 
 @dataclass
 class Bench:
-    """What a check may use."""
+    """What a check may use: role protocols, the channel map and the clock.
+
+    A protocol is found by what the connected drivers provide (``instruments.roles.PROTOCOLS``),
+    not by which transport they speak: ``bench.bms`` is the battery as the inverter sees it (the
+    CAN client when the station has CAN, else the Modbus one), ``bench.module_reports`` whoever
+    publishes per-module reports, ``bench.bms_service`` whoever takes service commands. While a
+    step runs the bench is restricted to the protocols its check declares.
+    """
 
     instruments: dict[str, Instrument]
     channels: ChannelMap
     clock: BenchClock
-    bms: Bms | None = None
+    bus_clients: dict[str, Any] = field(default_factory=dict)  # "can" / "modbus" -> BMS client
     station_name: str = ""
     emulated: bool = False
-    # The SunSpec (Modbus/TCP) client when the station has both buses: per-module figures
-    # (model 805: V, SoC, SoH, SN) and identity (model 1) that CAN does not carry. ``bms`` stays
-    # the CAN client; with Modbus only, ``bms`` and ``sunspec`` are the same client.
-    sunspec: Any = None
+    allowed: frozenset[str] | None = None  # protocols the running check declared (None: all)
+    check_name: str = ""
+
+    # -- protocols ---------------------------------------------------------------------------
+    def _providers(self) -> list[Any]:
+        unique = {id(i): i for i in list(self.instruments.values()) + list(self.bus_clients.values())}
+        return list(unique.values())
+
+    def provides(self, protocol: str) -> bool:
+        return any(isinstance(p, PROTOCOLS[protocol]) for p in self._providers())
+
+    def _use(self, protocol: str) -> None:
+        if self.allowed is not None and protocol not in self.allowed:
+            raise ProtocolNotDeclared(f"check '{self.check_name}' uses protocol '{protocol}', which it "
+                                      f"does not declare (needs/uses: {', '.join(sorted(self.allowed)) or 'none'})")
+
+    def provider(self, protocol: str) -> Any:
+        """The instrument or client providing ``protocol`` (LookupError if none does)."""
+        self._use(protocol)
+        for candidate in self._providers():
+            if isinstance(candidate, PROTOCOLS[protocol]):
+                return candidate
+        raise LookupError(f"the station provides no '{protocol}'")
+
+    def restricted_to(self, protocols: frozenset[str], check_name: str) -> "Bench":
+        """This bench as a check that declared ``protocols`` may use it."""
+        return dataclasses.replace(self, allowed=frozenset(protocols), check_name=check_name)
 
     def _role(self, role: str, kind: type) -> Any:
+        self._use(role if role in _ROLE_PROTOCOLS else "digitiser")
         instrument = self.instruments.get(role)
         if instrument is None:
             raise LookupError(f"the station has no '{role}' instrument")
@@ -105,6 +108,23 @@ class Bench:
     def dmm(self, name: str) -> Dmm:
         return self._role(name, Dmm)
 
+    @property
+    def bms(self) -> Bms | None:
+        """The battery as the inverter sees it: CAN when the station has it, else Modbus."""
+        self._use("bms")
+        for bus in ("can", "modbus"):
+            if bus in self.bus_clients:
+                return self.bus_clients[bus]
+        return None
+
+    @property
+    def module_reports(self) -> ModuleReports:
+        return self.provider("module_reports")
+
+    @property
+    def bms_service(self) -> BmsService:
+        return self.provider("bms_service")
+
     # -- conveniences built on roles and the channel map only ------------------------------------
     def module_voltages(self) -> dict[str, float]:
         channels = self.channels.module_voltage_channels()
@@ -131,6 +151,24 @@ class Bench:
             self.actuator.open_channel(channel)
 
 
+def _connect_all(entries: dict[str, dict[str, Any]]) -> dict[str, Instrument]:
+    """One session per physical instrument: roles naming the same driver at the same resource
+    (the DAQ970A as scanner and actuator) share one connection."""
+    instruments: dict[str, Instrument] = {}
+    sessions: dict[tuple[str, str], Instrument] = {}
+    try:
+        for role, entry in entries.items():
+            key = (entry["driver"], entry["resource"])
+            if key not in sessions:
+                sessions[key] = _connect(role, entry)
+            instruments[role] = sessions[key]
+    except BaseException:
+        for instrument in sessions.values():
+            instrument.close()
+        raise
+    return instruments
+
+
 def _connect(role: str, entry: dict[str, Any]) -> Instrument:
     cls = get_driver(entry["driver"])
     extra: dict[str, Any] = {}
@@ -148,22 +186,23 @@ def _sunspec_from(cfg: dict[str, Any], clock: BenchClock, name: str) -> Bms:
                       name=name, **extra)
 
 
-def _bms_from(station: dict[str, Any], clock: BenchClock,
-              log_dir: Path | None = None) -> tuple[Bms | None, Bms | None]:
-    """(the Bms role, the SunSpec client): CAN is the role when the station has it; a Modbus
-    bus is opened as well (as ``bench.sunspec``), and is the role on a Modbus-only station.
-    The SunSpec client's own CtrlHb keep-alive stays off: the role's keep-alive is the one."""
+def _bus_clients(station: dict[str, Any], clock: BenchClock,
+                 log_dir: Path | None = None) -> dict[str, Any]:
+    """The BMS clients of the station's buses (``can``, ``modbus``). The SunSpec client's own
+    CtrlHb keep-alive stays off: the Bms role's keep-alive is the one."""
     buses = station.get("bms") or {}
+    clients: dict[str, Any] = {}
     can_bms = _can_bms_from(buses, clock, log_dir)
-    if not buses.get("modbus"):
-        return can_bms, None
-    try:
-        sunspec = _sunspec_from(buses["modbus"], clock, "sunspec" if can_bms is not None else "bms")
-    except BaseException:
-        if can_bms is not None:
-            can_bms.close()
-        raise
-    return (can_bms if can_bms is not None else sunspec), sunspec
+    if can_bms is not None:
+        clients["can"] = can_bms
+    if buses.get("modbus"):
+        try:
+            clients["modbus"] = _sunspec_from(buses["modbus"], clock, "sunspec" if can_bms is not None else "bms")
+        except BaseException:
+            if can_bms is not None:
+                can_bms.close()
+            raise
+    return clients
 
 
 def _can_bms_from(buses: dict[str, Any], clock: BenchClock, log_dir: Path | None = None) -> Bms | None:
@@ -195,12 +234,12 @@ class AssembledBench:
     emulated_station: Any = None
 
     def close(self) -> None:
-        for instrument in self.bench.instruments.values():
+        for instrument in {id(i): i for i in self.bench.instruments.values()}.values():
             try:
                 instrument.close()
             except Exception:  # noqa: BLE001 - closing goes on for every instrument
                 pass
-        for client in {id(c): c for c in (self.bench.bms, self.bench.sunspec) if c is not None}.values():
+        for client in self.bench.bus_clients.values():
             try:
                 client.close()
             except Exception:  # noqa: BLE001
@@ -235,18 +274,16 @@ def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
     runtime = station.as_runtime()
     instruments: dict[str, Instrument] = {}
     try:
-        for role, entry in runtime["instruments"].items():
-            instruments[role] = _connect(role, entry)
-        bms, sunspec = _bms_from(runtime, clock, log_dir)
+        instruments = _connect_all(runtime["instruments"])
+        clients = _bus_clients(runtime, clock, log_dir)
     except BaseException:
-        for instrument in instruments.values():
+        for instrument in {id(i): i for i in instruments.values()}.values():
             instrument.close()
         if emulated_station is not None:
             emulated_station.stop()
         raise
-    if emulated_station is not None:
-        for client in {id(c): c for c in (bms, sunspec) if hasattr(c, "wait_for_stamp")}.values():
-            synchronised.attach_can(client)
-    bench = Bench(instruments, ChannelMap.from_dict(runtime.get("channels") or {}), clock, bms,
-                  runtime.get("name", ""), bool(runtime.get("emulated")), sunspec)
+    if emulated_station is not None and "can" in clients:
+        synchronised.attach_can(clients["can"])
+    bench = Bench(instruments, runtime.get("channels") or ChannelMap(), clock, clients,
+                  runtime.get("name", ""), bool(runtime.get("emulated")))
     return AssembledBench(bench, runtime, emulated_station)

@@ -88,7 +88,13 @@ class SafetySupervisor:
 
     # -- the safe state --------------------------------------------------------------------------
     def _phases(self) -> list[list[tuple[str, Instrument]]]:
-        ordered = sorted(self.instruments.items(), key=lambda item: _rank(item[0]))
+        ordered: list[tuple[str, Instrument]] = []
+        for role, instrument in sorted(self.instruments.items(), key=lambda item: _rank(item[0])):
+            shared = next((k for k, (_, i) in enumerate(ordered) if i is instrument), None)
+            if shared is None:  # one instrument serving several roles is made safe once
+                ordered.append((role, instrument))
+            else:
+                ordered[shared] = (f"{ordered[shared][0]}+{role}", instrument)
         first = [(r, i) for r, i in ordered if r.startswith(ENERGY_ROLES)]
         rest = [(r, i) for r, i in ordered if not r.startswith(ENERGY_ROLES)]
         return [phase for phase in (first, rest) if phase]

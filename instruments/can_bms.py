@@ -62,7 +62,8 @@ import can
 import cantools
 from cantools.database.can import Database
 
-from instruments.roles import Bms, BmsLimits, BmsStatus, BmsTelemetry, InstrumentError
+from instruments.roles import (Bms, BmsLimits, BmsService, BmsStatus, BmsTelemetry, InstrumentError,
+                               normalise_version)
 
 DBC_PATH = Path(__file__).resolve().parent / "dbc" / "pylontech_lv.dbc"
 SERVICE_DBC_PATH = Path(__file__).resolve().parent / "dbc" / "bankhil_service.dbc"
@@ -172,7 +173,7 @@ class _Decoder:
         return None, values
 
 
-class CanBms(Bms):
+class CanBms(Bms, BmsService):
     """A Pylontech-compatible battery as the inverter sees it, over any python-can bus."""
 
     name = "bms"
@@ -432,9 +433,11 @@ class CanBms(Bms):
 
     # ================================================================== role
     def firmware(self) -> str:
-        """``major.minor`` from 0x35F (the protocol carries no patch or pre-release tag)."""
+        """``major.minor.0`` from 0x35F, in the one form every driver reports
+        (:func:`instruments.roles.normalise_version`); the protocol carries no patch number or
+        pre-release tag, so 2.1.3 reads as 2.1.0."""
         code = int(self._need(0x35F, "firmware", wait=True)["FirmwareVersion"])
-        return f"{code >> 8}.{code & 0xFF}"
+        return normalise_version(f"{code >> 8}.{code & 0xFF}")
 
     def manufacturer(self) -> str:
         raw = int(self._need(0x35E, "identity", wait=True)["ManufacturerName"])

@@ -1,8 +1,13 @@
-"""Role interfaces: what a check may ask of the bench, whatever instrument fills the role.
+"""Role protocols: what a check may ask of the bench, whatever instrument provides it.
 
-Check code speaks only these (``bench.load.set_current(100)``), never SCPI or CAN. A driver
-implements one role for one instrument family; the station file says which driver fills which
-role at which address. The same drivers reach real instruments and the emulated bench.
+Small interfaces in the manner of labgrid's protocols. Check code speaks only these
+(``bench.load.set_current(100)``, ``bench.module_reports.module_reports()``), never SCPI, CAN
+or SunSpec points. A driver class provides one or several protocols (the DAQ970A is a scanner
+and an actuator in one session; the CAN BMS client gives BMS telemetry and service commands;
+the SunSpec client BMS telemetry and per-module reports); several drivers may provide each.
+Each protocol has a short name (:data:`PROTOCOLS`): checks declare the names they need, and a
+station's drivers say which names it can serve, so a plan a station cannot run is refused
+before anything is energised. The same drivers reach real instruments and the emulated bench.
 Units are SI and explicit in names; currents are + into the bank (charging) where a sign
 matters, as the BMS protocols report.
 """
@@ -205,3 +210,93 @@ class Bms(Instrument):
     @abstractmethod
     def seconds_since_heard(self) -> float:
         """Bench time since the battery last sent anything (silence detection)."""
+
+
+@dataclass
+class ModuleReport:
+    """One module as its BMS reports it (per-module figures a bank BMS publishes)."""
+
+    position: str                  # "s2p3"
+    voltage_v: float | None = None
+    soc_pct: float | None = None
+    soh_pct: float | None = None
+    serial: str | None = None
+    temperature_c: float | None = None
+    min_cell_v: float | None = None
+    max_cell_v: float | None = None
+    cells_balancing: int | None = None
+
+
+@dataclass
+class BankIdentity:
+    """What the master BMS says the bank is."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    serial: str | None = None
+    chemistry: str | None = None   # normalised: "LFP", "NMC", "LEAD_ACID", ...
+
+
+class ModuleReports(ABC):
+    """Per-module reports and the bank's identity, as a bank BMS publishes them (SunSpec 1,
+    802, 804 and 805 on Modbus; other protocols may provide the same)."""
+
+    @abstractmethod
+    def module_reports(self) -> dict[str, ModuleReport]:
+        """Every module the BMS reports, by position."""
+
+    @abstractmethod
+    def string_enabled(self) -> dict[str, bool]:
+        """Parallel string (``p1`` ...) -> whether the master has admitted it."""
+
+    @abstractmethod
+    def bank_identity(self) -> BankIdentity: ...
+
+
+class BmsService(ABC):
+    """Bench service commands a BMS vendor's service tool gives (DOMAIN.md; 000's series
+    MOSFET stress, 004's silent module). Module index: 0-based, bank order (series position
+    first, then parallel index)."""
+
+    @abstractmethod
+    def force_disconnect(self, module_index: int, on: bool) -> None:
+        """Open (``on``) or release one module's BMS switch."""
+
+    @abstractmethod
+    def silence_module(self, module_index: int, on: bool) -> None:
+        """Make one module stop reporting to its master (``on``), or talk again."""
+
+
+# protocol name (what checks declare and plans require) -> the interface that provides it
+PROTOCOLS: dict[str, type] = {
+    "supply": DcSupply,
+    "load": ElectronicLoad,
+    "digitiser": Dmm,
+    "scanner": Scanner,
+    "actuator": Actuator,
+    "acir": AcIrMeter,
+    "bms": Bms,
+    "module_reports": ModuleReports,
+    "bms_service": BmsService,
+}
+
+
+def protocols_of(cls: type) -> set[str]:
+    """The protocol names a driver class provides."""
+    return {name for name, interface in PROTOCOLS.items() if issubclass(cls, interface)}
+
+
+def normalise_version(text: object) -> str:
+    """A firmware version as one comparable text: "v2.1.0", "2.1" and "2.1.0" are all "2.1.0";
+    a trailing build or pre-release tag is kept ("2.1.0-rc1"). Every driver reports through it,
+    so two protocols reporting one firmware agree."""
+    raw = str(text or "").strip().strip("\0").strip()
+    if raw[:1] in ("v", "V") and raw[1:2].isdigit():
+        raw = raw[1:]
+    head, sep, tail = raw.partition("-")
+    parts = head.split(".")
+    if parts and all(p.isdigit() for p in parts):
+        parts = [str(int(p)) for p in parts] + ["0"] * (3 - len(parts))
+        head = ".".join(parts)
+    return head + sep + tail

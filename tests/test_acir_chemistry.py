@@ -52,7 +52,7 @@ class Meter:
 
     def on(self, module: str) -> tuple[float, float]:
         with self.bench.lock:
-            self.bench.wiring.acir_module = module
+            self.bench.wiring = self.bench.wiring.model_copy(update={"acir_module": module})
         return self.driver.measure()
 
     def close(self) -> None:

@@ -244,8 +244,8 @@ def test_every_frame_decodes_to_the_twins_values(rig_factory, transport):
     assert status.discharge_enable is r.discharge_enable is True
     assert c.decoded(0x372)["ModulesBlockingCharge"] == r.blocking_charge == 0
     assert c.decoded(0x359)["ModuleCount"] == 4
-    assert c.firmware() == "2.1"  # fixtures/firmware/good.yaml: 2.1.0
-    assert c.identity() == "PYLON BMS, firmware 2.1"
+    assert c.firmware() == "2.1.0"  # fixtures/firmware/good.yaml: 2.1.0 (0x35F carries 2.1)
+    assert c.identity() == "PYLON BMS, firmware 2.1.0"
     assert c.malformed_counts() == dict.fromkeys(c.malformed_counts(), 0)
     # one report per firmware period of bench time: 6 s -> 6 or 7 reports of 10 frames
     assert rig.emu.reports_sent in (6, 7) and rig.emu.frames_sent == 10 * rig.emu.reports_sent
@@ -485,7 +485,7 @@ def test_cross_process_over_socketcand(tmp_path):
                 return False
 
             assert wait_for(lambda: c_limits(client) > 0)
-            assert client.identity() == "PYLON BMS, firmware 2.1"
+            assert client.identity() == "PYLON BMS, firmware 2.1.0"
             client.heartbeat(False)
             assert wait_for(lambda: c_limits(client) == 0), "no derate after the keep-alive stopped"
             assert "bms_internal" in client.status().alarms

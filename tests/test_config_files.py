@@ -21,7 +21,7 @@ import yaml
 from bankmodel.files import FileError
 from harness.config import load_plan, load_station, validate_run
 from harness.config.plan import Limit
-from harness.config.station import channel_map_from_emulator, resolve_emulated
+from harness.config.station import resolve_emulated
 from bankmodel.units import Quantity, UnitError
 from test_plans.checks.spec import CheckSpec, Measure, Param
 
@@ -447,8 +447,7 @@ def test_lab_example_loads_and_fits_its_dut(tmp_path: Path) -> None:
     (tmp_path / "plan.yaml").write_text(plan, encoding="utf-8")
     validate_run(tmp_path / "plan.yaml", station, "1s4p_diagonal", CHECKS, on=ON)
     runtime = station.as_runtime()
-    assert runtime["channels"]["scanner"][105] == {"kind": "shunt", "branch": "s1p1",
-                                                   "shunt_ohm": pytest.approx(50e-6)}
+    assert runtime["channels"].shunt_channels()["s1p1"] == (105, pytest.approx(50e-6))
     assert runtime["instruments"]["load"]["rating"]["current_a"] == 240.0
 
 
@@ -519,7 +518,7 @@ def _described(dut: str = "1s1p") -> dict:
     """What start_emulated_station describes, without starting endpoints (wiring of the twin)."""
     from emulator.bench import default_wiring
     from bankmodel.specs.loading import load_bank_spec
-    from emulator.emulate import DMM_DRIVER, DRIVERS, channel_map
+    from emulator.emulate import DMM_DRIVER, DRIVERS
     from emulator.twin import Twin
 
     wiring = default_wiring(Twin(load_bank_spec(dut)))
@@ -532,7 +531,7 @@ def _described(dut: str = "1s1p") -> dict:
         "bms": {"can": {"interface": "socketcand", "host": "127.0.0.1", "port": 29536,
                         "channel": "bankhil-x", "bitrate": 500000},
                 "modbus": {"host": "127.0.0.1", "port": 15020, "device_id": 1}},
-        "channels": channel_map(wiring),
+        "channels": wiring,
     }
 
 
@@ -546,13 +545,9 @@ def test_resolve_emulated_fills_every_auto(dut: str) -> None:
     assert resolved.rating("supply") == station.rating("supply")  # ratings stay the file's
     assert resolved.bms.can.bus_kwargs()["port"] == 29536 and resolved.bms.modbus.port == 15020
     cmap = resolved.channel_map
-    assert len(cmap.scanner) == len(described["channels"]["scanner"])
-    assert cmap.actuator_channels() == described["channels"]["actuator"]
+    assert cmap == described["channels"]  # the emulator's wiring is a ChannelMap: one type
+    assert cmap.actuator_channels() == described["channels"].actuator_channels()
     assert set(cmap.dmm) == {"dmm_vds", "dmm_shunt"}
-    # back to the emulator's own shape, unchanged
-    assert resolved.as_runtime()["channels"]["scanner"] == {
-        ch: {**src, **({"shunt_ohm": pytest.approx(src["shunt_ohm"])} if "shunt_ohm" in src else {})}
-        for ch, src in described["channels"]["scanner"].items()}
 
 
 def test_resolve_emulated_refuses_a_driver_the_emulator_does_not_speak() -> None:
@@ -588,12 +583,16 @@ def test_resolve_against_a_running_emulator() -> None:
     assert resolved.instruments["scanner"].resource.startswith("TCPIP0::127.0.0.1::")
 
 
-def test_channel_map_from_emulator_converts_shunts_to_quantities() -> None:
-    cmap = channel_map_from_emulator({"scanner": {101: {"kind": "shunt", "branch": "p1",
-                                                        "shunt_ohm": 5e-5}},
-                                      "actuator": {301: "p1"}, "dmm": {}, "acir_module": "s1p1"})
-    assert cmap.scanner[0].resistance.to("uohm") == pytest.approx(50)
-    assert cmap.actuator_channels() == {301: "p1"} and cmap.acir_module == "s1p1"
+def test_the_emulated_wiring_is_the_station_file_channel_map() -> None:
+    """One channel-map type: the emulator's wiring reads its shunts as quantities, like a file."""
+    from bankmodel.channels import ChannelMap
+    from emulator.bench import default_wiring
+    from emulator.twin import build_twin
+
+    cmap = default_wiring(build_twin("1s4p_diagonal"))
+    assert isinstance(cmap, ChannelMap)
+    assert cmap.scanner_channels()[105].resistance.to("uohm") == pytest.approx(50)
+    assert cmap.contactor_channel("main") == 305 and cmap.acir_module == "s1p1"
 
 
 # ====================================================================== units and limits

@@ -133,7 +133,7 @@ def test_scanner_reads_modules_shunts_and_thermocouples(rig: Rig):
     load.set_current(100.0)
     load.input(True)
     rig.bench.advance(2.0)
-    wiring = rig.bench.wiring.scanner
+    wiring = rig.bench.wiring.scanner_channels()
     volt_ch = [ch for ch, w in wiring.items() if w.kind == "voltage"]
     shunt_ch = [ch for ch, w in wiring.items() if w.kind == "shunt"]
     tc_ch = [ch for ch, w in wiring.items() if w.kind == "thermocouple"]

@@ -389,13 +389,13 @@ class KeysightDaq970a(_BenchDevice):
     def __init__(self, bench: "EmulatedBench", serial: str):
         super().__init__(bench, serial)
         with bench.lock:
-            self.relays = {ch: bench.twin.contactor_closed[name] for ch, name in bench.wiring.actuator.items()}
+            self.relays = {ch: bench.twin.contactor_closed[name] for ch, name in bench.wiring.actuator_channels().items()}
         self.scan_list: list[int] = []
         self.readings: list[float] | None = None
 
     def reset(self) -> None:
         with self.bench.lock:
-            for name in self.bench.wiring.actuator.values():
+            for name in self.bench.wiring.actuator_channels().values():
                 self.bench.twin.set_contactor(name, False)
         self.relays = {ch: False for ch in self.relays}
         self.scan_list, self.readings = [], None
@@ -408,7 +408,7 @@ class KeysightDaq970a(_BenchDevice):
         return channels
 
     def _input(self, ch: int, kind: str) -> "Input":
-        source = self.bench.wiring.scanner.get(ch)
+        source = self.bench.wiring.scanner_channels().get(ch)
         if source is None:
             raise ScpiError(-222, f"nothing wired to channel {ch}")
         is_tc = source.kind == "thermocouple"
@@ -418,7 +418,7 @@ class KeysightDaq970a(_BenchDevice):
         return source
 
     def _function(self, ch: int) -> str:
-        source = self.bench.wiring.scanner.get(ch)
+        source = self.bench.wiring.scanner_channels().get(ch)
         return "TEMP" if source is not None and source.kind == "thermocouple" else "VOLT"
 
     def _measure(self, channels: list[int], kind: str | None = None) -> str:
@@ -508,7 +508,7 @@ class KeysightDaq970a(_BenchDevice):
         with self.bench.lock:
             for ch in channels:
                 self.relays[ch] = closed
-                name = self.bench.wiring.actuator.get(ch)
+                name = self.bench.wiring.actuator_channels().get(ch)
                 if name is not None:
                     self.bench.twin.set_contactor(name, closed)
 

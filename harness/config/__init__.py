@@ -23,7 +23,8 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origi
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from bankmodel.files import MAX_FILE_BYTES, MAX_NODES  # noqa: F401  (the shared loader's limits)
-from bankmodel.files import FileError, dotted, Located, load_yaml
+from bankmodel.files import FileError, Located, dotted, load_yaml
+from bankmodel.specs.base import FileModel  # strict and immutable: one base for every file model
 from bankmodel.files import validate as _validate_model  # not "validate": that is a submodule
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -123,14 +124,6 @@ def _split(dotted: str) -> tuple[Any, ...]:
     for piece in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
         parts.append(int(piece[1:-1]) if piece.startswith("[") else piece)
     return tuple(parts)
-
-
-class FileModel(BaseModel):
-    """Strict and immutable: a misspelt key is an error, never silently ignored, and nothing is
-    coerced -- ``gate: "yes"`` is not true and ``retries: "4"`` is not 4 (YAML already gives
-    true/false and numbers their own types; quoted text stays text). No ``.inf`` or ``.nan``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SourcedFile(FileModel):

@@ -350,6 +350,19 @@ class Step(FileModel):
 
     _setpoints: dict[str, Quantity] = PrivateAttr(default_factory=dict)
     _setpoint_params: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
+    # derived from the check's declaration: the protocols it needs, and the station roles its
+    # parameters name (role -> (protocol, where the name is written))
+    _needs: frozenset[str] = PrivateAttr(default_factory=frozenset)
+    _instrument_roles: dict[str, tuple[str, tuple[str, ...]]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """Role protocols the step's check cannot run without (from its declaration)."""
+        return self._needs
+
+    @property
+    def instrument_roles(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        return dict(self._instrument_roles)
 
     def setpoint_loc(self, index: int, key: str) -> tuple[Any, ...]:
         """Where a derived setpoint is written: the step's parameter, or the plan's default."""
@@ -599,6 +612,11 @@ def check_plan(plan: PlanFile, known_checks: Mapping[str, Any]) -> PlanFile:
                     sources[key] = ("parameters", name) if name in step.parameters else ("defaults", name)
         step._setpoints = derived
         step._setpoint_params = sources
+        step._needs = frozenset(spec.needs)
+        step._instrument_roles = {
+            str(merged.get(name, p.default)): (p.instrument, ("parameters", name) if name in step.parameters
+                                               else ("defaults", name) if name in plan.defaults else ("check",))
+            for name, p in spec.instrument_params() if merged.get(name, p.default) is not None}
     for name in plan.defaults:
         if name not in used_defaults:
             raise plan.error(("defaults", name), f"default '{name}', which no step's check takes",

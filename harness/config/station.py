@@ -61,36 +61,14 @@ from pydantic_core import PydanticCustomError
 
 from bankmodel.files import FileError
 from harness.config import FileModel, SourcedFile, load_document, validate_document
-from bankmodel.positions import BRANCH_PATTERN, CONTACTOR_PATTERN, POSITION_PATTERN
+from bankmodel.channels import (RATING_KEYS, ActuatorChannel, ChannelMap, ChannelNumber, Input, Node,
+                                Rating, Role, ScannerChannel, ShuntChannel, ShuntInput,
+                                ThermocoupleChannel, ThermocoupleInput, VoltageChannel, VoltageInput,
+                                _between, input_of)
 from bankmodel.units import Quantity
 from instruments.drivers import driver_names, get_driver
 
 AUTO = "auto"
-ROLE_PATTERN = r"^[a-z][a-z0-9_]*$"
-NODE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$"
-
-
-Role = Annotated[str, Field(pattern=ROLE_PATTERN, max_length=64,
-                            description="a role name: supply, load, ...")]
-Node = Annotated[str, Field(pattern=NODE_PATTERN, max_length=64,
-                            description="a DUT node, e.g. s1p1.+")]
-ChannelNumber = Annotated[int, Field(ge=1, le=9999)]
-
-
-# ================================================================================== bounds
-def _between(low: str, high: str, what: str):  # type: ignore[no-untyped-def]
-    """Validator: a quantity from ``low`` to ``high`` (texts with units, e.g. '10 ms', '1 h').
-
-    A period of 1 ns would flood a bus; a timeout of 1e308 s would wait forever: both are
-    refused here, before anything is connected."""
-    lo, hi = Quantity.parse(low), Quantity.parse(high)
-
-    def check(value: Quantity) -> Quantity:
-        if not (lo.value <= value.value <= hi.value):
-            raise PydanticCustomError("quantity_bounds", f"{what} from {low} to {high}")
-        return value
-
-    return AfterValidator(check)
 
 
 InstrumentTimeout = Annotated[Quantity["s"], _between("1 ms", "1 h", "a timeout")]
@@ -120,35 +98,6 @@ def _auto_or(model_name: str, example: str):  # type: ignore[no-untyped-def]
 
 def _serialise_auto(value: Any, handler: Any) -> Any:
     return value if value == AUTO else handler(value)
-
-
-# ================================================================================== ratings
-RATING_KEYS = {"voltage": "voltage_v", "current": "current_a", "power": "power_w"}
-
-
-class Rating(FileModel):
-    """What an instrument (or a shunt, a channel) may be driven to or exposed to."""
-
-    voltage: Quantity["V"] | None = None
-    current: Quantity["A"] | None = None
-    power: Quantity["W"] | None = None
-
-    @model_validator(mode="after")
-    def _positive(self) -> "Rating":
-        for key in RATING_KEYS:
-            value = getattr(self, key)
-            if value is not None and value.value <= 0:
-                raise PydanticCustomError("rating_positive",
-                                          f"a positive {key} rating (found {value})")
-        return self
-
-    def get(self, quantity: str) -> Quantity | None:
-        return getattr(self, quantity, None) if quantity in RATING_KEYS else None
-
-    def for_driver(self) -> dict[str, float]:
-        """The driver's ``rating`` dict (``{"voltage_v": 60.0, "current_a": 25.0}``), SI."""
-        return {RATING_KEYS[k]: getattr(self, k).value for k in RATING_KEYS
-                if getattr(self, k) is not None}
 
 
 # ================================================================================== instruments
@@ -207,7 +156,7 @@ CalibrationDate = Annotated[dt.date, BeforeValidator(_date)]
 OptionValue = Union[bool, int, float, str, list[int], list[str]]
 
 
-class Instrument(FileModel):
+class InstrumentEntry(FileModel):
     """One bench instrument in one role."""
 
     driver: Annotated[str, AfterValidator(_known_driver)]
@@ -326,89 +275,6 @@ class BmsBuses(FileModel):
     modbus: AutoModbus | None = None
 
 
-# ================================================================================== channels
-class VoltageInput(FileModel):
-    """A voltage between two DUT nodes (``s1p1.+``, ``s1p1.P-``, ``bank+``)."""
-
-    kind: Literal["voltage"]
-    plus: Node
-    minus: Node
-    rating: Rating | None = None
-    label: str = ""
-
-
-class ShuntInput(FileModel):
-    """The voltage across a branch shunt; the current is that voltage over ``resistance``."""
-
-    kind: Literal["shunt"]
-    branch: Annotated[str, Field(pattern=BRANCH_PATTERN)]
-    resistance: Annotated[Quantity["ohm"], _between("0.1 uohm", "1 kohm", "a shunt resistance")]
-    rating: Rating | None = None
-    label: str = ""
-
-    @field_validator("resistance")
-    @classmethod
-    def _positive(cls, value: Quantity) -> Quantity:
-        if value.value <= 0:
-            raise PydanticCustomError("shunt_resistance", "a positive resistance, e.g. '50 uohm'")
-        return value
-
-
-class ThermocoupleInput(FileModel):
-    """A thermocouple on a module, a terminal (``s1p1.+``) or a busbar segment."""
-
-    kind: Literal["thermocouple"]
-    point: Node
-    label: str = ""
-
-
-Input = Annotated[Union[VoltageInput, ShuntInput, ThermocoupleInput], Field(discriminator="kind")]
-
-
-class VoltageChannel(VoltageInput):
-    channel: ChannelNumber
-
-
-class ShuntChannel(ShuntInput):
-    channel: ChannelNumber
-
-
-class ThermocoupleChannel(ThermocoupleInput):
-    channel: ChannelNumber
-
-
-ScannerChannel = Annotated[Union[VoltageChannel, ShuntChannel, ThermocoupleChannel],
-                           Field(discriminator="kind")]
-_SCANNER_CHANNEL: TypeAdapter[Any] = TypeAdapter(ScannerChannel)
-_INPUT: TypeAdapter[Any] = TypeAdapter(Input)
-
-
-def input_of(entry: Any) -> VoltageInput | ShuntInput | ThermocoupleInput:
-    """A scanner entry's input without its channel number (the models the DMM map uses)."""
-    return _INPUT.validate_python(entry.model_dump(exclude={"channel"}))
-
-
-class ActuatorChannel(FileModel):
-    """One relay and the contactor coil it drives (a branch, ``s1p2``/``p1``, or ``main``)."""
-
-    channel: ChannelNumber
-    contactor: Annotated[str, Field(pattern=CONTACTOR_PATTERN)]
-    label: str = ""
-
-
-class ChannelMap(FileModel):
-    scanner: list[ScannerChannel] = Field(default_factory=list)  # type: ignore[valid-type]
-    actuator: list[ActuatorChannel] = Field(default_factory=list)
-    dmm: dict[Role, Input] = Field(default_factory=dict)
-    acir_module: Annotated[str, Field(pattern=POSITION_PATTERN)] | None = None
-
-    def scanner_channels(self) -> dict[int, Any]:
-        return {c.channel: c for c in self.scanner}
-
-    def actuator_channels(self) -> dict[int, str]:
-        return {c.channel: c.contactor for c in self.actuator}
-
-
 AutoChannels = Annotated[ChannelMap, _auto_or("scanner, actuator, dmm, acir_module",
                                               "{scanner: [{channel: 101, kind: voltage, ...}]}"),
                          WrapSerializer(_serialise_auto)]
@@ -424,7 +290,7 @@ class StationFile(SourcedFile):
     emulated: bool = False
     dut: str | None = Field(default=None, description="the DUT this bench is wired for: the "
                             "default when a run names none (a file or a stem in fixtures/duts/)")
-    instruments: Annotated[dict[Role, Instrument], Field(min_length=1)]
+    instruments: Annotated[dict[Role, InstrumentEntry], Field(min_length=1)]
     bms: BmsBuses = BmsBuses()
     channels: AutoChannels = Field(default_factory=ChannelMap)
 
@@ -443,6 +309,24 @@ class StationFile(SourcedFile):
         if self.bms.modbus is not None:
             roles |= {"bms", "bms.modbus"}
         return roles
+
+    def protocols(self) -> dict[str, set[str]]:
+        """Role protocol -> what provides it here (instrument roles; ``bms.can``/``bms.modbus``),
+        from the driver classes the station names (nothing is connected)."""
+        from instruments.roles import protocols_of
+
+        providers: dict[str, type] = {role: get_driver(inst.driver) for role, inst in self.instruments.items()}
+        if self.bms.can is not None:
+            from instruments.can_bms import CanBms
+            providers["bms.can"] = CanBms
+        if self.bms.modbus is not None:
+            from instruments.sunspec_bms import SunSpecBms
+            providers["bms.modbus"] = SunSpecBms
+        offered: dict[str, set[str]] = {}
+        for who, cls in providers.items():
+            for protocol in protocols_of(cls):
+                offered.setdefault(protocol, set()).add(who)
+        return offered
 
     def rating(self, role: str) -> Rating:
         return self.instruments[role].rating
@@ -481,12 +365,8 @@ class StationFile(SourcedFile):
         if self.dut is not None:
             out["dut"] = self.dut
         out.update(instruments=instruments, bms=bms)
-        cmap = self.channel_map
-        out["channels"] = AUTO if cmap is None else {
-            "scanner": {e.channel: _input_runtime(e) for e in cmap.scanner},
-            "actuator": cmap.actuator_channels(),
-            "dmm": {name: _input_runtime(src) for name, src in cmap.dmm.items()},
-            "acir_module": cmap.acir_module or ""}
+        # the one ChannelMap type (bankmodel.channels): the bench uses it as it is
+        out["channels"] = AUTO if self.channel_map is None else self.channel_map
         return out
 
     @property
@@ -494,14 +374,6 @@ class StationFile(SourcedFile):
         """No ``auto`` left: ready for the bench to connect."""
         return (self.channels != AUTO and self.bms.can != AUTO and self.bms.modbus != AUTO
                 and not any(i.is_auto for i in self.instruments.values()))
-
-
-def _input_runtime(entry: Any) -> dict[str, Any]:
-    if entry.kind == "voltage":
-        return {"kind": "voltage", "plus": entry.plus, "minus": entry.minus}
-    if entry.kind == "shunt":
-        return {"kind": "shunt", "branch": entry.branch, "shunt_ohm": entry.resistance.value}
-    return {"kind": "thermocouple", "point": entry.point}
 
 
 # ================================================================================== checks
@@ -713,7 +585,7 @@ def resolve_emulated(station: StationFile, described: dict[str, Any]) -> Station
     driver, is an error in the station file.
     """
     offered = described.get("instruments", {})
-    instruments: dict[str, Instrument] = {}
+    instruments: dict[str, InstrumentEntry] = {}
     for role, inst in station.instruments.items():
         if inst.is_auto:
             if role not in offered:
@@ -735,32 +607,13 @@ def resolve_emulated(station: StationFile, described: dict[str, Any]) -> Station
         modbus = ModbusBus.model_validate(bms["modbus"])
     update["bms"] = BmsBuses(can=can, modbus=modbus)
     if station.channels == AUTO:
-        update["channels"] = channel_map_from_emulator(described["channels"])
+        update["channels"] = described["channels"]  # the emulator's own ChannelMap
     resolved = station.model_copy(update=update)  # keeps the document: errors still name the file
     return check_station(resolved)
 
 
-def channel_map_from_emulator(channels: dict[str, Any]) -> ChannelMap:
-    """The emulator's wiring description (``emulator.emulate.channel_map``) as a ChannelMap."""
-
-    def fields(src: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in src.items() if k != "shunt_ohm"}
-        if "shunt_ohm" in src:
-            out["resistance"] = Quantity.of(float(src["shunt_ohm"]) * 1e6, "uohm")
-        return out
-
-    scanner = [_SCANNER_CHANNEL.validate_python({"channel": int(ch), **fields(src)})
-               for ch, src in sorted(channels.get("scanner", {}).items(), key=lambda kv: int(kv[0]))]
-    actuator = [ActuatorChannel(channel=int(ch), contactor=name)
-                for ch, name in sorted(channels.get("actuator", {}).items(), key=lambda kv: int(kv[0]))]
-    dmm = {name: _INPUT.validate_python(fields(src))
-           for name, src in channels.get("dmm", {}).items()}
-    return ChannelMap(scanner=scanner, actuator=actuator, dmm=dmm,
-                      acir_module=channels.get("acir_module") or None)
-
-
-__all__ = ["AUTO", "ActuatorChannel", "BmsBuses", "CanBus", "Card", "ChannelMap", "Instrument",
+__all__ = ["AUTO", "ActuatorChannel", "BmsBuses", "CanBus", "Card", "ChannelMap", "InstrumentEntry",
            "ModbusBus", "Rating", "ScannerChannel", "ShuntChannel", "ShuntInput", "StationFile",
            "ThermocoupleChannel", "ThermocoupleInput", "VoltageChannel", "VoltageInput",
-           "cards_of", "channel_map_from_emulator", "check_station", "input_of", "load_station",
+           "cards_of", "check_station", "input_of", "load_station",
            "resolve_emulated", "role_interface"]

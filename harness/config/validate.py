@@ -104,6 +104,44 @@ def check_roles(plan: PlanFile, station: StationFile) -> None:
                                  + ", ".join(sorted(station.instruments)))
 
 
+def check_protocols(plan: PlanFile, station: StationFile) -> None:
+    """Every step's check finds the role protocols it needs on this station, and every
+    instrument a step's parameters name exists and provides what the check uses it for.
+
+    The plan's requirements are derived from its steps (the checks' ``needs``), so a plan that
+    a station cannot serve is refused here, with the step and the missing protocol, before
+    anything is energised -- never an AttributeError halfway through a run.
+    """
+    offered = station.protocols()
+    have = ", ".join(f"{name} ({'/'.join(sorted(by))})" for name, by in sorted(offered.items())) or "none"
+    for s, step in enumerate(plan.steps):
+        for protocol in sorted(step.needs):
+            if protocol not in offered:
+                raise plan.error(("steps", s, "check"),
+                                 f"step '{step.name}': check '{step.check}' needs protocol '{protocol}' "
+                                 f"({PROTOCOL_WORDS.get(protocol, protocol)}), which no instrument or "
+                                 f"bus of {station.path or 'the station'} provides",
+                                 f"a station providing it; this one provides: {have}")
+        for role, (protocol, where) in step.instrument_roles.items():
+            loc = ("steps", s, *where) if where[0] == "parameters" else where
+            if role not in station.instruments:
+                raise plan.error(loc, f"step '{step.name}': instrument '{role}' (not on this station)",
+                                 "instrument roles of the station: " + ", ".join(sorted(station.instruments)))
+            if role not in offered.get(protocol, set()):
+                raise plan.error(loc, f"step '{step.name}': instrument '{role}', which does not provide "
+                                 f"protocol '{protocol}'", f"one of: {', '.join(sorted(offered.get(protocol, ()))) or 'none'}")
+
+
+# protocol -> what it is, for a person reading a refusal
+PROTOCOL_WORDS = {
+    "supply": "a DC supply", "load": "an electronic load", "digitiser": "a digitising DMM",
+    "scanner": "a scanner", "actuator": "contactor relays", "acir": "an AC-IR meter",
+    "bms": "BMS telemetry over CAN or Modbus",
+    "module_reports": "per-module BMS reports, e.g. SunSpec models 805/804 over Modbus",
+    "bms_service": "BMS service commands (force a module's switch open, silence a module)",
+}
+
+
 def check_setpoints(plan: PlanFile, station: StationFile, bank: BankSpec | None = None) -> None:
     """Each setpoint within its instrument's rating; power within the power rating.
 
@@ -263,11 +301,12 @@ def validate_run(plan: PlanFile | Path | str, station: StationFile | Path | str,
     check_voltage_ratings(station_model, bank)
     check_channels_fit_dut(station_model, bank)
     check_roles(plan_model, station_model)
+    check_protocols(plan_model, station_model)
     check_setpoints(plan_model, station_model, bank)
     check_shunt_ratings(plan_model, station_model, bank)
     return RunConfig(plan_model, station_model, bank)
 
 
 __all__ = ["RunConfig", "check_applies_to", "check_calibration", "check_channels_fit_dut",
-           "check_roles", "check_serial", "check_setpoints", "check_shunt_ratings",
+           "check_protocols", "check_roles", "check_serial", "check_setpoints", "check_shunt_ratings",
            "check_voltage_ratings", "dut_max_voltage", "dut_names", "validate_run"]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from harness.measure import Limits, Recorder
+from instruments.roles import PROTOCOLS
 from test_plans.checks.spec import CheckSpec, DeclarationError, Measure, Param
 
 CheckFn = Callable[["StepContext"], None]
@@ -28,13 +29,22 @@ SPECS: dict[str, CheckSpec] = {}
 
 
 def check(name: str, *, params: Mapping[str, Param] | None = None,
-          measures: Mapping[str, Measure] | None = None) -> Callable[[CheckFn], CheckFn]:
-    """Register a check under the name plan files use, with its declaration."""
+          measures: Mapping[str, Measure] | None = None, needs: Iterable[str] = (),
+          uses: Iterable[str] = ()) -> Callable[[CheckFn], CheckFn]:
+    """Register a check under the name plan files use, with its declaration: parameters,
+    measurements, and the role protocols it ``needs`` (refused on a station without them) and
+    ``uses`` when present (names in ``instruments.roles.PROTOCOLS``)."""
+    unknown = sorted(set(needs) | set(uses) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"check '{name}': unknown protocol(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(PROTOCOLS)})")
+
     def register(fn: CheckFn) -> CheckFn:
         if name in CHECKS and CHECKS[name] is not fn:
             raise ValueError(f"check '{name}' registered twice")
         CHECKS[name] = fn
-        SPECS[name] = CheckSpec(name, dict(params or {}), dict(measures or {}))
+        SPECS[name] = CheckSpec(name, dict(params or {}), dict(measures or {}),
+                                frozenset(needs), frozenset(uses))
         return fn
     return register
 
@@ -147,6 +157,8 @@ class StepContext:
             self.limits = _Declared(self.limits, "limit", spec, spec.declares_limit)
             if not isinstance(self.measure, DeclaredRecorder):
                 self.measure = DeclaredRecorder(self.measure, spec, dict(self.limits._data))
+            if self.bench is not None and hasattr(self.bench, "restricted_to") and (spec.needs or spec.uses):
+                self.bench = self.bench.restricted_to(spec.needs | spec.uses, spec.name)
 
     def param(self, name: str, default: Any = None) -> Any:
         if name in self.params:

@@ -7,6 +7,10 @@ declares ... the measurements it takes (name, unit kind, whether a limit is requ
   count, flag or text) and, for a parameter the check commands an instrument with, the setpoint
   it is (``"load.current"``): the station's rating check judges exactly the value the check will
   command, so there is no second copy of it in the plan.
+- ``needs`` / ``uses`` -- the role protocols (``instruments.roles.PROTOCOLS``: ``supply``,
+  ``scanner``, ``bms``, ``module_reports``, ``bms_service`` ...) the check cannot run without,
+  and those it uses when the station has them. A plan's requirements are derived from its
+  steps' checks, and a station that cannot serve a step is refused at validation.
 - :class:`Measure` -- one measurement (a name, or a pattern such as ``"current_{branch}"``), its
   unit (``""`` for a count, a flag or an identity), the plan limit that judges it (default: its
   own name; ``"module_ocv"`` judges every ``ocv_{module}``) and whether the plan must give it.
@@ -65,6 +69,10 @@ class Param:
     setpoint: str | tuple[str, ...] | None = None  # one output, or several it commands alike
     kind: ParamKind = "any"
     doc: str = ""
+    # the parameter names a station role that must provide this protocol ("digitiser"); the
+    # role is ``default`` when the plan does not give the parameter
+    instrument: str | None = None
+    default: object = None
 
     @property
     def dimension(self) -> str | None:
@@ -90,6 +98,16 @@ class CheckSpec:
     name: str
     params: dict[str, Param] = field(default_factory=dict)
     measures: dict[str, Measure] = field(default_factory=dict)
+    needs: frozenset[str] = frozenset()   # protocols the check cannot run without
+    uses: frozenset[str] = frozenset()    # protocols it uses when the station has them
+
+    # ---------------------------------------------------------------- protocols
+    def may_use(self, protocol: str) -> bool:
+        return protocol in self.needs or protocol in self.uses
+
+    def instrument_params(self) -> list[tuple[str, Param]]:
+        """Parameters that name a station role (a digitiser by its role name)."""
+        return [(name, p) for name, p in self.params.items() if p.instrument]
 
     # ---------------------------------------------------------------- parameters
     def declares_param(self, name: str) -> bool:
