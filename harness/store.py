@@ -13,7 +13,13 @@ writing into one database. The schema follows TestStand's UUT_RESULT / STEP_RESU
     measurement  one measured value: name, value, unit, limits (low/high/nominal/kind), verdict,
                  diagnosis, time
     event        what the safety supervisor (or the harness) did: kind, text, time
-    store_meta   the schema version
+    store_meta   the schema version that builds before migrations check (still written, so such
+                 a station sharing a database keeps working, or is locked out by a later revision)
+
+The schema is made and moved on by the Alembic migrations in ``harness/migrations`` (configured in
+code, no alembic.ini): opening a store brings an empty database to the newest revision, recognises
+a database made before migrations (same tables, no ``alembic_version``) and stamps it, and refuses
+one of a revision this code does not know or whose tables are not the ones it writes.
 
 Every write is its own short transaction, committed before the call returns: a run that is killed
 (SIGKILL, power cut with SQLite's ``synchronous=FULL``) keeps every measurement whose
@@ -36,9 +42,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import numbers
 import os
+import threading
 import uuid as uuid_module
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -47,6 +55,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -59,12 +73,16 @@ __all__ = [
     "ResultStore",
     "RunRecord", "DutRecord", "ModuleRecord", "InstrumentRecord", "StepRecord",
     "MeasurementRecord", "EventRecord", "SerialHit",
-    "mask_url",
+    "mask_url", "alembic_config",
 ]
 
 DEFAULT_PATH = Path("reports") / "results.sqlite"
 DEFAULT_URL = f"sqlite:///{DEFAULT_PATH.as_posix()}"
+# what store_meta says at the newest revision: written by the migrations, read by builds before
+# migrations (a revision that such a station must not write to changes it, and this)
 SCHEMA_VERSION = 1
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+BASELINE_REVISION = "0001"  # the schema of databases made before the store used migrations
 
 # the verdict states (README "Verdicts"): a measurement is pass (marginal: a pass near its edge),
 # fail, recorded (no limit) or error; a step or run can also be aborted, a step also skipped
@@ -76,7 +94,10 @@ MODULE_KEYS = ("position", "serial", "firmware", "model")
 
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 _PG_CONNECT_TIMEOUT_S = 10
-_PG_ADVISORY_LOCK = 0x62616E6B  # "bank": serialises schema creation between stations
+_PG_ADVISORY_LOCK = 0x62616E6B  # "bank": serialises schema migration between stations
+# alembic's `context` and `op` are module-wide proxies: two threads migrating two databases at
+# once would swap them, so one migration at a time in a process
+_MIGRATION_LOCK = threading.Lock()
 
 
 class StoreError(RuntimeError):
@@ -580,6 +601,90 @@ def _resolve_url(url: str | os.PathLike[str] | URL | None) -> URL:
 
 
 # --------------------------------------------------------------------------------------------
+# Migrations
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic configured in code: an installed harness has no alembic.ini and needs no
+    ``alembic`` command. The scripts are the ones shipped beside this module; ``connection``,
+    if given, is the one ``env.py`` migrates (inside the caller's transaction)."""
+    config = Config()
+    # ConfigParser would read a '%' in the install path as interpolation
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@dataclass(frozen=True)
+class _Revisions:
+    """What the shipped migration scripts say, read once per process."""
+
+    head: str
+    known: frozenset[str]
+    baseline: sa.MetaData  # the tables at BASELINE_REVISION
+    baseline_version: str  # what store_meta says at BASELINE_REVISION
+
+
+@functools.cache
+def _revisions() -> _Revisions:
+    """The scripts ship with the code, so they cannot change while it runs: read them once."""
+    script = ScriptDirectory.from_config(alembic_config())
+    baseline = script.get_revision(BASELINE_REVISION).module
+    return _Revisions(head=script.get_current_head(),
+                      known=frozenset(s.revision for s in script.walk_revisions()),
+                      baseline=baseline.schema(), baseline_version=baseline.SCHEMA_VERSION)
+
+
+def _differences(conn: Connection, expected: sa.MetaData) -> list[str]:
+    """How the database's tables differ from ``expected``, in words; empty when they match.
+
+    Extra tables (another application's, in a shared database) and extra plain indexes (a DBA's,
+    for reports) change nothing the store reads or writes, so they are not differences.
+    """
+    found: list[str] = []
+    missing_columns: dict[str, list[str]] = {}
+    for diff in compare_metadata(MigrationContext.configure(conn), expected):
+        for change in (diff if isinstance(diff, list) else [diff]):
+            kind = change[0]
+            if kind == "add_column":
+                missing_columns.setdefault(change[2], []).append(change[3].name)
+            elif kind == "remove_table" or (kind == "remove_index" and not change[1].unique):
+                continue
+            else:
+                found.append(_describe(change))
+    return [f"table {table} lacks column(s) {', '.join(columns)}"
+            for table, columns in missing_columns.items()] + found
+
+
+def _describe(change: tuple[Any, ...]) -> str:
+    """One of alembic's autogenerate differences (what would turn the database into the expected
+    schema) as a phrase about the database."""
+    kind = change[0]
+    if kind in ("modify_type", "modify_nullable", "modify_default", "modify_comment"):
+        _, _, table, column, _, is_now, expected = change
+        return f"column {table}.{column} has {kind[7:]} {is_now!r}, expected {expected!r}"
+    if kind == "add_table":
+        return f"table {change[1].name} is missing"
+    if kind == "remove_column":
+        return f"table {change[2]} has an unknown column {change[3].name}"
+    item = change[1]
+    table = getattr(getattr(item, "table", None), "name", "?")
+    what = type(item).__name__
+    name = f" {item.name}" if getattr(item, "name", None) else ""
+    columns = ", ".join(c.name for c in getattr(item, "columns", ()))
+    where = f"{what}{name} on {table}({columns})"
+    return f"{where} is missing" if kind.startswith("add_") else f"unexpected {where}"
+
+
+def _current_revisions(conn: Connection) -> tuple[str, ...]:
+    """The revision(s) in ``alembic_version``; empty when the table is missing (an empty database,
+    or one made before migrations). Only reads: creates no table."""
+    return tuple(MigrationContext.configure(conn).get_current_heads())
+
+
+# --------------------------------------------------------------------------------------------
 # The store
 
 
@@ -588,9 +693,10 @@ class ResultStore:
 
     ``url``: None for ``sqlite:///reports/results.sqlite`` (relative to the working directory),
     a SQLite URL or a plain file path, or a PostgreSQL URL (``postgresql://user:pw@host/db``;
-    psycopg 3 is used). The database is reached and its schema created (or checked) here, so a
-    bad or unreachable URL fails before anything is energised, with a :class:`StoreError` that
-    names the URL without its password.
+    psycopg 3 is used). The database is reached and brought to the newest schema revision (or
+    checked, or refused) here, so a bad or unreachable URL, or a database this code cannot write,
+    fails before anything is energised, with a :class:`StoreError` that names the URL without its
+    password.
 
     The store is safe to share between threads. Each write is one short transaction, committed
     before the method returns.
@@ -603,7 +709,7 @@ class ResultStore:
         self._step_runs: dict[int, int] = {}
         self._engine = self._create_engine(echo)
         try:
-            self._create_schema()
+            self._open_schema()
         except BaseException:
             self._engine.dispose()
             raise
@@ -653,46 +759,106 @@ class ResultStore:
             sa_event.listen(engine, "connect", _sqlite_on_connect)
         return engine
 
-    def _create_schema(self) -> None:
-        """Create the tables if missing and check the schema version, one station at a time."""
+    def _open_schema(self) -> None:
+        """Bring the database to the schema this code writes, or refuse it, before a run starts.
+
+        A database already at the newest revision, the usual case, is only read: no write lock,
+        so a report can open the store a station is writing, and a read-only copy opens too.
+        Anything else is migrated under the schema lock. Should that fail because another opener
+        made the tables in between (a file system whose locks SQLite cannot trust, a tool that
+        takes no lock), the revision is read again: at head is as good as migrated here.
+        """
         try:
-            with self._engine.connect() as conn:
-                if self.dialect == "sqlite":
-                    # pysqlite runs DDL outside transactions: take the write lock first, so
-                    # stations opening a fresh file together do not race (busy_timeout waits)
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                else:
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
-                                 {"k": _PG_ADVISORY_LOCK})
-                metadata.create_all(conn, checkfirst=True)
-                found = conn.execute(sa.select(store_meta.c.value).where(
-                    store_meta.c.key == "schema_version")).scalar()
-                if found is None:
-                    conn.execute(store_meta.insert().values(key="schema_version",
-                                                            value=str(SCHEMA_VERSION)))
-                elif found != str(SCHEMA_VERSION):
-                    raise StoreError(
-                        f"result store {self.display_url!r} has schema version {found}; "
-                        f"this harness writes version {SCHEMA_VERSION}: use another database "
-                        "or migrate it")
-                else:
-                    self._check_columns(conn)
-                conn.commit()
-        except SQLAlchemyError as exc:
+            if self._at_head():
+                return
+            try:
+                self._migrate_locked()
+            except (SQLAlchemyError, CommandError):
+                if not self._at_head():
+                    raise
+        except (SQLAlchemyError, CommandError) as exc:
             raise StoreError(f"result store {self.display_url!r}: cannot open: "
                              f"{self._clean(exc)}") from None
 
-    def _check_columns(self, conn: Connection) -> None:
-        """An existing database must have every column this code writes."""
-        inspector = sa.inspect(conn)
-        for table in metadata.sorted_tables:
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            missing = [c.name for c in table.columns if c.name not in present]
-            if missing:
-                raise StoreError(
-                    f"result store {self.display_url!r}: table {table.name} lacks column(s) "
-                    f"{', '.join(missing)} (made by an older build of schema version "
-                    f"{SCHEMA_VERSION}): use another database or add them")
+    def _at_head(self) -> bool:
+        """True for a database at the newest revision whose tables are the ones this code writes
+        (:class:`StoreError` if they are not: a hand-edited database would fail mid-run)."""
+        with self._engine.connect() as conn:
+            current = _current_revisions(conn)
+            self._check_known(current)  # refused here, before any lock is asked for
+            if current != (_revisions().head,):
+                return False
+            self._check_tables(conn)
+            return True
+
+    def _migrate_locked(self) -> None:
+        """Migrate in one transaction that holds the schema lock, so two stations opening a new
+        database together take turns: the second finds the revision written and does nothing."""
+        with _MIGRATION_LOCK, self._engine.connect() as conn:
+            if self.dialect == "sqlite":
+                # pysqlite runs DDL outside transactions: take the write lock first (other
+                # openers wait for it up to busy_timeout), then the DDL is inside it
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                             {"k": _PG_ADVISORY_LOCK})
+            self._migrate(conn)
+            self._check_tables(conn)  # a migration that does not end at `metadata` rolls back
+            conn.commit()
+
+    def _migrate(self, conn: Connection) -> None:
+        """Bring the database to head: empty, made before migrations, or at an older revision."""
+        revisions = _revisions()
+        current = _current_revisions(conn)
+        self._check_known(current)
+        if current == (revisions.head,):
+            return  # another station migrated it while this one waited for the lock
+        config = alembic_config(conn)
+        if not current and self._has_tables(conn, revisions.baseline):
+            self._check_baseline(conn, revisions)
+            command.stamp(config, BASELINE_REVISION)
+        command.upgrade(config, "head")
+
+    def _check_known(self, current: tuple[str, ...]) -> None:
+        """A revision this code does not know was written by a newer harness: its tables may
+        have columns this code would leave empty, or lack ones it writes."""
+        revisions = _revisions()
+        unknown = sorted(set(current) - revisions.known)
+        if unknown:
+            raise StoreError(
+                f"result store {self.display_url!r} is at schema revision {', '.join(unknown)}, "
+                f"which this harness does not know (its newest is {revisions.head}; a newer "
+                "harness wrote it?): use a newer harness or another database")
+
+    def _has_tables(self, conn: Connection, schema: sa.MetaData) -> bool:
+        """Whether any table of ``schema`` exists (none: an empty database, or another app's)."""
+        return bool(set(sa.inspect(conn).get_table_names()) & set(schema.tables))
+
+    def _check_baseline(self, conn: Connection, revisions: _Revisions) -> None:
+        """A database without ``alembic_version`` is taken as made before migrations only if it is
+        exactly that: the baseline tables, and the schema version those builds wrote."""
+        differences = _differences(conn, revisions.baseline)
+        if differences:
+            raise StoreError(
+                f"result store {self.display_url!r} has no migration revision and its tables are "
+                f"not those of revision {BASELINE_REVISION}: {'; '.join(differences[:5])}: use "
+                "another database or migrate it by hand")
+        found = conn.execute(sa.text(  # as those builds read it, whatever store_meta becomes
+            "SELECT value FROM store_meta WHERE key = 'schema_version'")).scalar()
+        if found != revisions.baseline_version:
+            raise StoreError(
+                f"result store {self.display_url!r} has schema version {found}; this harness "
+                f"knows version {revisions.baseline_version} (revision {BASELINE_REVISION}) and "
+                "later revisions: use another database or migrate it by hand")
+
+    def _check_tables(self, conn: Connection) -> None:
+        """The tables must be the ones this code writes, or a run would fail after it started."""
+        differences = _differences(conn, metadata)
+        if differences:
+            raise StoreError(
+                f"result store {self.display_url!r} is at schema revision {_revisions().head} but "
+                f"its tables differ: {'; '.join(differences[:5])}: use another database or "
+                "repair it")
 
     def _clean(self, exc: BaseException) -> str:
         """The error's own words, first line only, with the password (if any) hidden."""

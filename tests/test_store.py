@@ -600,11 +600,13 @@ def test_an_unreachable_server_fails_fast_without_the_password():
 
 
 def test_a_database_of_another_schema_version_is_refused(url):
+    # no alembic_version: taken as made before migrations only with the version those builds wrote
     with ResultStore(url) as store:
         with store.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE alembic_version"))
             conn.execute(sa.text("UPDATE store_meta SET value = '999' "
                                  "WHERE key = 'schema_version'"))
-    with pytest.raises(StoreError, match="schema version 999; this harness writes version 1"):
+    with pytest.raises(StoreError, match="schema version 999; this harness knows version 1"):
         ResultStore(url)
 
 
