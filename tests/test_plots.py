@@ -24,7 +24,7 @@ from matplotlib.image import imread
 from harness.measure import Recorder, Trace
 from harness.reporting.plots import (event_delay, faulty_series, figure, fit_range, render, style_cycle,
                                      write_csv, zoom_window)
-from test_plans.checks.basic import TraceRows, peak_indices
+from test_plans.checks.traces import TraceRows, peak_indices
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -352,8 +352,9 @@ def test_fault_plots_are_deterministic(tmp_path: Path) -> None:
 
 # ====================================================================== a real check, emulated
 @pytest.fixture(scope="module")
-def bench_1s4p():  # type: ignore[no-untyped-def]
-    """The shipped 1S4P plan's healthy busbar DUT with a 20-point SOC mismatch (a ~9 A surge)."""
+def bench_1s4p(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The shipped 1S4P plan's healthy busbar DUT with a 20-point SOC mismatch (a ~9 A surge);
+    its CAN log in a folder of its own, not reports/can/."""
     from bankmodel.specs.loading import load_bank_spec
     from harness.bench import assemble
     from harness.config import load_station
@@ -361,7 +362,8 @@ def bench_1s4p():  # type: ignore[no-untyped-def]
     for name in ("can.interfaces.socketcand", "can.interfaces.socketcand.socketcand"):
         logging.getLogger(name).setLevel(logging.ERROR)
     dut, scenario = "parallel/1s4p_busbar", "soc_mismatch"
-    assembled = assemble(load_station(REPO / "fixtures" / "stations" / "emulated.yaml"), dut, scenario)
+    assembled = assemble(load_station(REPO / "fixtures" / "stations" / "emulated.yaml"), dut, scenario,
+                         log_dir=tmp_path_factory.mktemp("bench_1s4p"))
     try:
         yield assembled.bench, load_bank_spec(dut, scenario)
     finally:

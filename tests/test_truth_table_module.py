@@ -217,7 +217,7 @@ def _failed(ctx) -> dict[str, str]:  # type: ignore[no-untyped-def]
 def test_acir_module_to_module() -> None:
     """Where the meter reads several modules they are judged with each other (003: within 3 mohm),
     not against the batch figure; the highest is named -- a weak module when its SoH is low."""
-    from test_plans.checks.protection import judge_acir
+    from test_plans.checks.module import judge_acir
 
     limits = {"acir": Limits.in_range(0.001, 0.020, "ohm"), "acir_spread": Limits.at_most(0.003, "ohm"),
               "acir_delta": Limits.at_most(0.003, "ohm"), "soh": Limits.at_least(95.0, "%")}
@@ -233,7 +233,7 @@ def test_acir_module_to_module() -> None:
 
 
 def test_acir_single_module_against_the_batch() -> None:
-    from test_plans.checks.protection import judge_acir
+    from test_plans.checks.module import judge_acir
 
     limits = {"acir": Limits.in_range(0.001, 0.020, "ohm"), "acir_delta": Limits.at_most(0.003, "ohm"),
               "acir_spread": Limits.at_most(0.0001, "ohm")}
@@ -247,7 +247,7 @@ def test_acir_single_module_against_the_batch() -> None:
 def test_cell_spread_within_a_module_is_the_module() -> None:
     """Cells of one module apart (its own spread makes the bank's): cell_imbalance naming it; the
     same bank spread made by a module whose own cells agree: that module's charge."""
-    from test_plans.checks.protection import cell_spread_diagnosis
+    from test_plans.checks.module import cell_spread_diagnosis
 
     apart = cell_spread_diagnosis({"s1p1": (3.262, 3.265), "s2p1": (3.230, 3.268), "s3p1": (3.263, 3.265)},
                                   3.230, 3.268)

@@ -157,7 +157,10 @@ class StepContext:
             self.limits = _Declared(self.limits, "limit", spec, spec.declares_limit)
             if not isinstance(self.measure, DeclaredRecorder):
                 self.measure = DeclaredRecorder(self.measure, spec, dict(self.limits._data))
-            if self.bench is not None and hasattr(self.bench, "restricted_to") and (spec.needs or spec.uses):
+            import os as _o
+            if _o.environ.get("BANKHIL_RECORD_PROTOCOLS") and hasattr(self.bench, "restricted_to"):
+                self.bench = self.bench.restricted_to(frozenset(PROTOCOLS), spec.name)
+            elif self.bench is not None and hasattr(self.bench, "restricted_to") and (spec.needs or spec.uses):
                 self.bench = self.bench.restricted_to(spec.needs | spec.uses, spec.name)
 
     def param(self, name: str, default: Any = None) -> Any:

@@ -1,4 +1,6 @@
-"""Checks of BMS communication: comm loss on each side of the master BMS (004, DOMAIN.md section 4).
+"""Checks of BMS communication: the BMS's identity and firmware, what the master BMS counts and
+admits, communication loss on each side of the master (004, DOMAIN.md section 4), and 004's
+commissioning of the BMS network and the inverter link.
 
 004: "BMS communication loss can make the system derate, split into standalone operation, lose
 virtual-bank reporting, or stop charging coordination. The exact behavior depends on the
@@ -8,6 +10,14 @@ by the BMS network"; troubleshooting "one module stays offline -> BMS address, b
 contactor". DOMAIN.md section 4: battery-side implementations flag a missing inverter after 5 s
 (some 60 s) of no 0x305; inverters stop if no 0x351 arrives within ~3 s.
 
+- ``bms_identity``: the BMS answers and reports the firmware the plan expects (000, 004).
+- ``firmware_consistency`` (000: "Never mix BMS firmware versions across a series string"; 004
+  asks for the same firmware in a parallel bank): the master's firmware (CAN 0x35F carries
+  major.minor only; SunSpec model 1 ``Vr`` the full version) against the plan, and every module
+  admitted by the master. A module's own firmware is not on either bus (SunSpec 805 has no
+  version point): the master compares it and leaves a module with another version out of the
+  bank, so a module not admitted although its voltage is within the admission window of its
+  peers -- and capacity not counted -- is how a mixed firmware shows.
 - ``comm_loss_heartbeat``: the harness stops its inverter keep-alive; the BMS must reach the
   plan's ``behaviour`` (``zero_limits``, ``alarm``, ``open_contactor``, one or a list) within the
   plan's ``reaction_time`` limit, and return to normal once the keep-alive resumes.
@@ -21,6 +31,11 @@ contactor". DOMAIN.md section 4: battery-side implementations flag a missing inv
 - ``aggregation``: the totals the master reports for a bank at rest -- installed and online
   capacity, charge/discharge limits, modules online -- against the DUT (Σ of accepted online
   modules; the weakest series position limits a string).
+- ``bms_sync_gating``: master/slave sync (004) -- a module too far in voltage from the bank stays
+  pending, not counted, until the difference is safe; once admitted it counts.
+- ``bms_network`` and ``inverter_recognition`` (004 commissioning steps 8-10 and 12): the BMS
+  keeps talking, every module visible on its own address, the firmware the DUT's; the inverter's
+  keep-alive runs and the BMS publishes the bank's limits.
 - ``bms_comm_health``: for end of line -- the BMS keeps talking, nothing malformed arrives, it
   names itself and its firmware.
 
@@ -34,13 +49,29 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from bankmodel.positions import natural_key, position
 from test_plans.checks import Measure, Param, StepContext, check
-from test_plans.checks.basic import DIAG_OFFLINE, DIAG_REDUCED_CAPACITY, TraceRows
+from test_plans.checks.admission import countable, gate_state, not_admitted, peer_delta_v
+from test_plans.checks.bench_helpers import ah_while, connect_bank, module_order, outputs_off, poll_until
+from test_plans.checks.bms_helpers import (ModuleReport, bms_alarm_note, bms_now, bms_read, module_reports,
+                                           require_reports, silent_modules)
 from test_plans.checks.diagnosis import diagnose
-from test_plans.checks.parallel import (DIAG_COUNTED, DIAG_STARTUP, _countable, connect_bank,
-                                        module_reports, outputs_off)
-from test_plans.checks.series import module_order
+from test_plans.checks.evidence import names
+from test_plans.checks.traces import TraceRows
 
+
+DIAG_REDUCED_CAPACITY = ("module not accepted by the BMS (004: inverter reports reduced capacity) "
+                         "-- check CAN/RS485 order, firmware, protocol")
+DIAG_OFFLINE = ("BMS address, breaker or contactor issue (004: one module stays offline) "
+                "-- check address setting, branch breaker, communication cable")
+DIAG_STARTUP = ("voltage difference or communication fault (004: alarm during startup) "
+                "-- check pre-connect voltage and BMS status")
+DIAG_COUNTED = ("capacity or limits counted for a module that is not online and accepted (004: "
+                "master reports combined limits only for modules online and accepted) "
+                "-- check firmware, protocol")
+DIAG_FIRMWARE = ("BMS firmware differs (000: never mix BMS firmware versions across a series string; "
+                 "004: inverter reports reduced capacity -> module not accepted by BMS: check "
+                 "CAN/RS485 order, firmware, protocol) -- check every module's firmware version")
 DIAG_COMM_LOSS = ("BMS does not react to the lost inverter keep-alive as specified (004: communication "
                   "loss can derate, split into standalone operation, lose virtual-bank reporting or stop "
                   "charging coordination; DOMAIN.md 4: battery side flags a missing inverter after 5 s) "
@@ -58,24 +89,6 @@ BEHAVIOURS = ("zero_limits", "alarm", "open_contactor")
 
 
 # ================================================================== helpers
-def state_client(bench: Any) -> Any:
-    """Where the BMS's present state is read: SunSpec (request/response, answered as the bank is
-    now) when the station has it, else the Bms role."""
-    client = getattr(bench, "sunspec", None)
-    return client if client is not None else bench.bms
-
-
-def poll_until(bench: Any, done: Callable[[], bool], timeout_s: float, poll_s: float) -> float | None:
-    """Wait on the bench clock until ``done()``; the bench seconds it took, or None on timeout."""
-    start = bench.clock.now()
-    while True:
-        if done():
-            return bench.clock.now() - start
-        if bench.clock.now() - start >= timeout_s - 1e-9:
-            return None
-        bench.clock.wait(min(poll_s, timeout_s - (bench.clock.now() - start)))
-
-
 def _behaviours(ctx: StepContext) -> list[str]:
     raw = ctx.param("behaviour", "zero_limits")
     wanted = [raw] if isinstance(raw, str) else list(raw)
@@ -117,6 +130,114 @@ class _BmsState:
         return not self.zero and not self.comm_alarm and self.connected is not False
 
 
+# ================================================================== identity and firmware
+@check("bms_identity",
+       measures={"bms_firmware": Measure("", required=True, doc="CAN 0x35F major.minor")})
+def bms_identity(ctx: StepContext) -> None:
+    """The BMS answers and reports the firmware the plan expects (000, 004: one firmware,
+    confirmed before connecting). A version other than the plan's names the BMS with the
+    version it reported (``firmware_release`` row)."""
+    firmware = ctx.bench.bms.firmware()
+    expected = ctx.limit("bms_firmware").equals
+    ctx.measure("bms_firmware", firmware, "", ctx.limit("bms_firmware"),
+                diagnosis=diagnose("firmware_release", "BMS", f"CAN 0x35F reports firmware {firmware}"
+                                   + (f", the plan releases {expected}" if expected is not None else "")))
+
+
+def _strings_not_enabled(bench: Any, reports: dict[str, ModuleReport]) -> dict[str, list[str]]:
+    """SunSpec 804 strings the master has not enabled -> their modules."""
+    client = bench.sunspec
+    out: dict[str, list[str]] = {}
+    for ref in client.refs(804):
+        block = client.read_model(ref)
+        if "STRING_ENABLED" in block.symbols("St"):
+            continue
+        p = int(block.value("Idx"))
+        out[f"p{p}"] = [m for m in reports if position(m)[1] == p]
+    return out
+
+
+def _delta_to_peers(module: str, reports: dict[str, ModuleReport], exclude: set[str]) -> float:
+    s = position(module)[0]
+    peers = [r.volts for m, r in reports.items()
+             if m != module and m not in exclude and position(m)[0] == s and r.volts is not None]
+    own = reports[module].volts
+    if own is None or not peers:
+        return math.nan
+    return own - sum(peers) / len(peers)
+
+
+@check("firmware_consistency",
+       params={"settle_s": Param("s"),
+               "admission_delta_v": Param("V", doc="a held-back module this close to its peers points at firmware")},
+       measures={"bms_firmware": Measure("", doc="CAN 0x35F major.minor"),
+                 "master_firmware": Measure("", doc="SunSpec model 1 Vr"),
+                 "as_built_versions": Measure("", required=True),
+                 "capacity_not_counted": Measure("Ah"),
+                 "delta_v_{module}": Measure("V", doc="a held-back module against its series-position peers"),
+                 "strings_not_admitted": Measure("", required=True)})
+def firmware_consistency(ctx: StepContext) -> None:
+    """One BMS firmware across the string and the bank (000, 004).
+
+    The master's version over CAN 0x35F (``bms_firmware``, major.minor: the protocol carries no
+    patch) and SunSpec model 1 ``Vr`` (``master_firmware``, full) against the plan. After
+    ``settle_s`` at rest, every module must be admitted by the master: ``strings_not_admitted``
+    counts SunSpec 804 strings not enabled; a string held back while each of its modules is
+    within ``admission_delta_v`` of its series-position peers is not a voltage matter, so the
+    diagnosis names the firmware. ``capacity_not_counted`` is the installed capacity (CAN 0x379)
+    minus the capacity the master counts online. ``as_built_versions`` is the number of
+    different versions in the DUT's record (module entries, else its firmware profile).
+    """
+    bench, dut = ctx.bench, ctx.dut
+    outputs_off(bench)
+    bench.clock.wait(float(ctx.param("settle_s", 2.0)))
+    bms = bench.bms
+    ctx.measure("bms_firmware", bms.firmware(), "", ctx.limit("bms_firmware"), diagnosis=DIAG_FIRMWARE)
+    if getattr(bench, "sunspec", None) is not None:
+        ctx.measure("master_firmware", bench.sunspec.firmware(), "", ctx.limit("master_firmware"),
+                    diagnosis=DIAG_FIRMWARE)
+    if dut is not None:
+        positions = [f"s{s}p{p}" for s in range(1, dut.dut.series + 1) for p in range(1, dut.dut.parallel + 1)]
+        recorded = {pos: (dut.dut.modules[pos].firmware if pos in dut.dut.modules
+                          and dut.dut.modules[pos].firmware else dut.firmware.version) for pos in positions}
+        versions = sorted(set(recorded.values()))
+        ctx.measure("as_built_versions", len(versions), "", ctx.limit("as_built_versions"),
+                    diagnosis=DIAG_FIRMWARE + f" (record: {', '.join(versions)})")
+    status = bms.status()
+    online = status.online_capacity_ah
+    if getattr(bench, "sunspec", None) is not None:
+        online = bench.sunspec.status().online_capacity_ah
+    installed = status.installed_capacity_ah
+    if installed is not None and online is not None:
+        ctx.measure("capacity_not_counted", float(installed) - float(online), "Ah",
+                    ctx.limit("capacity_not_counted"), diagnosis=DIAG_FIRMWARE + "; " + DIAG_REDUCED_CAPACITY)
+    reports = module_reports(bench)
+    if reports is None:
+        ctx.measure("strings_not_admitted", None, "", ctx.limit("strings_not_admitted"),
+                    diagnosis="no per-module BMS data: the station has no SunSpec (Modbus) bus")
+        return
+    held = _strings_not_enabled(bench, reports)
+    window = float(ctx.param("admission_delta_v", 0.5))
+    pending = {m for members in held.values() for m in members}
+    notes = []
+    firmware_like = False
+    for string, members in sorted(held.items(), key=lambda kv: natural_key(kv[0])):
+        deltas = {m: _delta_to_peers(m, reports, pending - {m}) for m in members}
+        for m, d in deltas.items():
+            if not math.isnan(d):  # no peer to compare with: nothing measured (a NaN would be ERROR)
+                ctx.measure(f"delta_v_{m}", d, "V")
+        close = all(not math.isnan(d) and abs(d) <= window for d in deltas.values()) \
+            or all(math.isnan(d) for d in deltas.values())
+        firmware_like = firmware_like or close
+        notes.append(f"{string} ({', '.join(members)}): " + ("voltages within the admission window"
+                                                             if close else "a voltage outside the window"))
+    cause = DIAG_FIRMWARE if firmware_like or not held else (
+        "module pending on a voltage difference (004: alarm during startup -> voltage difference) -- "
+        "check pre-connect voltage and SOC; " + DIAG_FIRMWARE)
+    ctx.measure("strings_not_admitted", len(held), "", ctx.limit("strings_not_admitted"),
+                diagnosis=cause + (f" [{'; '.join(notes)}]" if notes else ""))
+
+
 # ================================================================== (a) inverter heartbeat lost
 @check("comm_loss_heartbeat",
        params={"behaviour": Param(kind="any", doc="zero_limits, alarm, open_contactor: one or a list"),
@@ -148,7 +269,7 @@ def comm_loss_heartbeat(ctx: StepContext) -> None:
     The keep-alive is resumed whatever happens."""
     bench = ctx.bench
     wanted = _behaviours(ctx)
-    client = state_client(bench)
+    client = bms_now(bench)
     zero_a = float(ctx.param("zero_current", 0.05))
     poll_s = float(ctx.param("poll_s", 0.5))
     observe_s = float(ctx.param("observe_s", 30.0))
@@ -281,7 +402,7 @@ def comm_loss_silent_module(ctx: StepContext) -> None:
     ``capacity_overcounted`` and ``limit_overcounted`` at the end, then -- silence lifted --
     ``recovery_time`` until every module is online and counted again."""
     bench = ctx.bench
-    client = state_client(bench)
+    client = bms_now(bench)
     poll_s = float(ctx.param("poll_s", 0.5))
     observe_s = float(ctx.param("observe_s", 20.0))
     module_ah, module_a = _module_ratings(ctx)
@@ -308,7 +429,7 @@ def comm_loss_silent_module(ctx: StepContext) -> None:
         reports = module_reports(bench)
         if reports is not None:
             exclude = [target] if target else []
-            may = _countable(reports, exclude)
+            may = countable(reports, exclude)
         else:  # CAN only: every module offline counts against the bank
             may = 0 if (status.modules_offline or 0) else ctx.dut.dut.parallel if ctx.dut else 0
         online_ah = float(status.online_capacity_ah or 0.0)
@@ -499,7 +620,7 @@ def aggregation(ctx: StepContext) -> None:
     Σ per series position, the weakest position limiting a string), modules online against the
     DUT's count (``modules_missing``)."""
     bench, dut = ctx.bench, ctx.dut
-    client = state_client(bench)
+    client = bms_now(bench)
     module_ah, module_a = _module_ratings(ctx)
     outputs_off(bench)
     if bench.channels.actuator:
@@ -509,7 +630,7 @@ def aggregation(ctx: StepContext) -> None:
     can_status = bench.bms.status()
     reports = module_reports(bench)
     expected = dut.dut.series * dut.dut.parallel if dut is not None else len(module_order(bench))
-    may = _countable(reports, []) if reports is not None else (dut.dut.parallel if dut is not None else 0)
+    may = countable(reports, []) if reports is not None else (dut.dut.parallel if dut is not None else 0)
     installed = can_status.installed_capacity_ah
     if installed is not None and dut is not None:
         nameplate = dut.dut.parallel * module_ah
@@ -530,6 +651,268 @@ def aggregation(ctx: StepContext) -> None:
     online = status.modules_online if status.modules_online is not None else can_status.modules_online
     ctx.measure("modules_missing", expected - int(online or 0), "", ctx.limit("modules_missing"),
                 diagnosis=DIAG_OFFLINE)
+
+
+# ================================================================== BMS sync gating
+@check("bms_sync_gating",
+       params={"observe_s": Param("s"),
+               "safe_delta_v": Param("V"),
+               "align_current": Param("A", setpoint=("supply.current", "load.current"), doc="also the load's when discharging"),
+               "align_s": Param("s"),
+               "rest_s": Param("s"),
+               "admit_s": Param("s"),
+               "sample_s": Param("s"),
+               "max_steps": Param(kind="count"),
+               "charge_voltage": Param("V", setpoint="supply.voltage")},
+       measures={"modules_online": Measure(""),
+                 "modules_offline": Measure("", required=True),
+                 "modules_pending_start": Measure(""),
+                 "pending_{module}_delta_v": Measure("V"),
+                 "pending_{module}_delta_v_final": Measure("V"),
+                 "capacity_overcounted": Measure("Ah", required=True),
+                 "pending_limit_counted": Measure("A", required=True),
+                 "alignment_charge": Measure("Ah", required=True),
+                 "modules_pending_end": Measure("", required=True),
+                 "online_capacity": Measure("Ah"),
+                 "capacity_not_counted": Measure("Ah", required=True),
+                 "discharge_limit": Measure("A"),
+                 "discharge_limit_shortfall": Measure("A", required=True)})
+def bms_sync_gating(ctx: StepContext) -> None:
+    """Master/slave BMS sync (004): a module whose voltage is too far from the bank stays
+    pending -- not counted in capacity or limits -- until the difference is safe; once admitted
+    it counts; nobody drops offline.
+
+    The BMS is watched for ``observe_s`` (every module online, capacity counted only for modules
+    online). A module the BMS holds back (its SunSpec string not enabled) has its ΔV to its
+    peers recorded; while ΔV is above ``safe_delta_v`` the bank is charged (module higher) or
+    discharged (module lower) at ``align_current`` for ``align_s`` and left ``rest_s`` (the master
+    compares at rest), up to ``max_steps`` times; once ΔV is within ``safe_delta_v`` the BMS has
+    ``admit_s`` to admit it. Measured: capacity and discharge limit counted beyond the modules
+    heard and admitted (``capacity_overcounted``, ``pending_limit_counted``: must be none -- a
+    pending module, or one gone silent, that still counts), the charge moved to align them,
+    modules still pending, the capacity not counted at the end (004: reduced capacity = module
+    not accepted) and the discharge limit against the DUT's parallel count x the module's limit.
+    """
+    bench, dut = ctx.bench, ctx.dut
+    module_ah = dut.module_type.capacity_ah
+    module_limit_a = dut.module_type.bms.limits.discharge_current_a
+    reports = module_reports(bench)
+    if not require_reports(ctx, reports, "modules_pending_end"):
+        return
+    outputs_off(bench)
+    connect_bank(bench)
+    worst_offline, overcounted, over_limit = 0, 0.0, 0.0
+    offline_seen: set[str] = set()
+    uncountable: set[str] = set()      # silent or pending while something counted beyond the rest
+    for _ in range(max(int(float(ctx.param("observe_s", 5.0))), 1)):
+        bench.clock.wait(1.0)
+        reports = module_reports(bench)
+        assert reports is not None
+        state = gate_state(bench, reports)
+        may_count = countable(reports, state.pending)
+        worst_offline = max(worst_offline, state.modules_offline)
+        offline_seen.update(silent_modules(reports))
+        over_ah = state.online_ah - may_count * module_ah
+        over_a = state.discharge_limit_a - may_count * module_limit_a
+        if over_ah > 0 or over_a > 0:
+            uncountable.update(silent_modules(reports) + state.pending)
+        overcounted = max(overcounted, over_ah)
+        over_limit = max(over_limit, over_a)
+    ctx.measure("modules_online", state.modules_online, "")
+    ctx.measure("modules_offline", worst_offline, "", ctx.limit("modules_offline"),
+                diagnosis=diagnose("module_offline", names(list(offline_seen)) or "bank",
+                                   f"the BMS reports {worst_offline} module(s) offline"
+                                   + (f"; no data from {names(list(offline_seen))}" if offline_seen else "")
+                                   + bms_alarm_note(bench)))
+    ctx.measure("modules_pending_start", len(state.pending), "")
+    for module in state.pending:
+        ctx.measure(f"pending_{module}_delta_v", peer_delta_v(module, reports, state.pending), "V")
+    # nothing may count beyond the modules heard and admitted (the weakest series position)
+    counted = diagnose("counted_not_accepted", names(list(uncountable)) or "bank",
+                       f"up to {overcounted:.1f} Ah and {over_limit:.1f} A counted beyond the modules "
+                       f"heard and admitted" + (f" ({names(list(uncountable))} silent or pending)"
+                                                if uncountable else ""))
+    ctx.measure("capacity_overcounted", overcounted, "Ah", ctx.limit("capacity_overcounted"), diagnosis=counted)
+    ctx.measure("pending_limit_counted", over_limit, "A", ctx.limit("pending_limit_counted"), diagnosis=counted)
+    moved_ah = _align(ctx, state.pending) if state.pending else 0.0
+    ctx.measure("alignment_charge", moved_ah, "Ah", ctx.limit("alignment_charge"),
+                diagnosis=diagnose("startup_alarm", names(state.pending) or "bank",
+                                   f"{moved_ah:.1f} Ah moved to bring the pending module(s) within "
+                                   f"{float(ctx.param('safe_delta_v', 0.5)):g} V of the bank"))
+    reports = module_reports(bench)
+    assert reports is not None
+    end = gate_state(bench, reports)
+    held = end.pending + [m for m in silent_modules(reports) if m not in end.pending]
+    deltas = "; ".join(f"{m} ΔV {peer_delta_v(m, reports, end.pending) * 1e3:+.0f} mV" for m in end.pending
+                       if not math.isnan(peer_delta_v(m, reports, end.pending)))
+    not_accepted = diagnose("reduced_capacity", names(held) or "bank",
+                            (f"{names(end.pending)} not admitted" if end.pending else "every module admitted")
+                            + (f" ({deltas}, within the safe {float(ctx.param('safe_delta_v', 0.5)):g} V: "
+                               "not a voltage difference)" if deltas else "")
+                            + (f"; no data from {names(silent_modules(reports))}" if silent_modules(reports) else ""))
+    ctx.measure("modules_pending_end", len(end.pending), "", ctx.limit("modules_pending_end"), diagnosis=not_accepted)
+    ctx.measure("online_capacity", end.online_ah, "Ah")
+    ctx.measure("capacity_not_counted", end.installed_ah - end.online_ah, "Ah",
+                ctx.limit("capacity_not_counted"), diagnosis=not_accepted)
+    ctx.measure("discharge_limit", end.discharge_limit_a, "A")
+    shortfall = dut.dut.parallel * module_limit_a - end.discharge_limit_a
+    alarms = bms_alarm_note(bench)
+    if held or not alarms:
+        limit_diagnosis = diagnose("reduced_capacity", names(held) or "bank",
+                                   f"discharge limit {end.discharge_limit_a:.0f} A against {dut.dut.parallel} x "
+                                   f"{module_limit_a:g} A{alarms}")
+    else:
+        limit_diagnosis = diagnose("startup_alarm", "BMS", f"discharge limit {end.discharge_limit_a:.0f} A with "
+                                   f"every module admitted{alarms}")
+    ctx.measure("discharge_limit_shortfall", shortfall, "A", ctx.limit("discharge_limit_shortfall"),
+                diagnosis=limit_diagnosis)
+
+
+def _align(ctx: StepContext, pending: list[str]) -> float:
+    """Charge or discharge the bank towards the pending module(s) until the BMS admits them
+    (or ``max_steps`` run out); returns the charge moved (Ah)."""
+    bench = ctx.bench
+    safe_v = float(ctx.param("safe_delta_v", 0.5))
+    amps = float(ctx.param("align_current", 50.0))
+    step_s = float(ctx.param("align_s", 300.0))
+    rest_s = float(ctx.param("rest_s", 120.0))
+    admit_s = float(ctx.param("admit_s", 10.0))
+    sample_s = float(ctx.param("sample_s", 60.0))
+    moved = 0.0
+    for _ in range(int(ctx.param("max_steps", 10))):
+        reports = module_reports(bench)
+        assert reports is not None
+        state = gate_state(bench, reports)
+        if not state.pending:
+            break
+        deltas = {m: peer_delta_v(m, reports, state.pending) for m in state.pending}
+        worst = max(deltas.values(), key=lambda d: abs(d) if not math.isnan(d) else -1.0)
+        if math.isnan(worst) or abs(worst) <= safe_v:
+            bench.clock.wait(admit_s)  # at rest, close enough: the master must admit now
+            reports = module_reports(bench)
+            assert reports is not None
+            if gate_state(bench, reports).pending:
+                for module, delta in deltas.items():
+                    ctx.measure(f"pending_{module}_delta_v_final", delta, "V")
+                break
+            continue
+        if worst > 0:  # the module is higher: charge the bank up towards it
+            bench.supply.set_voltage(float(ctx.param("charge_voltage", bms_read(bench, "limits").charge_voltage_v)))
+            bench.supply.set_current(amps)
+            bench.supply.output(True)
+            try:
+                moved += ah_while(bench, bench.supply.measure_current, step_s, sample_s)
+            finally:
+                bench.supply.output(False)
+        else:
+            bench.load.set_current(amps)
+            bench.load.input(True)
+            try:
+                moved += ah_while(bench, bench.load.measure_current, step_s, sample_s)
+            finally:
+                bench.load.input(False)
+        bench.clock.wait(rest_s)
+    return moved
+
+
+# ================================================================== commissioning (004): BMS network
+@check("bms_network",
+       params={"observe_s": Param("s")},
+       measures={"bms_silence": Measure("s", required=True),
+                 "bms_firmware": Measure("", required=True),
+                 "modules_missing": Measure("", required=True),
+                 "modules_offline": Measure("", required=True),
+                 "modules_visible_missing": Measure("", required=True),
+                 "duplicate_serials": Measure("", required=True)})
+def bms_network(ctx: StepContext) -> None:
+    """004 commissioning steps 8-10: BMS communication in order, addresses set, every module
+    visible. Watched for ``observe_s``: the BMS keeps talking (``bms_silence``), reports every
+    module of the DUT online (``modules_missing``, ``modules_offline``), each module answers with
+    its own serial over SunSpec (``modules_visible`` missing, ``duplicate_serials``: two modules
+    on one address), and the firmware is the DUT's (``bms_firmware``)."""
+    bench, dut = ctx.bench, ctx.dut
+    expected = dut.dut.series * dut.dut.parallel
+    missing_worst, offline_worst, silence_worst = 0, 0, 0.0
+    for _ in range(max(int(float(ctx.param("observe_s", 5.0))), 1)):
+        bench.clock.wait(1.0)
+        status = bms_now(bench).status()
+        missing_worst = max(missing_worst, expected - int(status.modules_online or 0))
+        offline_worst = max(offline_worst, int(status.modules_offline or 0))
+        silence_worst = max(silence_worst, bms_now(bench).seconds_since_heard())
+    reports = module_reports(bench)
+    silent = silent_modules(reports)
+    ctx.measure("bms_silence", silence_worst, "s", ctx.limit("bms_silence"),
+                diagnosis=diagnose("startup_alarm", "BMS", f"silent for {silence_worst:.1f} s (communication fault)"))
+    firmware = bms_read(bench, "firmware")
+    ctx.measure("bms_firmware", firmware, "", ctx.limit("bms_firmware"),
+                diagnosis=diagnose("firmware_mix", "master BMS", f"reports firmware '{firmware}'"))
+    offline = diagnose("module_offline", names(silent) or "bank",
+                       f"the BMS reports {expected - missing_worst} of {expected} modules online"
+                       + (f"; no data from {names(silent)}" if silent else "") + bms_alarm_note(bench))
+    ctx.measure("modules_missing", missing_worst, "", ctx.limit("modules_missing"), diagnosis=offline)
+    ctx.measure("modules_offline", offline_worst, "", ctx.limit("modules_offline"), diagnosis=offline)
+    if not require_reports(ctx, reports, "modules_visible_missing"):
+        return
+    assert reports is not None
+    visible = [m for m, r in reports.items() if r.volts is not None]
+    ctx.measure("modules_visible_missing", expected - len(visible), "", ctx.limit("modules_visible_missing"),
+                diagnosis=diagnose("module_offline", names(silent) or "bank",
+                                   f"{len(visible)} of {expected} modules answer over SunSpec"))
+    serials = [r.serial for r in reports.values() if r.serial]
+    twice = sorted({m for m, r in reports.items() if r.serial and serials.count(r.serial) > 1}, key=natural_key)
+    ctx.measure("duplicate_serials", len(serials) - len(set(serials)), "", ctx.limit("duplicate_serials"),
+                diagnosis=diagnose("module_offline", names(twice) or "bank",
+                                   "the same serial at two addresses (address setting)"))
+
+
+@check("inverter_recognition",
+       params={"observe_s": Param("s")},
+       measures={"keepalive_on": Measure("", required=True),
+                 "bms_silence": Measure("s", required=True),
+                 "bms_identity": Measure(""),
+                 "charge_current_limit": Measure("A", required=True),
+                 "discharge_current_limit": Measure("A", required=True),
+                 "charge_voltage_limit": Measure("V", required=True),
+                 "discharge_voltage_limit": Measure("V", required=True)})
+def inverter_recognition(ctx: StepContext) -> None:
+    """004 commissioning step 12: the inverter (the harness) recognises the battery: its
+    keep-alive runs, the BMS answers within ``bms_silence``, publishes non-zero charge and
+    discharge limits for the bank and the voltage window of this bank."""
+    bench, dut = ctx.bench, ctx.dut
+    bench.clock.wait(float(ctx.param("observe_s", 3.0)))
+    bms = bench.bms
+    heartbeat = bool(getattr(bms, "heartbeat_on", True))
+    ctx.measure("keepalive_on", heartbeat, "", ctx.limit("keepalive_on"),
+                diagnosis=diagnose("startup_alarm", "inverter keep-alive", "the harness's keep-alive is not running"))
+    silence = bms.seconds_since_heard()
+    ctx.measure("bms_silence", silence, "s", ctx.limit("bms_silence"),
+                diagnosis=diagnose("startup_alarm", "BMS", f"silent for {silence:.1f} s (communication fault)"))
+    ctx.measure("bms_identity", bms.identity(), "")
+    limits = bms_read(bench, "limits")
+    held = not_admitted(bench)
+    alarms = bms_alarm_note(bench)
+    per_module = dut.module_type.bms.limits if dut is not None else None
+    for name, value, module_value in (
+            ("charge_current_limit", limits.charge_current_a, per_module.charge_current_a if per_module else None),
+            ("discharge_current_limit", limits.discharge_current_a,
+             per_module.discharge_current_a if per_module else None)):
+        expected = f" against {dut.dut.parallel} x {module_value:g} A" if dut is not None else ""
+        if held:
+            diagnosis = diagnose("reduced_capacity", names(held), f"{value:.0f} A published{expected}; "
+                                 f"{names(held)} not online and accepted{alarms}")
+        elif alarms or not value:
+            diagnosis = diagnose("startup_alarm", "BMS", f"{value:.0f} A published{expected} with every module "
+                                 f"online{alarms or ' (no alarm reported)'}")
+        else:
+            diagnosis = diagnose("reduced_capacity", "bank", f"{value:.0f} A published{expected} with every "
+                                 "module online")
+        ctx.measure(name, value, "A", ctx.limit(name), diagnosis=diagnosis)
+    window = diagnose("module_mix", "bank", f"voltage window {limits.discharge_voltage_v:.1f}..."
+                      f"{limits.charge_voltage_v:.1f} V published: another voltage class or chemistry")
+    ctx.measure("charge_voltage_limit", limits.charge_voltage_v, "V", ctx.limit("charge_voltage_limit"),
+                diagnosis=window)
+    ctx.measure("discharge_voltage_limit", limits.discharge_voltage_v, "V",
+                ctx.limit("discharge_voltage_limit"), diagnosis=window)
 
 
 # ================================================================== end of line: comm health

@@ -4,7 +4,10 @@ severities come from here.
 Why a table and not arguments to ``@check``: the classification is the qualification engineer's
 view of the checks (how a report is read and signed), not part of how a check measures, and one
 page shows all of it. A plan may still put a step under another epic (a commissioning or an
-end-of-line plan) with its ``epic`` field.
+end-of-line plan) with its ``epic`` field. The table is keyed by check name only: it does not
+follow the modules the code lives in (``parallel.py``, ``series.py``, ``bms_comm.py``,
+``protection.py``, ``module.py``, grouped by what a check exercises), and the two need not agree
+-- ``firmware_consistency`` is reported under "Series string" and coded in ``bms_comm.py``.
 
 Safety checks are the ones whose failure means energy where it must not be -- a switch that does
 not block, an inrush or a trip beyond its limit, a bank that keeps running without supervision,

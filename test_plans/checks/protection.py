@@ -1,10 +1,12 @@
-"""Module BMS protection trips and balancing, one module on the bench (1S1P).
+"""Protection: a module's BMS protection trips (one module on the bench, 1S1P), and the thermal
+limits of a bank's joints at its rated current.
 
 001: "The BMS can protect against overvoltage, undervoltage, overcurrent, short circuit, and
 temperature issues". DOMAIN.md section 3 gives a 12.8 V LFP module's typicals: cell OVP 3.65-3.75 V
 after ~1 s, UVP 2.2-2.5 V after 1-4 s, discharge OCP ~1.5 x rating after ~1 s, short circuit
 100-400 us, charge 0-45 degC, discharge -20-60 degC, balancing 30-180 mA. The plan carries the
-module's specification as limits; the check provokes each protection with the bench and measures:
+module's specification as limits; ``protection_trip`` provokes each protection with the bench
+and measures:
 
 - the threshold -- the BMS-reported extreme cell voltage at the trip (OVP, UVP), the current step
   that trips it and one below that must not (OCP), the module temperature (OTP);
@@ -22,21 +24,30 @@ The condition is watched every ``poll_s`` once it is near (``approach``) and eve
 ``coarse_poll_s`` before, so an hour of charging costs little; delays are resolved to ``poll_s``.
 Extreme cell voltages and the module temperature are read where the BMS's present state is
 (SunSpec when the station has it, else CAN 0x373/0x356).
+
+``thermal_rise`` (000: busbar cross-section such that the rise stays within 30 K at the maximum
+rated current; 003/004: hot terminal or cable end; 002/003: module temperature spread) loads the
+bank and judges the steady rise of its bus segments and terminals at the rated current
+(:mod:`test_plans.checks.thermal_fit`), and the spread of its module bodies. Thermocouple points
+(station channel map): a module body (``s1p2``), a terminal (``s1p2.+``) or a bus segment (any
+point named ``...bus...``).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+from bankmodel.positions import POSITION, TERMINAL, modules_of_branch, natural_key
 from harness.measure import Limits
 from test_plans.checks import Measure, Param, StepContext, check
-from test_plans.checks.basic import (TraceRows, _natural, branches_opened, has_parallel_peer,
-                                     module_bms_reports)
-from test_plans.checks.diagnosis import diagnose, outlier
-from test_plans.checks.bms_comm import state_client
-from test_plans.checks.parallel import SOH_EVIDENCE_PCT, connect_bank, outputs_off
+from test_plans.checks.bench_helpers import connect_bank, outputs_off, poll_until
+from test_plans.checks.bms_helpers import bms_now
+from test_plans.checks.branches import peer_mean, spread
+from test_plans.checks.diagnosis import diagnose
+from test_plans.checks.thermal_fit import estimate_rise, is_steady, scale_rise
+from test_plans.checks.traces import TraceRows
+
 
 # protection -> (the 0x359 alarm the role names, what drives it)
 PROTECTIONS = {
@@ -113,27 +124,17 @@ def _alarms(bench: Any) -> set[str]:
 
 def _warnings(bench: Any) -> set[str]:
     """Protections whose condition the BMS sees with its debounce running (0x359 / Evt1 warnings)."""
-    return set(state_client(bench).status().warnings)
-
-
-def _wait_for(bench: Any, done: Callable[[], bool], timeout_s: float, poll_s: float) -> float | None:
-    start = bench.clock.now()
-    while True:
-        if done():
-            return bench.clock.now() - start
-        if bench.clock.now() - start >= timeout_s - 1e-9:
-            return None
-        bench.clock.wait(min(poll_s, timeout_s - (bench.clock.now() - start)))
+    return set(bms_now(bench).status().warnings)
 
 
 def _cell_extreme(bench: Any, which: str) -> float:
-    t = state_client(bench).telemetry()
+    t = bms_now(bench).telemetry()
     value = t.max_cell_v if which == "max" else t.min_cell_v
     return math.nan if value is None else float(value)
 
 
 def _temperature(bench: Any) -> float:
-    return float(state_client(bench).telemetry().temperature_c)
+    return float(bms_now(bench).telemetry().temperature_c)
 
 
 # Which output a current drives depends on ``protection``: recovery_current and probe_current
@@ -229,7 +230,7 @@ def _provoke(ctx: StepContext, drive: _Drive, protection: str, alarm: str) -> bo
         drive.seen.add(bench.clock.now(), alarm=present)
         return present
 
-    raised = tripped and _wait_for(bench, alarm_seen, float(ctx.param("alarm_s", 5.0)), poll) is not None
+    raised = tripped and poll_until(bench, alarm_seen, float(ctx.param("alarm_s", 5.0)), poll) is not None
     ctx.measure("alarms", ", ".join(sorted(_alarms(bench))) or "(none)", "")
     ctx.measure("alarm_raised", raised, "", ctx.limit("alarm_raised"),
                 diagnosis=DIAG_ALARM + f" (expected 0x359 {alarm})")
@@ -400,9 +401,9 @@ def _recovery(ctx: StepContext, protection: str, alarm: str) -> None:
     elif protection == "over_voltage":
         bench.load.set_current(float(ctx.param("recovery_current", 10.0)))
         bench.load.input(True)
-    client = state_client(bench)
+    client = bms_now(bench)
     try:
-        took = _wait_for(bench, lambda: alarm not in client.status().alarms, observe, coarse)
+        took = poll_until(bench, lambda: alarm not in client.status().alarms, observe, coarse)
     finally:
         outputs_off(bench)
     ctx.measure("alarm_cleared", took is not None, "", ctx.limit("alarm_cleared"),
@@ -424,220 +425,292 @@ def _recovery(ctx: StepContext, protection: str, alarm: str) -> None:
                 diagnosis=DIAG_RECOVERY + f" (alarm cleared, but {probe:g} A does not flow: {flowing:.3g} A)")
 
 
-# ================================================================== balancing (end of line)
-def module_cell_voltages(bench: Any) -> dict[str, tuple[float, float]]:
-    """(lowest, highest) cell voltage of each module as its BMS reports it (SunSpec 805
-    CellVMin/CellVMax), by position; ``{}`` without SunSpec or where a module does not report."""
-    client = getattr(bench, "sunspec", None)
-    if client is None:
-        return {}
-    out = {}
-    for ref in client.refs(805):
-        block = client.read_model(ref)
-        low, high = block.value("CellVMin"), block.value("CellVMax")
-        s, p = block.value("ModIdx"), block.value("StrIdx")
-        if None not in (low, high, s, p):
-            out[f"s{int(s)}p{int(p)}"] = (float(low), float(high))
-    return dict(sorted(out.items(), key=lambda kv: _natural(kv[0])))
+# ================================================================== thermal rise (000, 003, 004)
+def thermocouple_kinds(points: list[str]) -> dict[str, list[str]]:
+    """Thermocouple points by kind: module bodies, terminals, bus segments."""
+    kinds: dict[str, list[str]] = {"module": [], "terminal": [], "bus": []}
+    for point in points:
+        if POSITION.match(point):
+            kinds["module"].append(point)
+        elif TERMINAL.match(point):
+            kinds["terminal"].append(point)
+        elif "bus" in point:
+            kinds["bus"].append(point)
+    return {k: sorted(v, key=natural_key) for k, v in kinds.items()}
 
 
-def cell_spread_diagnosis(cells: dict[str, tuple[float, float]], low_v: float | None, high_v: float | None) -> str:
-    """Whose cells the spread is: within one module (its own lowest to highest cell makes the
-    spread -- 002: cell mismatch its balancing must manage) or between modules whose own cells
-    agree (a module at another charge than the rest: parallel peers 004's voltage or SOC
-    mismatch, a string 001's series mismatch). Chosen from the BMS's per-module cell figures
-    and naming the module."""
-    if not cells:
-        return diagnose("cell_imbalance", "module", f"cells {low_v} V to {high_v} V (no per-module cell data)")
-    own = {m: hi - lo for m, (lo, hi) in cells.items()}
-    lowest = min(cells, key=lambda m: cells[m][0])
-    highest = max(cells, key=lambda m: cells[m][1])
-    across = cells[highest][1] - cells[lowest][0]
-    inner = max(own, key=lambda m: (own[m], _natural(m)))
-    if len(cells) == 1 or own[inner] >= across / 2:
-        lo, hi = cells[inner]
-        return diagnose("cell_imbalance", inner, f"its cells {lo:.3f} V to {hi:.3f} V "
-                        f"({(hi - lo) * 1e3:.0f} mV apart within the module)")
-    means = {m: (lo + hi) / 2 for m, (lo, hi) in cells.items()}
-    odd = outlier(means)
-    assert odd is not None
-    lo, hi = cells[odd.name]
-    peers = [v for m, v in means.items() if m != odd.name]
-    evidence = (f"its cells {lo:.3f}-{hi:.3f} V against {sum(peers) / len(peers):.3f} V in the other modules "
-                f"(each module's own cells within {max(own.values()) * 1e3:.0f} mV): the module is at another charge")
-    row = "soc_mismatch" if has_parallel_peer(odd.name, list(cells)) else "series_mismatch"
-    return diagnose(row, odd.name, evidence)
-
-
-@check("cell_balance",
-       params={"rest_s": Param("s")},
-       measures={"max_cell_voltage": Measure("V"),
-                 "min_cell_voltage": Measure("V"),
-                 "cell_spread": Measure("V", required=True),
-                 "cell_spread_{module}": Measure("V", doc="within the module, SunSpec 805"),
-                 "cells_balancing": Measure("", doc="SunSpec 805 NCellBal, summed")})
-def cell_balance(ctx: StepContext) -> None:
-    """Cell balance as the BMS reports it (end of line): after ``rest_s`` the spread between the
-    highest and lowest cell voltage (``cell_spread``; SunSpec 802 CellVMax/CellVMin, else CAN
-    0x373) and how many cells the BMS is balancing (SunSpec 805 NCellBal; ``cells_balancing``:
-    a module at mid SOC has nothing to balance -- balancing starts near the top, 3.40 V).
-
-    Each module's own spread (805 CellVMin/CellVMax, ``cell_spread_{module}``) tells whose the
-    spread is: cells of one module apart (002: cell mismatch) or, on a bank, one module's cells
-    all away from the others' (the module is at another charge: 004 voltage or SOC mismatch
-    between parallel peers, 001 series mismatch in a string); the diagnosis names it."""
-    bench = ctx.bench
+def _soak(bench: Any, points: list[str], soak_s: float, sample_s: float, window_s: float,
+          rate: float) -> tuple[float, bool]:
+    """Rest with every output off until the points are steady (less than ``rate`` over
+    ``window_s``) or ``soak_s`` has passed, so a rise starts from equilibrium, not from the
+    warmth an earlier step left: (time rested, steady)."""
+    if soak_s <= 0 or not points:
+        return 0.0, False
     outputs_off(bench)
-    bench.clock.wait(float(ctx.param("rest_s", 1.0)))
-    t = state_client(bench).telemetry()
-    spread = (float(t.max_cell_v) - float(t.min_cell_v)) if t.max_cell_v is not None and t.min_cell_v is not None \
-        else math.nan
-    cells = module_cell_voltages(bench)
-    ctx.measure("max_cell_voltage", t.max_cell_v, "V")
-    ctx.measure("min_cell_voltage", t.min_cell_v, "V")
-    for module, (lo, hi) in cells.items():
-        ctx.measure(f"cell_spread_{module}", hi - lo, "V")
-    ctx.measure("cell_spread", spread, "V", ctx.limit("cell_spread"),
-                diagnosis=cell_spread_diagnosis(cells, t.min_cell_v, t.max_cell_v))
-    client = getattr(bench, "sunspec", None)
-    if client is None:
-        return
-    balancing: dict[str, int] = {}
-    for ref in client.refs(805):
-        block = client.read_model(ref)
-        value = int(block.value("NCellBal") or 0)
-        if value:
-            balancing[f"s{int(block.value('ModIdx'))}p{int(block.value('StrIdx'))}"] = value
-    busy = max(balancing, key=lambda m: balancing[m]) if balancing else "module"
-    ctx.measure("cells_balancing", sum(balancing.values()), "", ctx.limit("cells_balancing"),
-                diagnosis=diagnose("cell_imbalance", busy, f"{balancing.get(busy, 0)} cell(s) balancing at rest, "
-                                   f"mid SOC (balancing starts near the top of charge, 3.40 V): its cells are "
-                                   f"apart or its balancing settings are wrong"))
+    times: list[float] = [0.0]
+    first = bench.temperatures(points)
+    history = {p: [first[p]] for p in points}
+    elapsed = 0.0
+    while soak_s - elapsed > 1e-9:
+        chunk = min(sample_s, soak_s - elapsed)
+        bench.clock.wait(chunk)
+        elapsed += chunk
+        now = bench.temperatures(points)
+        times.append(elapsed)
+        for p in points:
+            history[p].append(now[p])
+        if all(is_steady(times, history[p], window_s, rate) for p in points):
+            return elapsed, True
+    return elapsed, False
 
 
-# ================================================================== AC-IR and SoH (end of line)
-def _acir_readings(bench: Any) -> tuple[dict[str, float], dict[str, float]]:
-    """(module -> AC-IR ohm, module -> the voltage the meter read) of every module the AC-IR
-    meter's leads reach -- on a station of today one, the channel map's ``acir_module``."""
-    ohm, volts = bench.acir.measure()
-    module = bench.channels.acir_module or "module"
-    return {module: float(ohm)}, {module: float(volts)}
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60.0:.1f} min"
 
 
-def _soh_by_module(bench: Any, modules: list[str]) -> dict[str, float]:
-    """SoH (%) of each module from its BMS: SunSpec 805 per module where the station has it,
-    else, for a single module, the BMS's own SOH (CAN 0x355 / SunSpec 802)."""
-    reports = module_bms_reports(bench)
-    if reports:
-        return {m: float(r.soh_pct) for m, r in reports.items()
-                if r.soh_pct is not None and not math.isnan(r.soh_pct)}
-    if len(modules) == 1 and bench.bms is not None:
-        soh = state_client(bench).telemetry().soh_pct
-        if soh is not None and not math.isnan(soh):
-            return {modules[0]: float(soh)}
-    return {}
+@check("thermal_rise",
+       params={"load_current": Param("A", setpoint="load.current", doc="the current applied"),
+               "rated_current": Param("A", doc="the current the rises are judged at (default: the DUT's "
+                                           "parallel count x the module's discharge limit)"),
+               "scale_to_rated": Param(kind="flag", doc="false: judge at load_current as measured"),
+               "resistance_tempco": Param(kind="number", doc="per K, of the bus conductors (copper "
+                                          "0.00393, IEC 60228): corrects the I² extrapolation"),
+               "soak_s": Param("s", doc="longest rest before the load, ended once the bus is steady"),
+               "duration_s": Param("s", doc="the longest run"),
+               "sample_s": Param("s"),
+               "steady_rate": Param("K", doc="steady: every bus segment changed less than this ..."),
+               "steady_window": Param("s", doc="... over this much time (the run stops)"),
+               "min_tau_covered": Param(kind="number", doc="extrapolate a joint from its fitted time "
+                                        "constant only if the run lasted this many of them")},
+       measures={"load_current_measured": Measure("A", doc="mean of the load's readings over the run"),
+                 "rated_current": Measure("A"),
+                 "current_scale": Measure("", doc="(rated / measured current)^2"),
+                 "run_time": Measure("s"),
+                 "rise_method": Measure("", doc="how the judged rises were obtained"),
+                 "busbar_rise_measured": Measure("K", doc="hottest bus segment at the end, at the load current"),
+                 "busbar_time_constant": Measure("s"),
+                 # rise_<point>: point names hold '.', '+', '-' (s1p1.+, bus.pos.1, g1.bus.pos.1)
+                 "rise_{module}.+": Measure("K"),
+                 "rise_{module}.-": Measure("K"),
+                 "rise_{segment}bus{rest}": Measure("K"),
+                 "rise_{segment}bus.{polarity}.{k}": Measure("K"),
+                 "rise_{group}.bus.{polarity}.{k}": Measure("K"),
+                 "busbar_rise": Measure("K", required=True, doc="steady state at the rated current"),
+                 "terminal_rise": Measure("K", required=True),
+                 "terminal_excess": Measure("K", required=True, doc="terminal above its own module body "
+                                            "(highest mean of three readings)"),
+                 "temperature_{module}": Measure("degC"),
+                 "module_spread": Measure("K", required=True)})
+def thermal_rise(ctx: StepContext) -> None:
+    """Temperature rise of the bank's joints at its rated current (000: busbar cross-section such
+    that the rise stays within 30 K at the maximum rated current; 003/004: hot terminal or cable
+    end; 002/003: module temperature spread).
 
+    First the bank rests, outputs off, until every bus segment is steady (``steady_rate`` over
+    ``steady_window``) or ``soak_s`` has passed: the rise is counted from equilibrium, not from
+    the warmth an earlier step left. Then ``load_current`` is applied (the station's load may sink less than the bank's
+    ``rated_current``) for up to ``duration_s``, sampled every ``sample_s``; the run stops early
+    once every bus segment's rise changed less than ``steady_rate`` over ``steady_window``.
+    Each joint's final rise at the applied current is then
 
-def _weak(module: str, soh: dict[str, float], soh_limit: Limits) -> bool:
-    """Its SoH says the module is old: below its peers' by more than SOH_EVIDENCE_PCT, or, with no
-    peer, outside the plan's ``soh`` limit."""
-    if module not in soh:
-        return False
-    peers = [v for m, v in soh.items() if m != module]
-    if peers:
-        return sum(peers) / len(peers) - soh[module] > SOH_EVIDENCE_PCT
-    return soh_limit.judged and soh_limit.judge(soh[module]) == "fail"
+    - ``steady``: the rise the run ended at, when it had stopped changing;
+    - ``fitted``: else ``T(t) = T_inf - (T_inf - T0) exp(-t/tau)`` fitted to its record, T_inf
+      taken when the run covered ``min_tau_covered`` time constants;
+    - ``end of run``: else the rise the run reached (a terminal rides on its module body, whose
+      time constant of hours is longer than the bank can hold the current).
 
+    With ``scale_to_rated`` (default) the rises are brought to ``rated_current``: heat is I² R,
+    so x (rated / measured)², for the bus with its copper's ``resistance_tempco`` (the
+    resistance follows the temperature: exact for a conductor cooled in proportion to its rise);
+    the terminal's excess over its own module body (a loose lug's signature, ``terminal_excess``)
+    the same way. A bus segment neither steady nor fitted is an ERROR (nothing to judge). The
+    module bodies' spread is taken at the end of the run, as measured. ``rise_method`` says
+    which method, time constant, fit and scale each judged figure came from.
+    """
+    bench, dut = ctx.bench, ctx.dut
+    outputs_off(bench)
+    connect_bank(bench)
+    kinds = thermocouple_kinds(list(bench.channels.thermocouple_channels()))
+    amps = float(ctx.param("load_current"))
+    duration = float(ctx.param("duration_s", 1800.0))
+    sample_s = float(ctx.param("sample_s", 60.0))
+    window = float(ctx.param("steady_window", 300.0))
+    rate = float(ctx.param("steady_rate", 0.1))
+    min_cover = float(ctx.param("min_tau_covered", 1.0))
+    joints = kinds["bus"] + kinds["terminal"]
+    soaked = _soak(bench, kinds["bus"], float(ctx.param("soak_s", 0.0)), sample_s, window, rate)
+    rows = TraceRows(bench.clock.now())
+    t_start = bench.clock.now()
+    start = bench.temperatures()
+    rows.add(t_start, **start)
+    times: list[float] = [0.0]
+    history: dict[str, list[float]] = {p: [0.0] for p in joints}
+    excess_rows: list[tuple[float, dict[str, float]]] = []   # (t, terminal -> above its module body)
+    drawn: list[float] = []
+    currents: dict[str, float] = {}
+    steady = False
+    bench.load.set_current(amps)
+    bench.load.input(True)
+    try:
+        elapsed = 0.0
+        while duration - elapsed > 1e-9:
+            chunk = min(sample_s, duration - elapsed)
+            bench.clock.wait(chunk)
+            elapsed += chunk
+            now = bench.temperatures()
+            drawn.append(bench.load.measure_current())
+            rows.add(bench.clock.now(), **now)
+            times.append(elapsed)
+            for point in joints:
+                history[point].append(now[point] - start[point])
+            excess_rows.append((elapsed, {t: now[t] - now[b] for t in kinds["terminal"]
+                                          if (b := TERMINAL.match(t).group(1)) in now}))  # type: ignore[union-attr]
+            if not currents and elapsed >= duration / 2:
+                currents = bench.branch_currents()
+            if kinds["bus"] and all(is_steady(times, history[p], window, rate) for p in kinds["bus"]):
+                steady = True
+                break
+        if not currents:
+            currents = bench.branch_currents()
+        final = bench.temperatures()
+    finally:
+        bench.load.input(False)
+    measured_a = sum(drawn) / len(drawn) if drawn else math.nan
+    # a terminal's excess over its own body: its lug's heat shows within minutes (the terminal's
+    # small heat capacity), before the module body warms under it; the highest of its readings
+    # averaged three at a time (one noisy reading is no peak)
+    excess: dict[str, float] = {}
+    for terminal in kinds["terminal"]:
+        series = [row[terminal] for _, row in excess_rows if terminal in row]
+        runs = [sum(series[k:k + 3]) / len(series[k:k + 3]) for k in range(max(1, len(series) - 2))] if series else []
+        if runs:
+            excess[terminal] = max(runs)
+    module_limit = dut.module_type.bms.limits.discharge_current_a if dut is not None else math.nan
+    rated_param = ctx.params.get("rated_current")
+    rated = float(rated_param) if rated_param is not None else (dut.dut.parallel * module_limit if dut else amps)
+    scaled = bool(ctx.params.get("scale_to_rated", True))
+    judged_at = rated if scaled else measured_a
+    tempco = float(ctx.param("resistance_tempco", 0.0))
+    factor = (judged_at / measured_a) ** 2 if measured_a > 0 else math.nan
+    ctx.measure("load_current_measured", measured_a, "A")
+    ctx.measure("rated_current", rated, "A")
+    ctx.measure("current_scale", factor, "")
+    ctx.measure("run_time", times[-1], "s")
 
-def acir_diagnosis(module: str, evidence: str, soh: dict[str, float], soh_limit: Limits) -> str:
-    """A module's resistance too high or too far from its peers / the batch: an older (weak)
-    module when its SoH says so (004), else a mixed batch or aged module (003: IR within 3 mohm)."""
-    if module in soh:
-        evidence += f"; BMS SoH {soh[module]:.1f} %"
-    return diagnose("weak_module" if _weak(module, soh, soh_limit) else "ir_mismatch", module, evidence)
+    # the rise is I² R of a constant current: a load that could not hold it (a bank run empty, a
+    # BMS that tripped) leaves nothing to extrapolate from
+    held = bool(drawn) and min(drawn) >= 0.95 * amps
+    estimates = {p: estimate_rise(p, times, history[p], window, rate, min_cover) for p in joints}
+    if not held:
+        for e in estimates.values():
+            e.method = "end of run"
+    judged: dict[str, float] = {}
+    for point in kinds["bus"]:  # a segment whose time constant the run did not cover: its end-of-run rise
+        judged[point] = scale_rise(estimates[point].final, measured_a, judged_at, start[point], tempco)
+    for point in kinds["terminal"]:
+        judged[point] = estimates[point].final * factor
+    for point in joints:
+        ctx.measure(f"rise_{point}", judged[point], "K")
 
-
-def judge_acir(ctx: StepContext, readings: dict[str, float], soh: dict[str, float]) -> None:
-    """Record and judge AC-IR readings (ohm, by module) and SoH (%, by module): each module and
-    ``acir`` (the highest) against the plan's range; with several modules ``acir_spread`` (003:
-    modules within 3 mohm of each other), with one ``acir_delta`` against ``acir_reference`` (the
-    batch figure); ``soh`` the lowest SoH. Every diagnosis names the module."""
-    soh_limit = ctx.limit("soh")
-    reference = ctx.params.get("acir_reference")
-    for module in sorted(readings, key=_natural):
-        ctx.measure(f"acir_{module}", readings[module], "ohm")
-    worst = max(readings, key=lambda m: (readings[m], _natural(m)))
-    others = [v for m, v in readings.items() if m != worst]
-    if others:
-        against = f"{min(readings.values()) * 1e3:.2f} mOhm for the lowest module"
-    elif reference is not None:
-        against = f"the batch reference {float(reference) * 1e3:.2f} mOhm"
+    notes = [f"rest {_minutes(soaked[0])} before the load (bus {'steady' if soaked[1] else 'still settling'})",
+             f"{amps:g} A applied ({measured_a:.1f} A read) for {_minutes(times[-1])}"
+             + (" -- bus steady, run stopped" if steady else "")
+             + ("" if held else f" -- the load fell to {min(drawn, default=0.0):.1f} A: not held, "
+                                "nothing extrapolated")]
+    if scaled:
+        notes.append(f"judged at the rated {rated:g} A: x{factor:.3f} (I²)"
+                     + (f", bus with its resistance at +{tempco * 100:.3g} %/K" if tempco else ""))
     else:
-        against = "no reference"
-    evidence = f"AC-IR {readings[worst] * 1e3:.2f} mOhm against {against}"
-    diagnosis = acir_diagnosis(worst, evidence, soh, soh_limit)
-    ctx.measure("acir", readings[worst], "ohm", ctx.limit("acir"), diagnosis=diagnosis)
-    if others:
-        ctx.measure("acir_spread", max(readings.values()) - min(readings.values()), "ohm",
-                    ctx.limit("acir_spread"), diagnosis=diagnosis)
-    elif reference is not None:
-        ctx.measure("acir_delta", abs(readings[worst] - float(reference)), "ohm", ctx.limit("acir_delta"),
-                    diagnosis=diagnosis)
-    for module in sorted(soh, key=_natural):
-        ctx.measure(f"soh_{module}", soh[module], "%")
-    if soh:
-        low = min(soh, key=lambda m: (soh[m], _natural(m)))
-        ohm = readings.get(low)
-        ctx.measure("soh", soh[low], "%", soh_limit,
-                    diagnosis=diagnose("weak_module", low, f"BMS SoH {soh[low]:.1f} %"
-                                       + (f", AC-IR {ohm * 1e3:.2f} mOhm" if ohm is not None else "")
-                                       + (f" against the batch reference {float(reference) * 1e3:.2f} mOhm"
-                                          if ohm is not None and reference is not None and not others else "")))
+        notes.append("judged at the current applied (not scaled)")
+    if kinds["bus"]:
+        hottest = max(kinds["bus"], key=lambda p: estimates[p].measured)
+        e = estimates[hottest]
+        ctx.measure("busbar_rise_measured", e.measured, "K")
+        ctx.measure("busbar_time_constant", e.tau_s, "s")
+        how = {"steady": f"steady state ({e.measured:.2f} K, < {rate:g} K per {_minutes(window)})",
+               "fitted": f"extrapolated from its time constant (tau {_minutes(e.tau_s)}, fit rms "
+                         f"{e.rms:.3f} K over {_minutes(times[-1])}): {e.measured:.2f} K -> {e.final:.2f} K",
+               "end of run": f"neither steady nor extrapolatable (tau {_minutes(e.tau_s)} > run / "
+                             f"{min_cover:g}): {e.measured:.2f} K still rising"}[e.method]
+        notes.append(f"bus {hottest}: {how}, {judged[hottest]:.2f} K judged")
+        segment = diagnose("busbar_undersized", hottest,
+                           f"{judged[hottest]:.1f} K at {judged_at:.0f} A ({e.measured:.1f} K after "
+                           f"{_minutes(times[-1])} at {measured_a:.0f} A, {e.method})")
+        # the hottest segment must be judged at its steady state: a rise still climbing is no answer
+        ctx.measure("busbar_rise", judged[hottest] if e.method != "end of run" else math.nan, "K",
+                    ctx.limit("busbar_rise"),
+                    diagnosis=segment if e.method != "end of run" else
+                    f"{hottest}: run too short to judge its steady rise -- {how}")
+    if kinds["terminal"]:
+        hottest = max(kinds["terminal"], key=lambda p: judged[p])
+        e = estimates[hottest]
+        notes.append(f"terminal {hottest}: {e.method}"
+                     + (f" (tau {_minutes(e.tau_s)})" if not math.isnan(e.tau_s) else "")
+                     + f", {e.measured:.2f} K -> {judged[hottest]:.2f} K judged")
+        # a terminal hot because its module body is (not its joint) points at the module
+        body = TERMINAL.match(hottest).group(1)  # type: ignore[union-attr]
+        own = excess.get(hottest, math.nan)
+        terminal_evidence = (f"{judged[hottest]:.1f} K at {judged_at:.0f} A ({e.measured:.1f} K after "
+                             f"{_minutes(times[-1])} at {measured_a:.0f} A), {own:+.2f} K against its own module")
+        if body in final and own <= 0.5 * max(e.measured, 0.0) and final[body] - peer_mean(
+                {m: final[m] for m in kinds["module"]}, body) > 0.5 * max(e.measured, 0.0):
+            terminal_diagnosis = diagnose("warm_module", body, terminal_evidence + f"; the module body itself is "
+                                          f"{final[body] - peer_mean({m: final[m] for m in kinds['module']}, body):.1f} K "
+                                          "above its peers")
+        else:
+            terminal_diagnosis = diagnose("hot_terminal", hottest, terminal_evidence)
+        ctx.measure("terminal_rise", judged[hottest], "K", ctx.limit("terminal_rise"), diagnosis=terminal_diagnosis)
+        hot_lug = max(excess, key=lambda p: excess[p]) if excess else hottest
+        lug_excess = excess.get(hot_lug, math.nan) * factor
+        notes.append(f"terminal excess over its module (highest 3-sample mean): {hot_lug} "
+                     f"{excess.get(hot_lug, math.nan):+.2f} K -> {lug_excess:+.2f} K (I²)")
+        ctx.measure("terminal_excess", lug_excess, "K", ctx.limit("terminal_excess"),
+                    diagnosis=diagnose("hot_terminal", hot_lug,
+                                       f"{lug_excess:+.1f} K above its own module body at {judged_at:.0f} A "
+                                       f"({excess.get(hot_lug, math.nan):+.2f} K at {measured_a:.0f} A)"))
+    if kinds["module"]:
+        bodies = {m: final[m] for m in kinds["module"]}
+        for module, value in bodies.items():
+            ctx.measure(f"temperature_{module}", value, "degC")
+        hottest = max(bodies, key=lambda m: bodies[m])
+        notes.append(f"module spread at the end of the run, as measured at {measured_a:.0f} A")
+        evidence = f"{bodies[hottest]:.1f} degC against {peer_mean(bodies, hottest):.1f} degC for its peers"
+        branch = next((b for b in currents if hottest in modules_of_branch(b, list(bodies))), None)
+        if branch is not None:
+            evidence += (f"; its branch carried {abs(currents[branch]):.0f} A against "
+                         f"{abs(peer_mean(currents, branch)):.0f} A")
+        ctx.measure("module_spread", spread(bodies), "K", ctx.limit("module_spread"),
+                    diagnosis=diagnose("warm_module", hottest, evidence))
+    method = "; ".join(notes)
+    ctx.measure("rise_method", method, "")
+    hottest_bus = max(kinds["bus"], key=lambda p: estimates[p].measured) if kinds["bus"] else None
+    short = (f"judged at {judged_at:.0f} A: x{factor:.2f}"
+             + (f", bus {estimates[hottest_bus].method}" if hottest_bus else ""))
+    _trace_thermal(ctx, rows, kinds, start, amps, short, factor)
 
 
-@check("module_acir",
-       params={"rest_s": Param("s"),
-               "acir_reference": Param("ohm", doc="the batch figure a module measured alone is judged against")},
-       measures={"acir": Measure("ohm", required=True, doc="the highest module reading"),
-                 "acir_spread": Measure("ohm", doc="highest minus lowest, where several modules are read"),
-                 "acir_delta": Measure("ohm", doc="against acir_reference, where one module is read"),
-                 "acir_voltage_error": Measure("V", doc="meter against scanner: leads on the terminals"),
-                 "acir_{module}": Measure("ohm", doc="each module's reading"),
-                 "soh": Measure("%", doc="the lowest module SoH the BMS reports"),
-                 "soh_{module}": Measure("%", doc="SunSpec 805 SoH (else CAN 0x355 for a single module)")})
-def module_acir(ctx: StepContext) -> None:
-    """1 kHz AC internal resistance and SoH of the modules (end of line; 003: "if mixed, ensure
-    internal resistance differs by <= +-3 mohm"; module datasheets: <= 20 mohm; 004: module
-    health data, SOH and AC-IR, for an older module).
-
-    003's figure compares modules with each other, so where the AC-IR meter reads several
-    modules they are judged module to module: ``acir_spread``, the highest minus the lowest.
-    Where it reads one -- one module on the end-of-line fixture, or a station whose meter leads
-    sit on one module -- there is nobody to compare it with on the bench, and it is judged
-    against the batch figure the plan gives (``acir_reference``, with its unit): ``acir_delta``.
-    ``acir`` (the highest reading) is judged against the plan's range. Load and supply are off;
-    on a bank the branches are opened for the reading (the meter must see the module alone) and
-    closed again. ``soh`` is the lowest SoH the BMS reports for the modules (SunSpec 805; a
-    single module's CAN 0x355 without SunSpec), the other half of 004's module health data.
-    ``acir_voltage_error``: the meter's voltage against the scanner's (a lead not on the
-    terminals). A failed figure names the module: an older (weak) module when its SoH is low
-    (004), else a mixed batch or aged module (003)."""
-    bench = ctx.bench
-    several = len(bench.channels.module_voltage_channels()) > 1
-    with branches_opened(bench) if several else _nothing_opened(bench):
-        bench.clock.wait(float(ctx.param("rest_s", 0.5)))
-        readings, meter_volts = _acir_readings(bench)
-        scanned = bench.module_voltages()
-    judge_acir(ctx, readings, _soh_by_module(bench, list(readings)))
-    for module, volts in meter_volts.items():
-        if module in scanned:
-            ctx.measure("acir_voltage_error", abs(volts - scanned[module]), "V", ctx.limit("acir_voltage_error"),
-                        diagnosis=f"{module}: AC-IR leads not on the module's terminals -- measured: the meter "
-                                  f"reads {volts:.3f} V, the scanner {scanned[module]:.3f} V -- check the test "
-                                  "leads and fixture")
+def _trace_thermal(ctx: StepContext, rows: TraceRows, kinds: dict[str, list[str]],
+                   start: dict[str, float], amps: float, method: str, factor: float) -> None:
+    """The temperatures the check sampled, for the report: module bodies over time (a warm
+    module is the line above the rest) and the rise of every bus segment and terminal at the
+    current applied (the judged figures are at the rated current: ``rise_method``)."""
+    columns = rows.columns()
+    t = columns["t"]
+    bodies = {f"temp_{m}": columns[m] for m in kinds["module"] if m in columns}
+    if bodies:
+        ctx.measure.trace("thermal_modules", "modules", {"t": t, **bodies},
+                          units={"t": "s", **{name: "degC" for name in bodies}},
+                          title=f"Module temperatures at {amps:g} A")
+    joints = {f"rise_{p}": [None if v is None else v - start[p] for v in columns[p]]
+              for p in kinds["bus"] + kinds["terminal"] if p in columns}
+    if joints:
+        ctx.measure.trace("thermal_joints", "xy", {"t": t, **joints},
+                          units={"t": "s", **{name: "K" for name in joints}},
+                          marks={"busbar_limit_at_this_current": _unscaled(ctx.limit("busbar_rise").high, factor),
+                                 "terminal_limit_at_this_current": _unscaled(ctx.limit("terminal_rise").high, factor)},
+                          title=f"Bus and terminal rise at {amps:g} A ({method})")
 
 
-@contextmanager
-def _nothing_opened(bench: Any) -> Iterator[list[str]]:
-    outputs_off(bench)
-    yield []
+def _unscaled(limit: float | None, factor: float) -> float | None:
+    """A limit at the rated current brought back to the current applied (plain I²)."""
+    return None if limit is None or not factor or math.isnan(factor) else limit / factor

@@ -1,17 +1,11 @@
-"""Checks of series strings: what 000 asks before modules are stacked in series.
+"""Checks of series strings: what 000 and 001 ask before and while modules are stacked in series.
 
 000 (How to Build a 51.2V 400Ah System): "Standard 12V BMS MOSFETs break down above 30-40V. In a
 4S string, full pack voltage (51.2V) appears across each switch during a fault disconnect. Use
 only batteries with a BMS rated for series-stack operation -- our units carry a >= 60V Vds MOSFET
-array specifically for this. Never mix BMS firmware versions across a series string." 004 asks
-for the same firmware in a parallel bank.
+array specifically for this." (One firmware across the string: ``firmware_consistency`` in
+:mod:`test_plans.checks.bms_comm`.)
 
-- ``firmware_consistency``: the master's firmware (CAN 0x35F carries major.minor only; SunSpec
-  model 1 ``Vr`` the full version) against the plan, and every module admitted by the master. A
-  module's own firmware is not on either bus (SunSpec 805 has no version point): the master
-  compares it and leaves a module with another version out of the bank, so a module not
-  admitted although its voltage is within the admission window of its peers -- and capacity not
-  counted -- is how a mixed firmware shows.
 - ``series_mosfet_rating``: the static rule -- the BMS switch's Vds rating (the plan's
   ``vds_rating``, else the DUT's module data) against 000's 60 V and against the string's
   highest voltage (series x cells x cell over-voltage threshold).
@@ -30,6 +24,10 @@ for the same firmware in a parallel bank.
   parallel ... same number of batteries, same chemistry, same capacity"): string against string
   -- open-circuit voltage, capacity (its weakest module's), module count.
 
+- ``group_assembly`` and ``group_voltage_match`` (000's 4S4P assembly order): the parallel groups
+  built first, each module joining its group only within ``delta_v``; then the groups' voltages
+  balanced before the series connection is made, and the string's voltage the sum of the groups'.
+
 Checks use roles only, wait only on ``bench.clock``, take limits from the plan and give a failed
 measurement the cause 000 names (and 004's troubleshooting row where one fits).
 """
@@ -40,13 +38,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from bankmodel.channels import input_text
+from bankmodel.positions import natural_key, position
 from instruments.roles import Waveform
 from test_plans.checks import Measure, Param, StepContext, check
-from test_plans.checks.basic import (DIAG_REDUCED_CAPACITY, _natural, branches_opened, can_open_modules,
-                                     waveform_columns)
+from test_plans.checks.bench_helpers import (branch_contactors, branches_opened, can_open_modules, connect_bank,
+                                             module_order, outputs_off)
+from test_plans.checks.bms_helpers import module_reports
+from test_plans.checks.branches import branch_voltages, by_series_position, series_groups, standout
 from test_plans.checks.diagnosis import diagnose, outlier
-from test_plans.checks.parallel import (ModuleReport, connect_bank, module_position, module_reports,
-                                        outputs_off)
+from test_plans.checks.evidence import names
+from test_plans.checks.traces import waveform_columns
+
 
 DIAG_FET = ("BMS MOSFETs not rated for series-stack operation (000: standard 12 V BMS MOSFETs break "
             "down above 30-40 V; in a 4S string full pack voltage appears across each switch at a "
@@ -57,28 +60,17 @@ DIAG_FET_SHORT = ("BMS switch did not block after the disconnect: MOSFETs failed
                   "replace the module's BMS with one rated for series stacks (>= 60 V Vds)")
 DIAG_NOT_OPENED = ("the module's BMS did not open on the service command -- check the service tool, "
                    "the module index and the BMS's service mode")
-DIAG_FIRMWARE = ("BMS firmware differs (000: never mix BMS firmware versions across a series string; "
-                 "004: inverter reports reduced capacity -> module not accepted by BMS: check "
-                 "CAN/RS485 order, firmware, protocol) -- check every module's firmware version")
 
 
 # ================================================================== bench helpers
-def module_order(bench: Any) -> list[str]:
-    """Module positions in bank order (series position first, then parallel index): the order
-    of the SunSpec 805 models and the index the bench service commands use."""
-    modules = list(bench.channels.module_voltage_channels())
-    return sorted(modules, key=lambda m: module_position(m))
-
-
 def switch_module(bench: Any, dmm: str) -> str:
     """The module whose BMS switch the DMM ``dmm`` is wired across (``sXpY.P-`` to ``sXpY.B-``)."""
-    wired = bench.channels.dmm.get(dmm) or {}
-    plus, minus = str(wired.get("plus", "")), str(wired.get("minus", ""))
+    wired = bench.channels.dmm.get(dmm)
+    plus, minus = (wired.plus, wired.minus) if wired is not None and wired.kind == "voltage" else ("", "")
     module, _, side = plus.partition(".")
-    if wired.get("kind") != "voltage" or {side, minus.partition(".")[2]} != {"P-", "B-"} \
-            or minus.partition(".")[0] != module:
+    if {side, minus.partition(".")[2]} != {"P-", "B-"} or minus.partition(".")[0] != module:
         raise LookupError(f"{dmm} is not wired across a module's BMS switch (P- to B-) in the channel "
-                          f"map ({wired or 'absent'})")
+                          f"map ({input_text(wired) if wired is not None else 'absent'})")
     return module
 
 
@@ -106,101 +98,6 @@ def string_max_voltage(ctx: StepContext) -> float:
 def _settled(samples: list[float], fraction: float) -> float:
     tail = samples[-max(int(len(samples) * fraction), 1):]
     return sum(tail) / len(tail)
-
-
-# ================================================================== firmware consistency
-def _not_admitted(bench: Any, reports: dict[str, ModuleReport]) -> dict[str, list[str]]:
-    """SunSpec 804 strings the master has not enabled -> their modules."""
-    client = bench.sunspec
-    out: dict[str, list[str]] = {}
-    for ref in client.refs(804):
-        block = client.read_model(ref)
-        if "STRING_ENABLED" in block.symbols("St"):
-            continue
-        p = int(block.value("Idx"))
-        out[f"p{p}"] = [m for m in reports if module_position(m)[1] == p]
-    return out
-
-
-def _delta_to_peers(module: str, reports: dict[str, ModuleReport], exclude: set[str]) -> float:
-    s = module_position(module)[0]
-    peers = [r.volts for m, r in reports.items()
-             if m != module and m not in exclude and module_position(m)[0] == s and r.volts is not None]
-    own = reports[module].volts
-    if own is None or not peers:
-        return math.nan
-    return own - sum(peers) / len(peers)
-
-
-@check("firmware_consistency",
-       params={"settle_s": Param("s"),
-               "admission_delta_v": Param("V", doc="a held-back module this close to its peers points at firmware")},
-       measures={"bms_firmware": Measure("", doc="CAN 0x35F major.minor"),
-                 "master_firmware": Measure("", doc="SunSpec model 1 Vr"),
-                 "as_built_versions": Measure("", required=True),
-                 "capacity_not_counted": Measure("Ah"),
-                 "delta_v_{module}": Measure("V", doc="a held-back module against its series-position peers"),
-                 "strings_not_admitted": Measure("", required=True)})
-def firmware_consistency(ctx: StepContext) -> None:
-    """One BMS firmware across the string and the bank (000, 004).
-
-    The master's version over CAN 0x35F (``bms_firmware``, major.minor: the protocol carries no
-    patch) and SunSpec model 1 ``Vr`` (``master_firmware``, full) against the plan. After
-    ``settle_s`` at rest, every module must be admitted by the master: ``strings_not_admitted``
-    counts SunSpec 804 strings not enabled; a string held back while each of its modules is
-    within ``admission_delta_v`` of its series-position peers is not a voltage matter, so the
-    diagnosis names the firmware. ``capacity_not_counted`` is the installed capacity (CAN 0x379)
-    minus the capacity the master counts online. ``as_built_versions`` is the number of
-    different versions in the DUT's record (module entries, else its firmware profile).
-    """
-    bench, dut = ctx.bench, ctx.dut
-    outputs_off(bench)
-    bench.clock.wait(float(ctx.param("settle_s", 2.0)))
-    bms = bench.bms
-    ctx.measure("bms_firmware", bms.firmware(), "", ctx.limit("bms_firmware"), diagnosis=DIAG_FIRMWARE)
-    if getattr(bench, "sunspec", None) is not None:
-        ctx.measure("master_firmware", bench.sunspec.firmware(), "", ctx.limit("master_firmware"),
-                    diagnosis=DIAG_FIRMWARE)
-    if dut is not None:
-        positions = [f"s{s}p{p}" for s in range(1, dut.dut.series + 1) for p in range(1, dut.dut.parallel + 1)]
-        recorded = {pos: (dut.dut.modules[pos].firmware if pos in dut.dut.modules
-                          and dut.dut.modules[pos].firmware else dut.firmware.version) for pos in positions}
-        versions = sorted(set(recorded.values()))
-        ctx.measure("as_built_versions", len(versions), "", ctx.limit("as_built_versions"),
-                    diagnosis=DIAG_FIRMWARE + f" (record: {', '.join(versions)})")
-    status = bms.status()
-    online = status.online_capacity_ah
-    if getattr(bench, "sunspec", None) is not None:
-        online = bench.sunspec.status().online_capacity_ah
-    installed = status.installed_capacity_ah
-    if installed is not None and online is not None:
-        ctx.measure("capacity_not_counted", float(installed) - float(online), "Ah",
-                    ctx.limit("capacity_not_counted"), diagnosis=DIAG_FIRMWARE + "; " + DIAG_REDUCED_CAPACITY)
-    reports = module_reports(bench)
-    if reports is None:
-        ctx.measure("strings_not_admitted", None, "", ctx.limit("strings_not_admitted"),
-                    diagnosis="no per-module BMS data: the station has no SunSpec (Modbus) bus")
-        return
-    held = _not_admitted(bench, reports)
-    window = float(ctx.param("admission_delta_v", 0.5))
-    pending = {m for members in held.values() for m in members}
-    notes = []
-    firmware_like = False
-    for string, members in sorted(held.items(), key=lambda kv: _natural(kv[0])):
-        deltas = {m: _delta_to_peers(m, reports, pending - {m}) for m in members}
-        for m, d in deltas.items():
-            if not math.isnan(d):  # no peer to compare with: nothing measured (a NaN would be ERROR)
-                ctx.measure(f"delta_v_{m}", d, "V")
-        close = all(not math.isnan(d) and abs(d) <= window for d in deltas.values()) \
-            or all(math.isnan(d) for d in deltas.values())
-        firmware_like = firmware_like or close
-        notes.append(f"{string} ({', '.join(members)}): " + ("voltages within the admission window"
-                                                             if close else "a voltage outside the window"))
-    cause = DIAG_FIRMWARE if firmware_like or not held else (
-        "module pending on a voltage difference (004: alarm during startup -> voltage difference) -- "
-        "check pre-connect voltage and SOC; " + DIAG_FIRMWARE)
-    ctx.measure("strings_not_admitted", len(held), "", ctx.limit("strings_not_admitted"),
-                diagnosis=cause + (f" [{'; '.join(notes)}]" if notes else ""))
 
 
 # ================================================================== MOSFET rating: static
@@ -269,8 +166,8 @@ def series_mosfet_stress(ctx: StepContext) -> None:
     module = switch_module(bench, dmm_name)
     order = module_order(bench)
     index = order.index(module)
-    series_position = module_position(module)[0]
-    opened_indices = ([k for k, m in enumerate(order) if module_position(m)[0] == series_position]
+    series_position = position(module)[0]
+    opened_indices = ([k for k, m in enumerate(order) if position(m)[0] == series_position]
                       if bool(ctx.param("open_group", False)) else [index])
     rating = vds_rating(ctx)
     amps = float(ctx.param("load_current"))
@@ -358,9 +255,9 @@ class _Open:
 def strings_of(modules: list[str]) -> dict[str, list[str]]:
     """Modules by string ``pY`` (the modules ``s*pY``, bottom of the string first)."""
     out: dict[str, list[str]] = {}
-    for module in sorted(modules, key=lambda m: module_position(m)):
-        out.setdefault(f"p{module_position(module)[1]}", []).append(module)
-    return dict(sorted(out.items(), key=lambda kv: _natural(kv[0])))
+    for module in sorted(modules, key=lambda m: position(m)):
+        out.setdefault(f"p{position(module)[1]}", []).append(module)
+    return dict(sorted(out.items(), key=lambda kv: natural_key(kv[0])))
 
 
 def _module_capacity(ctx: StepContext) -> float | None:
@@ -464,7 +361,7 @@ def series_match(ctx: StepContext) -> None:
                                ("capacity_spread", seen.capacity, "Ah")):
         spreads = {p: _spread({m: values[m] for m in members}) for p, members in strings.items()}
         unknown = [p for p, v in spreads.items() if v is None]
-        worst = unknown[0] if unknown else max(spreads, key=lambda p: (spreads[p], _natural(p)))
+        worst = unknown[0] if unknown else max(spreads, key=lambda p: (spreads[p], natural_key(p)))
         worst_value, worst_members = spreads[worst], strings[worst]
         if worst_value is None:
             missing = [m for m in worst_members if values[m] is None]
@@ -522,14 +419,14 @@ def string_match(ctx: StepContext) -> None:
         members = strings[p]
         delta = {m: seen.ocv[m] - sum(seen.ocv[o] for o in members if o != m) / (len(members) - 1)
                  for m in members} if len(members) > 1 else {members[0]: 0.0}
-        worst = max(members, key=lambda m: (abs(delta[m]), _natural(m)))
+        worst = max(members, key=lambda m: (abs(delta[m]), natural_key(m)))
         return worst, delta[worst]
 
     # the odd string: the one whose own modules disagree most (with two strings each is as far
     # from the mean as the other; the string with a module unlike its string-mates is the odd one)
     inner = {p: abs(odd_module(p)[1]) for p in strings}
     mean_v = sum(volts.values()) / len(volts)
-    odd = max(strings, key=lambda p: (inner[p], abs(volts[p] - mean_v), _natural(p)))
+    odd = max(strings, key=lambda p: (inner[p], abs(volts[p] - mean_v), natural_key(p)))
     module, delta = odd_module(odd)
     voltage_diagnosis = diagnose("unequal_strings", odd,
                                  f"open-circuit {volts[odd]:.3f} V against {mean_v:.3f} V on average; its module "
@@ -538,7 +435,7 @@ def string_match(ctx: StepContext) -> None:
                 ctx.limit("string_voltage_spread"), diagnosis=voltage_diagnosis)
     known = {p: v for p, v in capacity.items() if v is not None}
     if len(known) == len(capacity):
-        low = min(known, key=lambda p: (known[p], _natural(p)))
+        low = min(known, key=lambda p: (known[p], natural_key(p)))
         others = [v for p, v in known.items() if p != low]
         soh = seen.soh.get(weakest[low])
         capacity_diagnosis = diagnose("unequal_strings", low,
@@ -552,8 +449,111 @@ def string_match(ctx: StepContext) -> None:
         spread_ah = None
     ctx.measure("string_capacity_spread", spread_ah, "Ah", ctx.limit("string_capacity_spread"),
                 diagnosis=capacity_diagnosis)
-    few = min(count, key=lambda p: (count[p], _natural(p)))
+    few = min(count, key=lambda p: (count[p], natural_key(p)))
     ctx.measure("module_count_spread", max(count.values()) - min(count.values()), "",
                 ctx.limit("module_count_spread"),
                 diagnosis=diagnose("unequal_strings", few, f"{count[few]} modules against "
                                    f"{max(count.values())} in the longest string"))
+
+
+# ================================================================== 4S4P assembly order (000)
+def _groups_of(bench: Any) -> dict[str, list[str]]:
+    return series_groups(branch_contactors(bench))
+
+
+@check("group_assembly",
+       params={"rest_s": Param("s"),
+               "close_gap_s": Param("s", doc="after closing each branch")},
+       measures={"delta_v_{branch}": Measure("V", limit="delta_v", required=True),
+                 "group_voltage_{group}": Measure("V", limit="group_voltage"),
+                 "branches_left_open": Measure("", required=True)})
+def group_assembly(ctx: StepContext) -> None:
+    """000: "four parallel groups should be built first (the single cell is expanded from 1P to
+    4P at each series position)". The main contactor and every branch contactor are opened;
+    after ``rest_s``, group by group, each module is connected to its group only if its
+    open-circuit voltage is within ``delta_v`` of the group's connected modules (it is left
+    open otherwise). Each group's voltage is recorded for the balance step."""
+    bench = ctx.bench
+    outputs_off(bench)
+    bench.set_contactor("main", False)
+    for branch in branch_contactors(bench):
+        bench.set_contactor(branch, False)
+    bench.clock.wait(float(ctx.param("rest_s", 10.0)))
+    gap = float(ctx.param("close_gap_s", 1.0))
+    left_open = []
+    for group, members in _groups_of(bench).items():
+        connected: list[str] = []
+        for branch in members:
+            volts = bench.module_voltages()
+            branch_v = branch_voltages(volts, members)
+            if connected:
+                delta = branch_v[branch] - sum(branch_v[b] for b in connected) / len(connected)
+                m = ctx.measure(f"delta_v_{branch}", abs(delta), "V", ctx.limit("delta_v"),
+                                diagnosis=diagnose("startup_alarm", branch,
+                                                   f"open-circuit {branch_v[branch]:.3f} V against its "
+                                                   f"group's {branch_v[branch] - delta:.3f} V "
+                                                   f"(ΔV {delta * 1e3:+.0f} mV): left open"))
+                if m.verdict in ("fail", "error"):
+                    left_open.append(branch)
+                    continue
+            bench.set_contactor(branch, True)
+            connected.append(branch)
+            bench.clock.wait(gap)
+        volts = bench.module_voltages()
+        group_v = branch_voltages(volts, connected or members)
+        group_mean = sum(group_v.values()) / len(group_v)
+        ctx.measure(f"group_voltage_{group}", group_mean, "V", ctx.limit("group_voltage"),
+                    diagnosis=diagnose("series_mismatch", group, f"group at {group_mean:.3f} V"))
+    ctx.measure("branches_left_open", len(left_open), "", ctx.limit("branches_left_open"),
+                diagnosis=diagnose("startup_alarm", names(left_open) or "bank",
+                                   "too far in voltage from its group to be connected"))
+
+
+@check("group_voltage_match",
+       params={"settle_s": Param("s")},
+       measures={"group_voltage_{group}": Measure("V"),
+                 "group_spread": Measure("V", required=True),
+                 "main_closed": Measure(""),
+                 "series_voltage": Measure("V"),
+                 "series_voltage_error": Measure("V", required=True, doc="string minus sum of groups")})
+def group_voltage_match(ctx: StepContext) -> None:
+    """000: "the voltage balance between the groups should be confirmed, and then the series
+    connection should be performed". Group voltages (mean terminal voltage of each series
+    position's connected modules) must agree within ``group_spread``; only then is the main
+    contactor closed, and the string voltage at the load terminals must equal the sum of the
+    groups (``series_voltage_error``: a group not in the string, or a reversed one)."""
+    bench = ctx.bench
+    outputs_off(bench)
+    volts = bench.module_voltages()
+    groups = by_series_position(volts)
+    means = {s: sum(v.values()) / len(v) for s, v in groups.items()}
+    for s, value in means.items():
+        ctx.measure(f"group_voltage_s{s}", value, "V")
+    spread_v = max(means.values()) - min(means.values())
+    odd = standout({f"s{k}": v for k, v in means.items()})
+    m = ctx.measure("group_spread", spread_v, "V", ctx.limit("group_spread"),
+                    diagnosis=diagnose("series_mismatch", odd[0] if odd else "bank",
+                                       f"group at {odd[1]:.3f} V against {odd[2]:.3f} V for the others"
+                                       if odd else f"spread {spread_v:.3f} V"))
+    if m.verdict in ("fail", "error"):
+        ctx.measure("main_closed", False, "", diagnosis="series connection not made: groups unbalanced")
+        return
+    bench.set_contactor("main", True)
+    bench.clock.wait(float(ctx.param("settle_s", 1.0)))
+    string_v = bench.load.measure_voltage()
+    ctx.measure("series_voltage", string_v, "V", ctx.limit("series_voltage"))
+    total = sum(means.values())
+    missing = total - string_v
+    group_mean = total / len(means) if means else math.nan
+    # a group reversed takes twice its voltage off the string; one left out takes it once
+    if means and missing > 1.5 * group_mean:
+        error_diagnosis = diagnose("reversed_polarity", "series string", f"{string_v:.2f} V against "
+                                   f"{total:.2f} V of the groups: about two groups' voltage missing")
+    elif means and missing > 0.5 * group_mean:
+        error_diagnosis = diagnose("module_offline", "series string", f"{string_v:.2f} V against {total:.2f} V "
+                                   "of the groups: one group's voltage missing (a link, fuse or group open)")
+    else:
+        error_diagnosis = diagnose("series_mismatch", "series string", f"{string_v:.2f} V against {total:.2f} V "
+                                   "of the groups")
+    ctx.measure("series_voltage_error", abs(string_v - total), "V",
+                ctx.limit("series_voltage_error"), diagnosis=error_diagnosis)

@@ -1,0 +1,123 @@
+"""Reading the BMS: the client that answers with the bank's present state, a read that waits
+for the BMS's first report, its alarms for a diagnosis, the bank SOC, and each module as
+SunSpec model 805 reports it (SOC, SoH, voltage, serial, temperature by position).
+
+A check that needs per-module data and finds no SunSpec client records an ``error``
+(:func:`require_reports`) rather than guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bankmodel.positions import natural_key
+from instruments.roles import InstrumentError
+from test_plans.checks import StepContext
+
+
+def bms_now(bench: Any) -> Any:
+    """The BMS client that answers with the bank's present state: the SunSpec (Modbus) client
+    when the station has one -- a request is answered from the BMS as it is now -- else the Bms
+    role. The CAN client keeps the frames it has decoded so far; on an emulated bench under CPU
+    load its receive thread can trail the virtual clock by seconds (a minute of bench time passes
+    in milliseconds), so a value that just changed is read where it cannot be stale."""
+    client = getattr(bench, "sunspec", None)
+    return client if client is not None else bench.bms
+
+
+def bms_read(bench: Any, what: str, client: Any = None, tries: int = 10) -> Any:
+    """``client.<what>()`` (default the Bms role), waiting while the BMS has not yet sent the
+    frame it needs: a BMS reports about once a second after power-up. Of the role's calls only
+    ``firmware()`` waits for the battery's first report (the driver's own bounded wait, in the
+    time the frame needs to cross the bus); so that is asked first, then the bench clock is
+    given time. On an emulated bench under CPU load the CAN client may not have decoded its
+    first frames when step 1 starts."""
+    client = client if client is not None else bench.bms
+    for attempt in range(tries):
+        try:
+            return getattr(client, what)()
+        except InstrumentError as exc:
+            if "received yet" not in exc.problem or attempt == tries - 1:
+                raise
+            if attempt == 0 and what != "firmware":
+                try:
+                    client.firmware()
+                except InstrumentError:
+                    pass
+            bench.clock.wait(0.5)
+    raise AssertionError("unreachable")
+
+
+def bms_alarm_note(bench: Any) -> str:
+    """`` (BMS alarms: ...)`` when the BMS reports any, for a diagnosis; empty otherwise."""
+    try:
+        alarms = sorted(bench.bms.status().alarms) if bench.bms is not None else []
+    except Exception:  # noqa: BLE001 - a diagnosis never fails a check on its own
+        return ""
+    return f" (BMS alarms: {', '.join(alarms)})" if alarms else ""
+
+
+def bms_soc(bench: Any) -> float:
+    """The bank SOC the BMS reports: SunSpec 802 SoC (0.1 %) when the station has it, else the
+    Bms role's (CAN 0x355 carries whole percent)."""
+    return float(bms_now(bench).telemetry().soc_pct)
+
+
+@dataclass
+class ModuleReport:
+    """One module as its BMS reports it over SunSpec model 805 (None where unimplemented); the
+    voltage is the sum of its cell voltages (1 mV each) where reported, else 805 V (0.1 V)."""
+
+    position: str
+    volts: float | None
+    soc_pct: float | None
+    soh_pct: float | None
+    serial: str | None
+    temperature_c: float | None
+
+
+def module_reports(bench: Any) -> dict[str, ModuleReport] | None:
+    """Model 805 of every module, by position (``s{ModIdx}p{StrIdx}``); None without SunSpec."""
+    client = getattr(bench, "sunspec", None)
+    if client is None:
+        return None
+    out: dict[str, ModuleReport] = {}
+    for ref in client.refs(805):
+        block = client.read_model(ref)
+        s, p = block.value("ModIdx"), block.value("StrIdx")
+        position = f"s{int(s)}p{int(p)}"
+
+        def num(name: str) -> float | None:
+            value = block.value(name)
+            return None if value is None else float(value)
+
+        cells = [c.value("CellV") for c in next(iter(block.groups.values()), [])]
+        volts = sum(cells) if cells and all(v is not None for v in cells) else num("V")
+        serial = block.value("SN")
+        out[position] = ModuleReport(position, volts, num("SoC"), num("SoH"),
+                                     None if serial is None else str(serial).strip("\0 "),
+                                     num("CellTmpAvg"))
+    return dict(sorted(out.items(), key=lambda kv: natural_key(kv[0])))
+
+
+def silent_modules(reports: dict[str, "ModuleReport"] | None) -> list[str]:
+    """Modules the master has no data from (their SunSpec 805 points unimplemented)."""
+    return [m for m, r in (reports or {}).items() if r.volts is None]
+
+
+def require_reports(ctx: StepContext, reports: dict[str, ModuleReport] | None, name: str) -> bool:
+    """Record an error (not a guess) when a per-module figure needs SunSpec and there is none."""
+    if reports is None:
+        ctx.measure(name, None, "", ctx.limits.get(name) or _ERROR_LIMIT,
+                    diagnosis="no per-module BMS data: the station has no SunSpec (Modbus) bus")
+        return False
+    return True
+
+
+def _error_limit() -> Any:
+    from harness.measure import Limits
+    return Limits.at_most(0.0)
+
+
+_ERROR_LIMIT = _error_limit()
