@@ -106,7 +106,7 @@ class EmulatedBench:
                 return twin.probe(source.plus, source.minus, self.noise.voltage_v if noisy else 0.0)
             if source.kind == "shunt":
                 volts = twin.shunt_current(source.branch) * source.shunt_ohm
-                return twin._noisy(volts, self.noise.shunt_v if noisy else 0.0)
+                return twin.noisy(volts, self.noise.shunt_v if noisy else 0.0)
             return twin.thermocouple(source.point, self.noise.temperature_c if noisy else 0.0)
 
     def capture(self, source: Input, interval_s: float, count: int) -> Capture:
@@ -124,7 +124,7 @@ class EmulatedBench:
             module = self.wiring.acir_module
             ohm = twin.module_ac_resistance(module, noise_ohm=2e-6)
             volts = twin.module_terminal_voltage(module)
-            return ohm, twin._noisy(volts, self.noise.voltage_v)
+            return ohm, twin.noisy(volts, self.noise.voltage_v)
 
     # -- time ---------------------------------------------------------------------------------
     def _max_step(self, max_step: float) -> float:

@@ -101,6 +101,12 @@ class BmsArray:
         self._allow[0] = self._allow_charge
         self._allow[1] = self._allow_discharge
 
+    @property
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(switch permissions, timer/age state, tripped/condition state, trip counts, parameters):
+        the packed arrays the twin's compiled step kernels read and update in place."""
+        return self._allow, self._state_f, self._state_b, self.trip_count, self._par
+
     # -- what the switch may do ---------------------------------------------------------------
     def allow_charge(self) -> np.ndarray:
         return self._allow_charge

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class VirtualClock:
+class TwinClock:
     """Seconds since the twin was built. Deterministic: no wall time ever enters the twin."""
 
     def __init__(self) -> None:

@@ -74,42 +74,26 @@ def _apply(twin: "Twin", fault: object, resolve: _Resolver) -> None:  # noqa: C9
         k = twin.module_index[resolve.module(fault.module)]
         twin.cell_soc[k, :] = fault.soc_pct / 100.0
     elif isinstance(fault, sc.AgedModule):
-        k = twin.module_index[resolve.module(fault.module)]
-        twin.cell_capacity_as[k, :] *= fault.capacity_factor
-        twin.r_series[k] *= fault.resistance_factor
-        twin.r1[k] *= fault.resistance_factor
-        twin.r2[k] *= fault.resistance_factor
-        twin._rc_cache = None
+        twin.age_module(resolve.module(fault.module), fault.capacity_factor, fault.resistance_factor)
     elif isinstance(fault, sc.LooseLug):
         module_target, polarity = fault.terminal.rsplit(".", 1)
         terminal = f"{resolve.module(module_target, 'terminal')}.{polarity}"
-        hits = 0
-        for element in twin.layout.resistive:
-            for part, node in element.heat_to.items():
-                if node == terminal and part.startswith("lug"):
-                    element.parts[part] = fault.contact_mohm * 1e-3
-                    hits += 1
-        if not hits:
+        lugs = twin.lug_parts(terminal)
+        if not lugs:
             raise resolve._error("terminal", f"'{fault.terminal}'",
                                  "a module terminal with a cable lug in this DUT")
-        twin._dirty_resistive = True
+        for element, part in lugs:
+            twin.set_part_resistance(element, part, fault.contact_mohm * 1e-3)
     elif isinstance(fault, sc.UnequalCable):
         branch = resolve.branch(fault.branch, "branch")
         if branch == "main":
             raise resolve._error("branch", "'main'", "a parallel branch")
-        names = {f"{branch}.lead+", f"{branch}.lead-"}
         length, _ = _lead_length(twin, branch)
         scale = (length + fault.extra_length_m) / length if length > 0 else 1.0
         if scale <= 0:
             raise resolve._error("extra_length_m", str(fault.extra_length_m),
                                  f"more than -{length} m (the lead's length)")
-        for element in twin.layout.resistive:
-            if element.name in names:
-                element.parts["cable"] *= scale
-        for k, inductor in enumerate(twin.layout.inductors):
-            if inductor.name == f"{branch}.L":
-                twin.ind_h[k] *= scale
-        twin._dirty_resistive = True
+        twin.lengthen_lead(branch, scale)
     elif isinstance(fault, sc.WeakFet):
         k = twin.module_index[resolve.module(fault.module)]
         twin.fet_rating_v[k] = fault.vds_rating_v
@@ -126,10 +110,7 @@ def _apply(twin: "Twin", fault: object, resolve: _Resolver) -> None:  # noqa: C9
     elif isinstance(fault, sc.SilentBms):
         twin.master.silent_from = fault.at_s
     elif isinstance(fault, sc.StuckContactor):
-        name = resolve.branch(fault.contactor, "contactor")
-        twin.contactor_stuck[name] = fault.stuck
-        twin.contactor_closed[name] = fault.stuck == "closed"
-        twin._dirty_resistive = True
+        twin.stick_contactor(resolve.branch(fault.contactor, "contactor"), fault.stuck)
     elif isinstance(fault, sc.BlownFuse):
         twin.blow_fuse(resolve.branch(fault.branch, "branch"))
     elif isinstance(fault, sc.HotModule):
@@ -171,8 +152,7 @@ def check_targets(spec: BankSpec) -> None:
         if isinstance(fault, sc.LooseLug):
             module_target, polarity = fault.terminal.rsplit(".", 1)
             terminal = f"{resolve.module(module_target, 'terminal')}.{polarity}"
-            if not any(node == terminal and part.startswith("lug")
-                       for element in layout.resistive for part, node in element.heat_to.items()):
+            if not layout.lug_parts(terminal):
                 raise resolve._error("terminal", f"'{fault.terminal}'",
                                      "a module terminal with a cable lug in this DUT")
         elif isinstance(fault, sc.UnequalCable):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bankmodel.positions import is_position, position
 from emulator import kernels as kn
 from bankmodel.specs.firmware import FirmwareProfile
 from bankmodel.specs.module_type import ModuleLimits
@@ -86,14 +87,13 @@ class MasterBms:
         self.modules = modules
         self.series = series
         self.limits = module_limits
-        self.series_index = np.array([int(m[1:].split("p")[0]) - 1 for m in modules])
+        self.series_index = np.array([position(m)[0] - 1 for m in modules])
         branches = sorted(set(branch_of.values()))
         self.branch_index = np.array([branches.index(branch_of[m]) for m in modules])
         self.branch_size = np.bincount(self.branch_index)
         # peers: the branches a branch is compared with -- its own parallel group in a bank of
         # series groups (branch = module sXpY), all strings in a bank of strings (branch = pY)
-        self.branch_peer = np.array([int(b[1:].split("p")[0]) - 1 if b.startswith("s") else 0
-                                     for b in branches])
+        self.branch_peer = np.array([position(b)[0] - 1 if is_position(b) else 0 for b in branches])
         count = len(modules)
         self._names = np.array(modules)
         self.accepted = np.ones(count, dtype=bool)

@@ -280,11 +280,8 @@ class StepPeaks:
     """A twin observer: the largest |Vds| and |branch current| during the current program step."""
 
     def __init__(self, twin: Twin):
-        layout = twin.layout
-        self.modules = list(twin.modules)
-        self.branches = list(layout.branches)
-        self._fet = np.array([layout.module_fet[m] for m in self.modules])
-        self._lead = np.array([layout.branch_lead[b] for b in self.branches])
+        self.modules = list(twin.modules)            # the order of twin.fet_voltages()
+        self.branches = list(twin.layout.branches)   # the order of twin.lead_currents()
         self.reset(twin)
 
     def reset(self, twin: Twin) -> None:
@@ -294,8 +291,8 @@ class StepPeaks:
         self.steps = 0
 
     def __call__(self, twin: Twin, dt: float) -> None:
-        np.maximum(self.vds, np.abs(twin.branch_v[self._fet]), out=self.vds)
-        np.maximum(self.current, np.abs(twin.branch_i[self._lead]), out=self.current)
+        np.maximum(self.vds, np.abs(twin.fet_voltages()), out=self.vds)
+        np.maximum(self.current, np.abs(twin.lead_currents()), out=self.current)
         self.steps += 1
 
     def summary(self) -> dict[str, Any]:

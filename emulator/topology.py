@@ -82,6 +82,26 @@ class Layout:
     supply: int = -1
     load: int = -1
 
+    def lug_parts(self, terminal: str) -> list[tuple[str, str]]:
+        """(element, part) of every cable lug landed on a module terminal's thermal node
+        (``s1p2.+``, ``s1p2.-``): the lugs a loose-lug fault can loosen. Empty if none lands
+        there."""
+        return [(element.name, part) for element in self.resistive
+                for part, node in element.heat_to.items() if node == terminal and part.startswith("lug")]
+
+    def lead_elements(self, branch: str) -> tuple[str, str]:
+        """Names of a parallel branch's negative and positive lead elements (each has a
+        ``cable`` part); KeyError for a name that is not a parallel branch."""
+        if branch not in self.branch_lead:
+            raise KeyError(f"no parallel branch '{branch}' (branches: {', '.join(self.branches)})")
+        return f"{branch}.lead-", f"{branch}.lead+"
+
+    def lead_inductor(self, branch: str) -> str:
+        """Name of a parallel branch's loop inductance (its positive lead's)."""
+        if branch not in self.branch_lead:
+            raise KeyError(f"no parallel branch '{branch}' (branches: {', '.join(self.branches)})")
+        return f"{branch}.L"
+
 
 class _Builder:
     def __init__(self, spec: BankSpec):

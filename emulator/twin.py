@@ -12,6 +12,10 @@ are per cell.
 What a bench can see is offered through the bench methods (supply, load, contactors,
 probes between named nodes, branch shunts, thermocouples) and the master BMS report; the
 internal state is public for inspection (``hil simulate``) but checks should not read it.
+Fault scenarios, the BMS endpoints and ``hil simulate`` use the twin through its public
+methods only (the "set-up and faults" and "inspection" sections: ``set_part_resistance``,
+``lengthen_lead``, ``age_module``, ``stick_contactor``, ``invalidate_resistances``,
+``cell_voltages``, ``bms_inputs``, ``fet_voltages`` ...); the underscore names are the twin's own.
 
 Speed: the arithmetic of a step (solve, regions, RC pairs, accumulators, energy, fuses, BMS
 comparators) and of the slow path runs in compiled kernels (emulator/kernels.py) on packed
@@ -29,10 +33,11 @@ from typing import Callable
 
 import numpy as np
 
+from bankmodel.positions import STRING
 from emulator import kernels as kn
 from emulator.bms import BmsArray, BmsInputs
 from emulator.circuit import MnaSolver
-from emulator.clock import VirtualClock
+from emulator.clock import TwinClock
 from emulator.conductors import temperature_factor
 from bankmodel.specs.loading import BankSpec
 from emulator.master_bms import MasterBms, ModuleViews
@@ -122,7 +127,7 @@ class Twin:
 
         self.spec = spec
         self.layout = layout = build_layout(spec)
-        self.clock = VirtualClock()
+        self.clock = TwinClock()
         self.rng = np.random.default_rng(seed)
         self.dt_min = dt_min
         self.growth = growth
@@ -199,6 +204,8 @@ class Twin:
         self.v_nodes = self.solver.v_nodes
         self.stack_idx = np.array([layout.module_stack[m] for m in self.modules], dtype=np.int64)
         self.fet_idx = np.array([layout.module_fet[m] for m in self.modules], dtype=np.int64)
+        self.lead_idx = np.array([layout.branch_lead[b] for b in layout.branches], dtype=np.int64)
+        self._resistive_index = {element.name: k for k, element in enumerate(layout.resistive)}
         self.res_idx = np.array([r.branch for r in layout.resistive], dtype=np.int64)
         self.ind_idx = np.array([i.branch for i in layout.inductors], dtype=np.int64)
         self._ind = np.zeros((2, len(layout.inductors)))
@@ -234,7 +241,7 @@ class Twin:
         self.master = MasterBms(spec.firmware, self.modules, layout.branch_of_module,
                                 spec.dut.series, mt.bms.limits)
         self._next_master_tick = 0.0
-        self._strings = layout.branches[0].startswith("p") if layout.branches else False
+        self._strings = bool(layout.branches) and STRING.match(layout.branches[0]) is not None
         # fuses (rows: melt heat, continuous rating^2, melt integral, peak current, blown)
         self._fuse_names = list(layout.branch_lead) + ["main"]
         self._fuse_idx = np.array([layout.branch_lead[b] for b in layout.branch_lead]
@@ -263,14 +270,14 @@ class Twin:
                                      self._fuse_idx, self.solver.branch_a, self.solver.branch_b,
                                      [layout.supply, layout.load], self._heat_pairs[0],
                                      self._heat_pairs[1]]).astype(np.int64)
-        self._kernel_args = (self._mod, self.fet_region, self.bms._allow, branches, self._res,
+        bms_allow, bms_state_f, bms_state_b, bms_trip_count, bms_par = self.bms.kernel_arrays
+        self._kernel_args = (self._mod, self.fet_region, bms_allow, branches, self._res,
                              self._ind, self._fuse, self._topo, self.solver.lu,
                              self.solver.lu_meta, self.v_nodes, self._sc, self._flags,
                              self._cells, self.bms.balancing, self._heat_r,
                              self._module_thermal, self.thermal._rows, self.thermal.conductance,
                              self.thermal._lu, self.thermal._lu_meta, self.thermal._scalars,
-                             SOC_POINTS, OCV_POINTS, self.bms._state_f, self.bms._state_b,
-                             self.bms.trip_count, self.bms._par)
+                             SOC_POINTS, OCV_POINTS, bms_state_f, bms_state_b, bms_trip_count, bms_par)
         apply_scenario(self, spec)
         self._refresh_chemistry()
         # what the BMS boards last sampled: cell voltages (at rest: OCV), current, temperature
@@ -360,6 +367,92 @@ class Twin:
     def inverter_heartbeat(self) -> None:
         self.master.heartbeat(self.clock.now)
 
+    # ================================================================== set-up and faults
+    # What a fault scenario (emulator/faults.py), a test or a bench service command changes in
+    # the bank. Each method keeps the twin's derived state consistent (conductances, RC
+    # coefficients, accumulated heat), so no caller needs to know how the twin caches them.
+    def invalidate_resistances(self) -> None:
+        """Rebuild every resistive branch's conductance before the next solve.
+
+        For a caller that changed a contactor, fuse or part resistance by item; the heat
+        accumulated so far is settled first, at the resistances it was produced in. The
+        methods below call it themselves.
+        """
+        self._mark_resistive_dirty()
+
+    def invalidate_rc(self) -> None:
+        """Recompute the RC pairs' step coefficients before the next step.
+
+        For a caller that changed ``r1``, ``r2``, ``tau1`` or ``tau2`` of a module by item
+        (:meth:`age_module` calls it itself).
+        """
+        self._rc_cache = None
+
+    def age_module(self, module: str, capacity_factor: float = 1.0, resistance_factor: float = 1.0) -> None:
+        """Age one module: every cell's capacity times ``capacity_factor``, its series
+        resistance and both RC resistances times ``resistance_factor`` (time constants kept)."""
+        k = self.module_index[module]
+        self.cell_capacity_as[k, :] *= capacity_factor
+        self.r_series[k] *= resistance_factor
+        self.r1[k] *= resistance_factor
+        self.r2[k] *= resistance_factor
+        self.invalidate_rc()
+
+    def part_resistance(self, element: str, part: str) -> float:
+        """Resistance (ohm at 20 C) of one named part of a resistive element, e.g.
+        ``part_resistance("p2.lead+", "cable")``; KeyError naming what exists otherwise."""
+        return float(self._resistive_element(element).parts[self._part_name(element, part)])
+
+    def set_part_resistance(self, element: str, part: str, ohm: float) -> None:
+        """Set one named part of a resistive element (ohm at 20 C): a loose lug, a longer
+        cable. The element's conductance is rebuilt before the next solve."""
+        self._resistive_element(element).parts[self._part_name(element, part)] = float(ohm)
+        self.invalidate_resistances()
+
+    def lug_parts(self, terminal: str) -> list[tuple[str, str]]:
+        """(element, part) of every cable lug landed on a module terminal (``s1p2.+``,
+        ``s1p2.P-``); empty if no lug lands there (a terminal joined by a busbar or link)."""
+        return self.layout.lug_parts(terminal)
+
+    def lengthen_lead(self, branch: str, factor: float) -> None:
+        """Make a parallel branch's leads ``factor`` times as long: both lead cables' resistance
+        and the branch's loop inductance scale with it (lugs, shunt, fuse, contactor do not)."""
+        for name in self.layout.lead_elements(branch):
+            self._resistive_element(name).parts["cable"] *= factor
+        for k, inductor in enumerate(self.layout.inductors):
+            if inductor.name == self.layout.lead_inductor(branch):
+                self.ind_h[k] *= factor
+        self.invalidate_resistances()
+
+    def stick_contactor(self, name: str, stuck: str | None) -> None:
+        """A contactor stuck ``"open"`` or ``"closed"`` (None: free again). A stuck contactor
+        stays where it is stuck whatever :meth:`set_contactor` asks."""
+        if name not in self.contactor_closed:
+            raise KeyError(f"no contactor '{name}' (contactors: {', '.join(self.contactor_closed)})")
+        self.contactor_stuck[name] = stuck
+        if stuck is not None:
+            self.contactor_closed[name] = stuck == "closed"
+        self.invalidate_resistances()
+
+    def power_up_sync(self) -> None:
+        """Run the master's power-up synchronisation again on the modules' present state and
+        apply its decisions: for a caller that changed SOCs or firmware after building the twin
+        and wants the master to meet the bank as if it had just been switched on."""
+        self.master.startup_sync(self._module_views())
+        self._apply_master_decisions()
+
+    def _resistive_element(self, name: str):  # type: ignore[no-untyped-def]
+        k = self._resistive_index.get(name)
+        if k is None:
+            raise KeyError(f"no resistive element '{name}' in this bank")
+        return self.layout.resistive[k]
+
+    def _part_name(self, element: str, part: str) -> str:
+        parts = self._resistive_element(element).parts
+        if part not in parts:
+            raise KeyError(f"element '{element}' has no part '{part}' (parts: {', '.join(parts)})")
+        return part
+
     def shutdown_bench(self) -> None:
         """Safe state: load off, supply off, main contactor open."""
         self.load_input(False)
@@ -367,23 +460,28 @@ class Twin:
         self.set_contactor("main", False)
 
     # ================================================================== bench: measurements
-    def _noisy(self, value: float, sigma: float) -> float:
+    def noisy(self, value: float, sigma: float) -> float:
+        """``value`` plus Gaussian noise of standard deviation ``sigma`` from the twin's own
+        seeded generator (so a seeded run reads the same noise every time); ``sigma = 0`` adds
+        none and draws nothing."""
         return float(value + self.rng.normal(0.0, sigma)) if sigma else float(value)
+
+    _noisy = noisy  # the former name, still used by bench instruments outside this module
 
     def node_voltage(self, node: str) -> float:
         return float(self.v_nodes[self.layout.netlist.node_names.index(node)])
 
     def probe(self, plus: str, minus: str, noise_v: float = 0.0) -> float:
         """Voltage between two named nodes, as a DMM or scanner channel would read it."""
-        return self._noisy(self.node_voltage(plus) - self.node_voltage(minus), noise_v)
+        return self.noisy(self.node_voltage(plus) - self.node_voltage(minus), noise_v)
 
     def shunt_current(self, branch: str, noise_a: float = 0.0) -> float:
         """Current in a parallel branch's shunt, + = charging the branch."""
         k = self.layout.branch_shunt[branch]
-        return self._noisy(self.branch_i[k], noise_a)
+        return self.noisy(self.branch_i[k], noise_a)
 
     def thermocouple(self, point: str, noise_c: float = 0.0) -> float:
-        return self._noisy(self.thermal.temperature[self.thermal.index[point]], noise_c)
+        return self.noisy(self.thermal.temperature[self.thermal.index[point]], noise_c)
 
     def supply_reading(self) -> tuple[float, float]:
         k = self.layout.supply
@@ -431,7 +529,7 @@ class Twin:
         series = float(self.r_series[k]) * ac_series / dc_series
         region = int(self.fet_region[k])
         switch = float(self.fet_r_on[k]) if region in (FET_ON, FET_FAILED) else 1.0 / G_OFF
-        return self._noisy(series + switch, noise_ohm)
+        return self.noisy(series + switch, noise_ohm)
 
     def ocv(self) -> np.ndarray:
         """Module open-circuit voltages (V) at the SOC of the last slow-path update."""
@@ -688,6 +786,33 @@ class Twin:
         return changed
 
     # ================================================================== inspection
+    def cell_voltages(self) -> np.ndarray:
+        """Cell voltages (V, modules x cells) as the module BMS boards last sampled them --
+        what a BMS publishes as its cell figures. A read-only view: it follows the twin."""
+        view = self._cells[kn.C_V].view()
+        view.flags.writeable = False
+        return view
+
+    def bms_inputs(self) -> BmsInputs:
+        """What the module BMS boards last sampled (cell voltages, module currents, module
+        temperatures), as read-only views that follow the twin."""
+        views = []
+        for array in (self._bms_inputs.cell_v, self._bms_inputs.current_a, self._bms_inputs.temperature_c):
+            view = array.view()
+            view.flags.writeable = False
+            views.append(view)
+        return BmsInputs(*views)
+
+    def fet_voltages(self) -> np.ndarray:
+        """Vds of every module's BMS switch (V, module order), as of the last solve."""
+        return self.branch_v[self.fet_idx]
+
+    def lead_currents(self) -> np.ndarray:
+        """Current in every parallel branch's positive lead (A, in the order of
+        ``layout.branches``), as of the last solve. Its sign is the lead element's: + from the
+        branch towards the bus, i.e. discharging (``shunt_current`` gives + = charging)."""
+        return self.branch_i[self.lead_idx]
+
     def bank_rating(self) -> dict[str, float]:
         """Nominal voltage (V), capacity (Ah) and energy (kWh) from the DUT's topology."""
         mt, dut = self.spec.module_type, self.spec.dut

@@ -1,9 +1,11 @@
 """The battery's BMS over Modbus/TCP with SunSpec models: the harness plays the inverter.
 
 Discovery follows the SunSpec rule (DOMAIN.md section 4): ``"SunS"`` at 40000, else 0, else
-50000, then the chain of (ID, length) blocks up to ID 0xFFFF. Each model is decoded from
-pysunspec2's shipped JSON definitions (point order, sizes, scale factors, symbols), so a
-standard map needs no per-device table; values are raw x 10^SF.
+50000, then the chain of (ID, length) blocks up to ID 0xFFFF. Each model's registers, read over
+pymodbus, are fed to a pysunspec2 model object (``sunspec2.device.Model``, from the definitions
+pysunspec2 ships; ``set_mb``) and its points read back from it, values raw x 10^SF as pysunspec2
+computes them -- so a standard map needs no per-device table. One model object is kept per
+model found and fed again on every read of it.
 
 Why the transport is pymodbus and not pysunspec2's client: the harness needs one connection
 shared by the keep-alive thread and the checks, bounded time-outs, and every failure as an
@@ -41,7 +43,6 @@ What the role's answers are made of:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -49,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ import sunspec2
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusIOException
+from sunspec2 import device as sunspec_device
 from sunspec2 import mb as sunspec_mb
+from sunspec2 import mdef as sunspec_mdef
 
 from instruments.roles import Bms, BmsLimits, BmsStatus, BmsTelemetry, InstrumentError
 
@@ -117,64 +120,146 @@ class Malformed(ValueError):
 
 
 # =============================================================================== decoding
+# A model read from the battery is decoded by pysunspec2: the registers are fed to a
+# ``sunspec2.device.Model`` built from the definition pysunspec2 ships (``set_mb``), and every
+# point's value, scale factor applied, is pysunspec2's. What this module adds is what a
+# measurement needs and pysunspec2 leaves out: a repeating-group count that does not fit the
+# declared length, an unimplemented or out-of-range scale factor and text that does not decode
+# are errors naming the model, point and register, never a silently wrong number.
 @lru_cache(maxsize=None)
 def model_definition(model_id: int) -> dict[str, Any] | None:
-    """pysunspec2's JSON definition of a model (None if the package does not ship it)."""
-    path = MODELS_DIR / f"model_{model_id}.json"
+    """pysunspec2's definition of a model (None if the package does not ship it).
+
+    Loaded by pysunspec2 from the package's own directory rather than through
+    ``sunspec2.device.get_model_def``, which searches the current directory first.
+    """
+    path = MODELS_DIR / sunspec_mdef.to_json_filename(model_id)
     if not path.is_file():
         return None
-    with path.open(encoding="utf-8") as handle:
-        return json.load(handle)
+    definition = sunspec_mdef.from_json_file(str(path))
+    sunspec_device.add_mappings(definition[sunspec_mdef.GROUP])
+    return definition
+
+
+@dataclass(frozen=True)
+class _GroupLayout:
+    """One repeating group of a model: its count (a literal, or the point holding it) and size."""
+
+    name: str
+    count: str
+    count_point: Any          # the pysunspec2 point of a model prototype holding the count, or None
+    length: int               # registers per instance
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a model's fixed points end and its repeating groups begin (from pysunspec2)."""
+
+    fixed: int                # registers of the fixed points, ID and L included
+    groups: tuple[_GroupLayout, ...]
+    points: Mapping[str, Any]  # name -> pysunspec2 point of the fixed part (offset, pdef)
 
 
 @lru_cache(maxsize=None)
+def _layout(model_id: int) -> _Layout | None:
+    """The model's layout, read off a pysunspec2 prototype with one instance of each repeating
+    group; None for a model pysunspec2 does not ship or cannot lay out without data (nested
+    repeating groups: pysunspec2 alone then checks the data)."""
+    definition = model_definition(model_id)
+    if definition is None:
+        return None
+    gdef = definition[sunspec_mdef.GROUP]
+    data: dict[str, Any] = {}
+    for sub in gdef.get("groups", []):
+        count = str(sub.get("count", ""))
+        if count.isdigit():
+            data[sub["name"]] = [{}]
+        else:
+            data[count] = 1
+    try:
+        prototype = sunspec_device.Model(model_id=model_id, model_def=definition, data=data)
+    except sunspec_device.ModelError:
+        return None
+    groups = []
+    for sub in gdef.get("groups", []):
+        count = str(sub.get("count", ""))
+        instances = prototype.groups.get(sub["name"])
+        if not isinstance(instances, list) or not instances:
+            return None
+        groups.append(_GroupLayout(sub["name"], count, None if count.isdigit() else prototype.points[count],
+                                   int(instances[0].len)))
+    return _Layout(int(prototype.points_len), tuple(groups), dict(prototype.points))
+
+
 def top_point(model_id: int, name: str) -> tuple[int, Mapping[str, Any]]:
     """(offset from the model's ID point, definition) of a point of the model's fixed part."""
-    definition = model_definition(model_id)
-    offset = 0
-    for pdef in (definition or {"group": {"points": []}})["group"]["points"]:
-        if pdef["name"] == name:
-            return offset, pdef
-        offset += _size(pdef)
-    raise KeyError(f"model {model_id} has no point {name}")
+    layout = _layout(model_id)
+    point = None if layout is None else layout.points.get(name)
+    if point is None:
+        raise KeyError(f"model {model_id} has no point {name}")
+    return int(point.offset), point.pdef
 
 
-def _size(pdef: Mapping[str, Any]) -> int:
-    size = pdef.get("size")
-    return int(size) if size is not None else int(sunspec_mb.point_type_info[pdef["type"]].len)
+def _marker(pdef: Mapping[str, Any]) -> str:
+    size = pdef.get("size") or sunspec_mb.point_type_info[pdef["type"]].len
+    data = sunspec_mb.create_unimpl_value(pdef["type"], len=int(size) * 2)
+    return "0x" + data.hex().upper() if len(data) <= 4 else "unimplemented"
 
 
-@dataclass
 class Point:
-    """One decoded point: its register address, raw value (None if unimplemented), definition."""
+    """One point of a model read from the battery: its register address, definition, and the
+    pysunspec2 point holding its value (``raw``: the register value, None if unimplemented)."""
 
-    name: str
-    address: int
-    raw: Any
-    pdef: Mapping[str, Any]
+    __slots__ = ("name", "address", "pdef", "point")
+
+    def __init__(self, name: str, address: int, point: Any):
+        self.name, self.address, self.point = name, address, point
+        self.pdef: Mapping[str, Any] = point.pdef
+
+    @property
+    def raw(self) -> Any:
+        return self.point.value
 
 
-@dataclass
 class Block:
-    """A decoded model, or one instance of a repeating group inside it."""
+    """A model read from the battery, or one instance of a repeating group inside it: a view of
+    a pysunspec2 model object. A later read of the same model updates the object, and so every
+    view of it: take what you need from a block before reading its model again."""
 
-    model_id: int
-    address: int
-    points: dict[str, Point] = field(default_factory=dict)
-    groups: dict[str, list["Block"]] = field(default_factory=dict)
-    parent: "Block | None" = None
+    def __init__(self, model_id: int, address: int, group: Any = None, parent: "Block | None" = None):
+        self.model_id = model_id
+        self.address = address
+        self.parent = parent
+        self.group = group
+        self.points: dict[str, Point] = {}
+        self.groups: dict[str, list[Block]] = {}
+        if group is None:
+            return
+        base = int(group.model.model_addr)
+        self.points = {name: Point(name, base + int(p.offset), p) for name, p in group.points.items()}
+        for name, instances in group.groups.items():
+            instances = instances if isinstance(instances, list) else [instances]
+            self.groups[name] = [Block(model_id, base + int(g.offset), g, self) for g in instances]
 
     def where(self, name: str) -> str:
         point = self.points.get(name)
         at = f" at {point.address}" if point else ""
         return f"model {self.model_id} point {name}{at}"
 
+    def raw(self, name: str) -> Any:
+        """The point's register value (None if unimplemented or not in the model)."""
+        point = self.points.get(name)
+        return None if point is None else point.raw
+
     def scale(self, point: Point) -> int:
-        """The point's scale factor: a literal, or a sunssf point of this group or its model."""
+        """The point's scale factor: a literal, or a sunssf point of this group or its model.
+        An unimplemented or out-of-range one is :class:`Malformed`."""
         sf = point.pdef.get("sf")
         if sf is None:
             return 0
         if isinstance(sf, int) or str(sf).lstrip("-").isdigit():
+            if point.point.sf_value is None:   # pysunspec2 forgets it while the point is unimplemented
+                point.point.sf_value = int(sf)
             return int(sf)
         block: Block | None = self
         while block is not None and sf not in block.points:
@@ -187,14 +272,15 @@ class Block:
         return value
 
     def value(self, name: str) -> Any:
-        """The engineering value (raw x 10^SF), text, or raw enum/bitfield; None if unimplemented."""
+        """The engineering value (raw x 10^SF, computed by pysunspec2), text, or raw
+        enum/bitfield; None if unimplemented."""
         point = self.points.get(name)
         if point is None or point.raw is None:
             return None
         if point.pdef["type"] == "string" or point.pdef.get("sf") is None:
             return point.raw
-        sf = self.scale(point)
-        return round(point.raw * 10.0 ** sf, -sf) if sf < 0 else point.raw * 10.0 ** sf
+        self.scale(point)    # checked first: pysunspec2 would leave the value unscaled
+        return float(point.point.cvalue)
 
     def require(self, name: str) -> Any:
         value = self.value(name)
@@ -220,59 +306,68 @@ class Block:
         return names.get(int(point.raw), str(point.raw))
 
 
-def _marker(pdef: Mapping[str, Any]) -> str:
-    data = sunspec_mb.create_unimpl_value(pdef["type"], len=_size(pdef) * 2)
-    return "0x" + data.hex().upper() if len(data) <= 4 else "unimplemented"
+def _group_counts(model_id: int, address: int, data: bytes) -> tuple[int, ...] | None:
+    """Instances of each repeating group in a model's data, checked against its length: a count
+    that is not implemented, or that the declared length cannot hold, is :class:`Malformed`.
+    None if the model's layout is unknown (pysunspec2 alone reads it)."""
+    layout = _layout(model_id)
+    if layout is None:
+        return None
+    registers, offset, counts = len(data) // 2, layout.fixed, []
+    for group in layout.groups:
+        point = group.count_point
+        if point is None:
+            count = int(group.count) or max(registers - offset, 0) // group.length
+        else:
+            start = int(point.offset) * 2
+            chunk = data[start:start + int(point.len) * 2]
+            count = point.info.data_to(chunk) if len(chunk) == int(point.len) * 2 else None
+            if count is None or not point.info.is_impl(count):
+                raise Malformed(f"model {model_id} at {address}: group count {group.count} not implemented")
+        if offset + count * group.length > registers:
+            raise Malformed(f"model {model_id} at {address}: {count} x {group.name} need "
+                            f"{offset + count * group.length - 2} registers, length is {registers - 2}")
+        offset += count * group.length
+        counts.append(count)
+    return tuple(counts)
 
 
-def _decode_points(block: Block, points: list[dict[str, Any]], registers: list[int], offset: int) -> int:
-    for pdef in points:
-        size = _size(pdef)
-        chunk = registers[offset:offset + size]
-        raw = None
-        if len(chunk) == size and pdef["type"] != "pad":
-            info = sunspec_mb.point_type_info[pdef["type"]]
-            try:
-                value = info.data_to(struct.pack(f">{size}H", *chunk))
-            except (UnicodeDecodeError, struct.error) as exc:
-                raise Malformed(f"model {block.model_id} point {pdef['name']} at "
-                                f"{block.address + offset}: {exc}") from exc
-            raw = value if info.is_impl(value) else None
-        block.points[pdef["name"]] = Point(pdef["name"], block.address + offset, raw, pdef)
-        offset += size
-    return offset
+def _model_counts(model: Any) -> tuple[int, ...]:
+    return tuple(len(g) if isinstance(g, list) else 1 for g in model.groups.values())
 
 
-def decode_model(model_id: int, address: int, registers: list[int]) -> Block:
-    """Decode one model (``registers`` from its ID point to the end of its length).
+def decode_model(model_id: int, address: int, registers: list[int], reuse: Block | None = None) -> Block:
+    """Decode one model (``registers`` from its ID point to the end of its length) with
+    pysunspec2: the registers are fed to a model object (``set_mb``) and read back from it.
 
-    Points beyond the length a battery declares read as unimplemented (older revisions are
-    shorter); a repeating group whose declared count does not fit is malformed.
+    ``reuse`` is an earlier decoding of the same model at the same address: its model object is
+    fed the new registers (``set_mb``) if its repeating groups have the same instances -- several
+    times cheaper than a new object -- and the same block is returned. A new object is built
+    from the data itself (pysunspec2 sets every point from it as it builds). Points beyond the length a battery declares read
+    as unimplemented (older revisions are shorter); a repeating group whose declared count does
+    not fit is malformed, as is data pysunspec2 cannot decode.
     """
     definition = model_definition(model_id)
-    block = Block(model_id, address)
     if definition is None:
-        return block
-    group = definition["group"]
-    offset = _decode_points(block, group["points"], registers, 0)
-    for sub in group.get("groups", []):
-        sub_len = sum(_size(p) for p in sub["points"])
-        count_spec = sub.get("count", 0)
-        if str(count_spec).isdigit():
-            count = int(count_spec) or max(len(registers) - offset, 0) // sub_len
-        else:
-            count = block.points[count_spec].raw if count_spec in block.points else None
-            if count is None:
-                raise Malformed(f"model {model_id} at {address}: group count {count_spec} not implemented")
-        if offset + count * sub_len > len(registers):
-            raise Malformed(f"model {model_id} at {address}: {count} x {sub['name']} need "
-                            f"{offset + count * sub_len - 2} registers, length is {len(registers) - 2}")
-        instances = []
-        for _ in range(count):
-            instance = Block(model_id, address + offset, parent=block)
-            offset = _decode_points(instance, sub["points"], registers, offset)
-            instances.append(instance)
-        block.groups[sub["name"]] = instances
+        return Block(model_id, address)
+    data = struct.pack(f">{len(registers)}H", *registers)
+    counts = _group_counts(model_id, address, data)
+    group = reuse.group if reuse is not None and reuse.model_id == model_id and reuse.address == address else None
+    if group is not None and counts is not None and _model_counts(group) == counts:
+        group.error_info = ""
+        group.set_mb(data, dirty=False)
+        block = reuse
+    else:   # a new object: pysunspec2 lays out the repeating groups from the data's counts
+        try:
+            group = sunspec_device.Model(model_id=model_id, model_addr=address, model_len=len(registers) - 2,
+                                         model_def=definition, data=data)
+        except sunspec_device.ModelError as exc:
+            raise Malformed(f"model {model_id} at {address}: {exc}") from exc
+        block = Block(model_id, address, group)
+    # the declared length differing from the definition's is legal (older revisions): not an error
+    errors = [line for line in group.error_info.splitlines() if line and not line.startswith("Model length")]
+    if errors:
+        raise Malformed(f"model {model_id} at {address}: {'; '.join(errors)}")
     return block
 
 
@@ -334,6 +429,7 @@ class SunSpecBms(Bms):
                                        reconnect_delay=0)
         self._io = threading.RLock()
         self._models: list[ModelRef] | None = None
+        self._decoded: dict[ModelRef, Block] = {}   # the model objects, fed again on each read
         self._ctrl_hb = 0
         self._last_hb: int | None = None
         self._last_heard: float | None = None
@@ -417,6 +513,7 @@ class SunSpecBms(Bms):
                 models.append(ModelRef(model_id, address, length))
                 address += 2 + length
             self._models = models
+            self._decoded = {ref: block for ref, block in self._decoded.items() if ref in models}
             return models
 
     def models(self) -> list[ModelRef]:
@@ -433,10 +530,14 @@ class SunSpecBms(Bms):
             raise self._error(f"read model {ref.model_id} at {ref.address}",
                               f"header is ({registers[0]}, {registers[1]}), expected "
                               f"({ref.model_id}, {ref.length}): the map changed")
-        try:
-            return decode_model(ref.model_id, ref.address, registers)
-        except Malformed as exc:
-            raise self._error(f"decode model {ref.model_id} at {ref.address}", str(exc)) from exc
+        with self._io:
+            try:
+                block = decode_model(ref.model_id, ref.address, registers, self._decoded.get(ref))
+            except Malformed as exc:
+                self._decoded.pop(ref, None)
+                raise self._error(f"decode model {ref.model_id} at {ref.address}", str(exc)) from exc
+            self._decoded[ref] = block
+            return block
 
     def model(self, model_id: int, instance: int = 1) -> Block:
         refs = self.refs(model_id)
@@ -460,7 +561,7 @@ class SunSpecBms(Bms):
 
     def _battery(self) -> Block:
         block = self.model(802)
-        self._note_heartbeat(block.points["Hb"].raw if "Hb" in block.points else None)
+        self._note_heartbeat(block.raw("Hb"))
         return block
 
     # -- the role -------------------------------------------------------------------------------

@@ -172,3 +172,69 @@ def test_neither_heat_nor_start_is_healthy(hot_runs):
     assert samples == healthy
     assert np.array_equal(twin.thermal.temperature, healthy_twin.thermal.temperature)
     assert np.array_equal(twin.extra_heat_w, healthy_twin.extra_heat_w)
+
+
+# ------------------------------------------------------------------------------ the public twin API
+
+def _under_load(twin: Twin, seconds: float = 20.0) -> dict[str, float]:
+    """Branch currents and the module temperatures after a 100 A discharge, keep-alive each second."""
+    twin.set_load(100.0)
+    twin.load_input(True)
+    for _ in range(int(seconds)):
+        twin.inverter_heartbeat()
+        twin.advance(1.0)
+    return {**twin.branch_currents(), **{m: twin.thermocouple(m) for m in twin.modules}}
+
+
+def _lead_length(twin: Twin, branch: str) -> float:
+    ic = twin.spec.dut.interconnect
+    override = ic.leads.get(branch)
+    return ic.lead.length_m if override is None or override.length_m is None else override.length_m
+
+
+def test_the_public_twin_api_reproduces_each_resistive_scenario():
+    """The methods faults use (emulator/faults.py) are the twin's public API: a healthy twin set
+    up through them behaves as the shipped scenario's twin does."""
+    dut = "1s4p_diagonal"
+    healthy = Twin(load_bank_spec(dut))
+    last, middle = healthy.layout.branches[-1], healthy.modules[len(healthy.modules) // 2]
+    lugs = healthy.lug_parts(f"{healthy.modules[-1]}.+")
+    assert lugs and all(part.startswith("lug") for _, part in lugs)
+
+    def loose(twin: Twin) -> None:
+        for element, part in twin.lug_parts(f"{twin.modules[-1]}.+"):
+            twin.set_part_resistance(element, part, 0.5e-3)
+
+    def longer(twin: Twin) -> None:
+        length = _lead_length(twin, last)
+        twin.lengthen_lead(last, (length + 0.15) / length)
+
+    def aged(twin: Twin) -> None:
+        twin.age_module(middle, capacity_factor=0.8, resistance_factor=1.6)
+
+    for scenario, set_up in (("loose_lug", loose), ("unequal_cable", longer), ("aged_module", aged)):
+        faulted = Twin(load_bank_spec(dut, scenario))
+        by_api = Twin(load_bank_spec(dut))
+        set_up(by_api)
+        assert _under_load(by_api) == pytest.approx(_under_load(faulted), rel=1e-9, abs=1e-9), scenario
+    element, part = lugs[0]
+    assert faulted.part_resistance(element, part) == healthy.part_resistance(element, part)
+    assert by_api.part_resistance(f"{last}.lead+", "cable") == healthy.part_resistance(f"{last}.lead+", "cable")
+    with pytest.raises(KeyError, match="no part 'bolt'"):
+        healthy.set_part_resistance(element, "bolt", 1.0)
+
+
+def test_a_stuck_contactor_stays_where_it_is_stuck():
+    twin = Twin(load_bank_spec("1s4p_diagonal"))
+    branch = twin.layout.branches[-1]
+    twin.stick_contactor(branch, "closed")
+    twin.set_contactor(branch, False)
+    assert twin.contactor_closed[branch]
+    twin.stick_contactor(branch, "open")
+    twin.set_contactor(branch, True)
+    assert not twin.contactor_closed[branch]
+    twin.advance(1.0)
+    assert abs(twin.shunt_current(branch)) < 1e-3
+    twin.stick_contactor(branch, None)
+    twin.set_contactor(branch, True)
+    assert twin.contactor_closed[branch]

@@ -84,8 +84,7 @@ def test_mismatched_module_stays_pending_until_close_then_counts():
     """
     twin = twin_with("1s4p_diagonal")
     twin.set_module_soc("s1p4", 2.0)       # far below its 50 % peers: ~ -0.6 V
-    twin.master.startup_sync(twin._module_views())
-    twin._apply_master_decisions()
+    twin.power_up_sync()
     run_with_heartbeat(twin, 3)
     r = twin.master.report
     assert r.pending == ["s1p4"]
@@ -111,8 +110,7 @@ def test_mismatched_module_stays_pending_until_close_then_counts():
 def test_firmware_mismatch_is_excluded_and_reduces_capacity():
     twin = twin_with("1s4p_diagonal")
     twin.firmware["s1p2"] = "1.9.0"
-    twin.master.startup_sync(twin._module_views())
-    twin._apply_master_decisions()
+    twin.power_up_sync()
     run_with_heartbeat(twin, 3)
     r = twin.master.report
     assert r.excluded == ["s1p2"]

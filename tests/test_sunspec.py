@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
+from bankmodel.positions import position
 from emulator.bench import EmulatedBench
 from bankmodel.specs.firmware import FirmwareProfile
 from bankmodel.specs.loading import FIXTURES, load_bank_spec
@@ -68,13 +69,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
 
 def bank_voltage(twin: Twin) -> float:
     """What the master reports: per series position the mean stack voltage, summed."""
-    positions = np.array([int(m[1:].split("p")[0]) for m in twin.modules])
+    positions = np.array([position(m)[0] for m in twin.modules])
     stack = np.array([twin.module_stack_voltage(m) for m in twin.modules])
     return float(sum(stack[positions == s].mean() for s in np.unique(positions)))
 
 
 def bank_current(twin: Twin) -> float:
-    return sum(twin.module_current(m) for m in twin.modules if m.startswith("s1p"))
+    return sum(twin.module_current(m) for m in twin.modules if position(m)[0] == 1)
 
 
 def load_on(rig: SimpleNamespace, amps: float) -> None:
@@ -207,6 +208,43 @@ def test_protection_trips_and_running_debounce_map_to_alarm_and_warning_bits():
     strings = bank_model.groups["string"]
     assert strings[3].symbol("StrConFail") == "FUSE_OPEN" and strings[0].symbol("StrConFail") == "NO_FAILURE"
     assert "OVER_VOLT_ALARM" in strings[2].symbols("StrEvt1") and not strings[0].symbols("StrEvt1")
+
+
+def test_can_and_sunspec_publish_one_bank(tmp_path):
+    """Both endpoints take their figures from emulator.published: the same bank voltage, current,
+    cell extremes and protection alarms/warnings, during a debounce and after the trip."""
+    from emulator.endpoints.can_bms import ALARM_SOURCES, protocol_values
+    from emulator.endpoints.sunspec_server import BankMap, ControllerState
+    from emulator.published import ALARM_FAMILIES
+    from instruments.sunspec_bms import event_names
+
+    scenario = tmp_path / "hot_module_65c.yaml"
+    scenario.write_text("name: hot_module_65c\ndescription: middle module at 65 C\nfaults:\n"
+                        "  - kind: hot_module\n    module: middle\n    extra_heat_w: 0\n"
+                        "    initial_temperature_c: 65\n")
+    twin = Twin(load_bank_spec("4s4p", scenario))
+    twin.set_load(40.0)
+    twin.load_input(True)
+    seen = []
+    for seconds in (1.5, 2.5):      # inside the 2 s debounce: a warning; then the alarm
+        for _ in range(int(seconds * 2)):
+            twin.inverter_heartbeat()
+            twin.advance(0.5)
+        can = protocol_values(twin)
+        bank = BankMap(twin)
+        registers = bank.render(ControllerState())
+        start = bank.battery.address - BASE_ADDRESS
+        battery = decode_model(802, bank.battery.address, registers[start:start + bank.battery.length])
+        alarms, warnings = event_names(battery.symbols("Evt1"))
+        frame = can[0x359]
+        assert alarms & set(ALARM_FAMILIES) == {f for bit, f in ALARM_SOURCES.items() if frame[f"Alarm_{bit}"]}
+        assert warnings & set(ALARM_FAMILIES) == {f for bit, f in ALARM_SOURCES.items() if frame[f"Warning_{bit}"]}
+        seen.append((alarms & set(ALARM_FAMILIES), warnings & set(ALARM_FAMILIES)))
+        assert battery.value("V") == pytest.approx(can[0x356]["Voltage"], abs=0.05)
+        assert battery.value("A") == pytest.approx(can[0x356]["Current"], abs=0.05)
+        assert battery.value("CellVMin") == pytest.approx(can[0x373]["MinCellVoltage"] / 1000, abs=1e-3)
+        assert battery.value("CellVMax") == pytest.approx(can[0x373]["MaxCellVoltage"] / 1000, abs=1e-3)
+    assert seen == [(set(), {"over_temperature"}), ({"over_temperature"}, set())]
 
 
 # ------------------------------------------------------------------------------ (3) CtrlHb

@@ -243,3 +243,23 @@ def test_same_inputs_same_outputs():
 
 def test_fixture_folder_exists():
     assert Path(FIXTURES / "duts").is_dir()
+
+
+def test_public_views_follow_the_twin_and_are_read_only():
+    """What endpoints and ``hil simulate`` read: the boards' cell voltages, Vds, lead currents."""
+    twin = build_twin("1s4p_diagonal")
+    twin.set_load(80.0)
+    twin.load_input(True)
+    twin.advance(2.0)
+    cells = twin.cell_voltages()
+    assert cells.shape == (len(twin.modules), twin.cells)
+    with pytest.raises(ValueError):
+        cells[0, 0] = 0.0
+    before = cells.copy()
+    twin.advance(5.0)
+    assert not np.array_equal(before, cells)                 # a view: it follows the twin
+    assert np.array_equal(twin.bms_inputs().cell_v, cells)
+    assert list(twin.fet_voltages()) == [twin.vds(m) for m in twin.modules]
+    leads = twin.lead_currents()
+    assert leads.sum() == pytest.approx(80.0, rel=1e-3)       # + = towards the bus: discharging
+    assert list(leads) == pytest.approx([-twin.shunt_current(b) for b in twin.layout.branches], rel=1e-6)

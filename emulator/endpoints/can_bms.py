@@ -62,22 +62,23 @@ import cantools
 import numpy as np
 from cantools.database.can import Database
 
+from emulator import published
 from emulator.bench import EmulatedBench
-from emulator.bms import PROTECTIONS
 from emulator.twin import Twin
 
 KEEPALIVE_ID = 0x305
 FORCE_DISCONNECT_ID = 0x3F0
 SILENCE_MODULE_ID = 0x3F1
 PN_MARKER = (0x50, 0x4E)  # 'P', 'N' in 0x359 bytes 5-6
-# 0x359 alarm/warning bit (DBC signal suffix) <- module BMS protections that raise it.
-ALARM_SOURCES: dict[str, tuple[str, ...]] = {
-    "OverVoltage": ("cell_overvoltage",),
-    "UnderVoltage": ("cell_undervoltage",),
-    "OverTemp": ("charge_over_temperature", "discharge_over_temperature"),
-    "UnderTemp": ("charge_under_temperature", "discharge_under_temperature"),
-    "DischargeOverCurrent": ("discharge_overcurrent", "short_circuit"),
-    "ChargeOverCurrent": ("charge_overcurrent",),
+# 0x359 alarm/warning bit (DBC signal suffix) <- the alarm family that raises it (the module
+# BMS protections of each family: emulator.published.ALARM_FAMILIES).
+ALARM_SOURCES: dict[str, str] = {
+    "OverVoltage": "over_voltage",
+    "UnderVoltage": "under_voltage",
+    "OverTemp": "over_temperature",
+    "UnderTemp": "under_temperature",
+    "DischargeOverCurrent": "discharge_over_current",
+    "ChargeOverCurrent": "charge_over_current",
 }
 
 
@@ -115,49 +116,24 @@ def manufacturer_code(name: str) -> int:
     return int.from_bytes(text, "little")
 
 
-def _cell_voltages(twin: Twin) -> np.ndarray:
-    """Cell voltages (modules x cells) as the module BMS boards last sampled them.
-
-    Prefers a public ``Twin.cell_voltages()`` if the twin offers one; otherwise reads the
-    inputs the twin last gave its BMS boards (the same numbers, not yet public).
-    """
-    getter = getattr(twin, "cell_voltages", None)
-    if callable(getter):
-        return np.asarray(getter())
-    return np.asarray(twin._bms_inputs.cell_v)
-
-
-def _bank_voltage_current(twin: Twin, heard: np.ndarray) -> tuple[float, float]:
-    """Bank voltage (sum over series positions of the mean stack voltage of modules heard)
-    and bank current (sum over the first series position's modules, + = charge)."""
-    position = twin.master.series_index
-    stack = np.array([twin.module_stack_voltage(m) for m in twin.modules])
-    voltage = 0.0
-    for s in range(twin.master.series):
-        members = position == s
-        use = members & heard if (members & heard).any() else members
-        voltage += float(stack[use].mean())
-    current = sum(twin.module_current(m) for m, s in zip(twin.modules, position) if s == 0)
-    return voltage, float(current)
-
-
 def protocol_values(twin: Twin, model_code: int = 0) -> dict[int, dict[str, float]]:
-    """Physical values of every battery -> inverter frame, by CAN ID (see the module doc)."""
+    """Physical values of every battery -> inverter frame, by CAN ID (see the module doc).
+
+    The measured figures (bank voltage and current, temperatures, cell voltages, alarms and
+    warnings) are what :mod:`emulator.published` computes for every endpoint, over the modules
+    the master hears (all of them if it hears none).
+    """
     r = twin.master.report
     fw = twin.spec.firmware
-    heard = np.array([m not in r.offline for m in twin.modules])
-    if not heard.any():
-        heard[:] = True  # nobody answers: report the last thing every board measured
-    voltage, current = _bank_voltage_current(twin, heard)
-    temps = np.array([twin.thermocouple(m) for m in twin.modules])[heard]
-    cells = _cell_voltages(twin)[heard]
-    tripped = twin.bms.tripped[:, heard].any(axis=1)
-    pending = (twin.bms.timer[:, heard] > 0).any(axis=1) & ~tripped
+    now = published.read(twin)
+    voltage, current = now.bank_voltage(), now.bank_current()
+    temps = now.temperatures()
+    cell_min, cell_max = now.cell_voltage_range()
+    flags = now.flags()
     alarms_warnings: dict[str, float] = {}
-    for bit, sources in ALARM_SOURCES.items():
-        rows = [PROTECTIONS.index(name) for name in sources]
-        alarms_warnings[f"Alarm_{bit}"] = int(tripped[rows].any())
-        alarms_warnings[f"Warning_{bit}"] = int(pending[rows].any())
+    for bit, family in ALARM_SOURCES.items():
+        alarms_warnings[f"Alarm_{bit}"] = int(flags[family].alarm)
+        alarms_warnings[f"Warning_{bit}"] = int(flags[family].warning)
     alarms_warnings["Alarm_BmsInternal"] = int(r.comm_alarm)
     alarms_warnings["Warning_BmsInternal"] = 0  # the profile decides what is signalled: alarm only
     alarms_warnings.update(ModuleCount=r.modules_online, MarkerP=PN_MARKER[0], MarkerN=PN_MARKER[1])
@@ -176,7 +152,7 @@ def protocol_values(twin: Twin, model_code: int = 0) -> dict[int, dict[str, floa
                 "OnlineCapacity": r.online_capacity_ah},
         0x372: {"ModulesOnline": r.modules_online, "ModulesBlockingCharge": r.blocking_charge,
                 "ModulesBlockingDischarge": r.blocking_discharge, "ModulesOffline": r.modules_offline},
-        0x373: {"MinCellVoltage": float(cells.min()) * 1000, "MaxCellVoltage": float(cells.max()) * 1000,
+        0x373: {"MinCellVoltage": cell_min * 1000, "MaxCellVoltage": cell_max * 1000,
                 "MinTemperature": float(temps.min()) + 273.15, "MaxTemperature": float(temps.max()) + 273.15},
         0x379: {"InstalledCapacity": r.installed_capacity_ah},
     }

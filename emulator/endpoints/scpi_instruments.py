@@ -567,7 +567,7 @@ class HiokiBt3562(_BenchDevice):
             twin, module = bench.twin, bench.wiring.acir_module
             ohm = twin.module_ac_resistance(module, self.noise_ohm)
             volts = twin.module_terminal_voltage(module)
-            volts = twin._noisy(volts, bench.noise.voltage_v)
+            volts = twin.noisy(volts, bench.noise.voltage_v)
         return (ohm if ohm <= self.max_ohm else self.over_range_ohm), volts
 
     def _format(self, reading: tuple[float, float]) -> str:

@@ -2,10 +2,12 @@
 
 What an inverter (or the harness, playing one) finds at 40000: ``"SunS"``, model 1 (common),
 802 (battery base), 803 (lithium-ion bank), one 804 per string, one 805 per module, then the
-end marker. The registers are laid out from pysunspec2's own JSON model definitions -- point
-order, sizes, scale-factor points, enum and bitfield symbols, unimplemented markers -- so a
-SunSpec client (pysunspec2's or the harness's) reads them as it would a real battery, and no
-offset is typed by hand here.
+end marker. Each served model is a pysunspec2 model object (``sunspec2.device.Model``, built
+from the definitions pysunspec2 ships): its points are set from the twin in engineering units,
+pysunspec2 applies the scale factors and encodes the points, unimplemented markers included,
+and the register image is the models' ``get_mb()`` -- so a SunSpec client (pysunspec2's or the
+harness's) reads them as it would a real battery, and no offset or encoding is typed by hand
+here.
 
 Why values are rendered on demand rather than on a bench-time timer: nothing can observe the
 registers except by reading them, and rendering a 16-module bank costs a few milliseconds, so
@@ -16,8 +18,8 @@ another thread holds the lock for longer than ``lock_timeout_s``, serves the las
 ``Hb`` is the whole seconds of bench time, so it still counts once per bench second, and the
 master's own report changes once per ``report_period_s`` as its firmware publishes it.
 
-What goes where (the mapping the harness relies on; the same definitions as the CAN
-endpoint, so both BMS clients see one bank):
+What goes where (the mapping the harness relies on). The measured figures come from
+:mod:`emulator.published`, as the CAN endpoint's do, so both BMS clients see one bank:
 
 - 802 ``V``: sum over series positions of the mean cell-stack voltage of the modules the master
   still hears; ``A``: sum of the module currents of the first series position (+ = charge);
@@ -27,8 +29,9 @@ endpoint, so both BMS clients see one bank):
   times the nominal bank voltage; ``State``: CONNECTED while the main contactor is closed;
   ``Hb``: whole seconds of bench time; ``CtrlHb``/``SetOp``/``SetInvState``: what the
   controller last wrote.
-- ``Evt1``: a protection tripped on a module the master hears sets its ``*_ALARM`` bit, the same
-  condition with its debounce timer running sets the ``*_WARNING`` bit; the master's
+- ``Evt1``: a protection tripped on a module the master hears sets its family's ``*_ALARM`` bit
+  (families: ``emulator.published.ALARM_FAMILIES``, bits: :data:`EVENT_STEMS`), the same
+  condition with its debounce timer running, no alarm yet, the ``*_WARNING`` bit; the master's
   communication alarm sets COMMUNICATION_ERROR; a module pending admission sets
   VOLTAGE_IMBALANCE_WARNING; a welded or stuck contactor CONTACTOR_ERROR; a blown fuse or a
   failed-short FET OTHER_ALARM; unequal currents in parallel CURRENT_IMBALANCE_WARNING and a
@@ -73,7 +76,7 @@ import math
 import re
 import struct
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -85,10 +88,12 @@ from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
-from sunspec2 import mb as sunspec_mb
+from sunspec2 import device as sunspec_device
+from sunspec2 import mdef as sunspec_mdef
 
+from bankmodel.positions import position
+from emulator import published
 from emulator.bench import EmulatedBench
-from emulator.bms import PROTECTIONS
 from emulator.twin import Twin
 
 BASE_ADDRESS = 40000
@@ -112,7 +117,6 @@ _RANGES: dict[str, tuple[int, int]] = {
     "uint32": (0, 0xFFFFFFFE), "enum32": (0, 0xFFFFFFFE), "bitfield32": (0, 0x7FFFFFFF),
     "sunssf": (-10, 10),
 }
-_POSITION = re.compile(r"^s(\d+)p(\d+)$")
 
 
 # 802 Typ (pysunspec2's enumeration) of a module type's ``chemistry`` (upper case, alphanumerics)
@@ -141,35 +145,30 @@ def battery_chemistry(chemistry: str) -> tuple[str, str]:
     return word, family or "OTHER"
 
 
-def _position(module: str) -> tuple[int, int]:
-    """(series position X, parallel index Y) of a module named sXpY."""
-    match = _POSITION.match(module)
-    if match is None:
-        raise ValueError(f"module name '{module}' is not a position like s1p2")
-    return int(match.group(1)), int(match.group(2))
-
-# Evt1 symbol stem <- module BMS protections that raise it (names in emulator.bms.PROTECTIONS).
-EVENT_SOURCES: dict[str, tuple[str, ...]] = {
-    "OVER_VOLT": ("cell_overvoltage",),
-    "UNDER_VOLT": ("cell_undervoltage",),
-    "OVER_TEMP": ("charge_over_temperature", "discharge_over_temperature"),
-    "UNDER_TEMP": ("charge_under_temperature", "discharge_under_temperature"),
-    "OVER_CHARGE_CURRENT": ("charge_overcurrent",),
-    "OVER_DISCHARGE_CURRENT": ("discharge_overcurrent", "short_circuit"),
+# Evt1 symbol stem <- the alarm family (emulator.published.ALARM_FAMILIES) that raises it.
+EVENT_STEMS: dict[str, str] = {
+    "over_voltage": "OVER_VOLT",
+    "under_voltage": "UNDER_VOLT",
+    "over_temperature": "OVER_TEMP",
+    "under_temperature": "UNDER_TEMP",
+    "charge_over_current": "OVER_CHARGE_CURRENT",
+    "discharge_over_current": "OVER_DISCHARGE_CURRENT",
 }
+assert set(EVENT_STEMS) == set(published.ALARM_FAMILIES), "one Evt1 stem per alarm family"
 
 
-# =============================================================================== model layout
+# =============================================================================== the models
 @lru_cache(maxsize=None)
 def model_definition(model_id: int) -> dict[str, Any]:
-    """pysunspec2's JSON definition of a model, read from the installed package.
+    """pysunspec2's definition of a model, loaded by pysunspec2 from the installed package.
 
-    Read from the package directory directly: ``sunspec2.device.get_model_def`` searches the
-    current directory first, so a stray ``model_802.json`` there would change the map.
+    Loaded from the package directory directly rather than through
+    ``sunspec2.device.get_model_def``, which searches the current directory first: a stray
+    ``model_802.json`` there would change the map.
     """
-    path = MODELS_DIR / f"model_{model_id}.json"
-    with path.open(encoding="utf-8") as handle:
-        return json.load(handle)
+    definition = sunspec_mdef.from_json_file(str(MODELS_DIR / sunspec_mdef.to_json_filename(model_id)))
+    sunspec_device.add_mappings(definition[sunspec_mdef.GROUP])
+    return definition
 
 
 def repeating_group(model_id: int) -> str | None:
@@ -178,137 +177,89 @@ def repeating_group(model_id: int) -> str | None:
     return groups[0]["name"] if groups else None
 
 
-def _point_size(pdef: Mapping[str, Any]) -> int:
-    size = pdef.get("size")
-    return int(size) if size is not None else int(sunspec_mb.point_type_info[pdef["type"]].len)
-
-
-def _to_registers(data: bytes) -> list[int]:
-    return list(struct.unpack(f">{len(data) // 2}H", data))
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One point of one model instance: where it sits, how it is encoded and scaled."""
-
-    key: str                  # "SoC", or "string.2.StrSoC" in instance 2 of a repeating group
-    pdef: Mapping[str, Any]
-    offset: int               # registers from the model's ID point
-    size: int
-    sf_key: str | None        # the scale-factor point's key (group first, then model, as SunSpec)
-    sf_fixed: int | None      # a literal scale factor in the definition
-    symbols: Mapping[str, int]
-    unimplemented: tuple[int, ...]
-
-    @property
-    def type(self) -> str:
-        return str(self.pdef["type"])
-
-
-class ModelImage:
-    """The registers of one model instance, with its points addressable by name.
+class ServedModel:
+    """One model instance of the map: a pysunspec2 model object, its points addressable by key.
 
     ``count`` is the number of instances of the model's repeating group; a count held in a
-    point (803's NStr, 804's NMod) is written into that point so the map is self-consistent.
+    point (803's NStr, 804's NMod) is set in that point so the map is self-consistent. Keys are
+    point names, ``"<group>.<n>.<point>"`` in instance n (1-based) of the repeating group.
+    Values are set in engineering units and pysunspec2 applies the scale factors; the
+    registers are the model's ``get_mb()``.
     """
 
     def __init__(self, model_id: int, count: int = 0):
         self.model_id = model_id
         self.address = 0
-        self.slots: dict[str, Slot] = {}
-        self._sf: dict[str, int] = {}
-        gdef = model_definition(model_id)["group"]
-        top = {p["name"] for p in gdef["points"]}
-        offset = self._lay_out(gdef["points"], "", top, set(), 0)
-        for sub in gdef.get("groups", []):
-            names = {p["name"] for p in sub["points"]}
-            for index in range(1, count + 1):
-                offset = self._lay_out(sub["points"], f"{sub['name']}.{index}.", top, names, offset)
-        self.length = offset
-        self.registers = [0] * offset
-        for slot in self.slots.values():
-            self._store(slot, None)
-        self.set("ID", model_id)
-        self.set("L", offset - 2)
-        for sub in gdef.get("groups", []):
-            if not str(sub.get("count", "")).isdigit():
-                self.set(str(sub["count"]), count)
-        for name in top:
-            if name in SCALE_FACTORS:
-                self.set(name, SCALE_FACTORS[name])
+        definition = model_definition(model_id)
+        data: dict[str, Any] = {}
+        for sub in definition["group"].get("groups", []):
+            spec = str(sub.get("count", ""))
+            if spec.isdigit():    # a fixed (or, 0, length-given) count: the instances are the data's
+                data[sub["name"]] = [{} for _ in range(count)]
+            else:
+                data[spec] = count
+        self.model = sunspec_device.Model(model_id=model_id, model_def=definition, data=data)
+        if self.model.error_info:
+            raise ValueError(f"model {model_id}: {self.model.error_info.strip()}")
+        self.length = int(self.model.len)     # registers from the ID point to the end
+        self.points: dict[str, sunspec_device.Point] = dict(self.model.points)
+        for name, instances in self.model.groups.items():
+            for index, group in enumerate(instances if isinstance(instances, list) else [instances], start=1):
+                self.points.update({f"{name}.{index}.{p}": point for p, point in group.points.items()})
+        self._symbols = {key: {str(s["name"]): int(s["value"]) for s in point.pdef.get("symbols", [])}
+                         for key, point in self.points.items() if point.pdef.get("symbols")}
+        # per key: the point, its type and the implemented range of its raw value
+        self._slots = {key: (point, str(point.pdef["type"]), *_RANGES.get(str(point.pdef["type"]),
+                                                                         (-(2 ** 63), 2 ** 64 - 1)))
+                       for key, point in self.points.items()}
+        self._registers: list[int] | None = None   # the last get_mb(), until a point changes
+        for name in SCALE_FACTORS.keys() & self.model.points.keys():
+            self.set(name, SCALE_FACTORS[name])
 
-    def _lay_out(self, points: list[dict[str, Any]], prefix: str, top: set[str], local: set[str],
-                 offset: int) -> int:
-        for pdef in points:
-            sf = pdef.get("sf")
-            sf_key = sf_fixed = None
-            if isinstance(sf, int) or (isinstance(sf, str) and re.fullmatch(r"-?\d+", sf)):
-                sf_fixed = int(sf)
-            elif sf is not None:
-                if sf not in local and sf not in top:
-                    raise ValueError(f"model {self.model_id}: scale factor {sf} of {pdef['name']} not found")
-                sf_key = prefix + sf if sf in local else sf
-            size = _point_size(pdef)
-            key = prefix + pdef["name"]
-            symbols = {str(s["name"]): int(s["value"]) for s in pdef.get("symbols", [])}
-            unimpl = tuple(_to_registers(sunspec_mb.create_unimpl_value(pdef["type"], len=size * 2)))
-            self.slots[key] = Slot(key, pdef, offset, size, sf_key, sf_fixed, symbols, unimpl)
-            offset += size
-        return offset
-
-    # -- values ---------------------------------------------------------------------------------
     def address_of(self, key: str) -> int:
-        return self.address + self.slots[key].offset
+        return self.address + int(self.points[key].offset)
+
+    def symbols(self, key: str) -> dict[str, int]:
+        """Symbol name -> value of an enum or bitfield point."""
+        return self._symbols.get(key, {})
 
     def set(self, key: str, value: Any) -> None:
-        """Store a value: engineering units (scaled by the point's scale factor), a symbol name
-        for an enum, a set of symbol names for a bitfield, text for a string; None or NaN for
-        "not implemented"."""
-        slot = self.slots[key]
-        if slot.type == "sunssf":
-            self._sf.clear()
-        self._store(slot, self._raw(slot, value))
-
-    def _scale(self, slot: Slot) -> int:
-        if slot.sf_fixed is not None:
-            return slot.sf_fixed
-        assert slot.sf_key is not None
-        sf = self._sf.get(slot.sf_key)
-        if sf is None:
-            raw = self.registers[self.slots[slot.sf_key].offset]
-            sf = raw - 0x10000 if raw & 0x8000 else raw
-            if sf == sunspec_mb.SUNS_UNIMPL_SUNSSF:
-                raise ValueError(f"model {self.model_id}: {slot.key} needs {slot.sf_key}, which is not set")
-            self._sf[slot.sf_key] = sf
-        return sf
-
-    def _raw(self, slot: Slot, value: Any) -> Any:
+        """Set a point: engineering units (scaled by pysunspec2 with the point's scale factor),
+        a symbol name for an enum, a set of symbol names for a bitfield, text for a string;
+        None or NaN for "not implemented". A number beyond the type's range saturates."""
+        point, ptype, low, high = self._slots[key]
+        before = point.value
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            return None
-        ptype = slot.type
-        if ptype == "string":
-            return str(value)
-        if isinstance(value, str):
-            return slot.symbols[value]
-        if isinstance(value, (set, frozenset, list, tuple)):
-            return sum(1 << slot.symbols[name] for name in set(value))
-        if slot.sf_key is not None or slot.sf_fixed is not None:
-            value = float(value) / 10.0 ** self._scale(slot)
-        low, high = _RANGES.get(ptype, (-(2 ** 63), 2 ** 64 - 1))
-        return min(max(int(round(float(value))), low), high)
-
-    def _store(self, slot: Slot, raw: Any) -> None:
-        """Big-endian registers of the raw value (SunSpec: high word first)."""
-        start, size = slot.offset, slot.size
-        if raw is None:
-            self.registers[start:start + size] = slot.unimplemented
-        elif slot.type == "string":
-            data = raw.encode("ascii", "replace")[:size * 2].ljust(size * 2, b"\0")
-            self.registers[start:start + size] = _to_registers(data)
+            raw = None
+        elif ptype == "string":
+            size = int(point.len) * 2
+            raw = str(value).encode("ascii", "replace")[:size].decode("ascii")
+        elif isinstance(value, str):
+            raw = self._symbols[key][value]
+        elif isinstance(value, (set, frozenset, list, tuple)):
+            symbols = self._symbols[key]
+            raw = sum(1 << symbols[name] for name in set(value))
         else:
-            unsigned = raw & ((1 << (16 * size)) - 1)
-            for i in range(size):
-                self.registers[start + i] = (unsigned >> (16 * (size - 1 - i))) & 0xFFFF
+            value = float(value)
+            if math.isinf(value):
+                raw = high if value > 0 else low
+            elif point.sf_required:     # pysunspec2 scales it: raw = value / 10^sf, rounded
+                point.set_value(value, computed=True)
+                raw = min(max(int(point.value), low), high)
+            else:
+                raw = min(max(int(round(value)), low), high)
+        if raw != point.value:
+            point.set_value(raw)
+        if raw != before:
+            self._registers = None
+
+    def registers(self) -> list[int]:
+        """The model's registers, ID point first (pysunspec2's ``get_mb``, big-endian words);
+        encoded again only after a point changed."""
+        if self._registers is None:
+            data = self.model.get_mb()
+            self._registers = list(struct.unpack(f">{len(data) // 2}H", data))
+        return self._registers
 
 
 # =============================================================================== the bank
@@ -332,65 +283,70 @@ class ControllerState:
     writes: int = 0
 
 
-@dataclass
-class _Readings:
-    """One consistent reading of the bank as its BMSs report it (arrays by module)."""
-
-    heard: np.ndarray
-    stack_v: np.ndarray
-    current_a: np.ndarray
-    temperature_c: np.ndarray
-    soc_pct: np.ndarray
-    soh_pct: np.ndarray
-    cell_v: np.ndarray         # module x cell
-    balancing: np.ndarray      # module x cell
-    tripped: np.ndarray        # protection x module
-    pending: np.ndarray        # protection x module: condition present, debounce running
-    modules: list[dict[str, Any]] = field(default_factory=list)  # 805 values by module
-
-
-def _cell_voltages(twin: Twin) -> np.ndarray:
-    """Cell voltages (modules x cells) as the module BMS boards last sampled them.
-
-    Prefers a public ``Twin.cell_voltages()`` if the twin offers one; otherwise the inputs the
-    twin last gave its BMS boards (the same numbers, not yet public).
-    """
-    getter = getattr(twin, "cell_voltages", None)
-    if callable(getter):
-        return np.asarray(getter())
-    return np.asarray(twin._bms_inputs.cell_v)
-
-
+# 805 point <- the module report's field (emulator.published.ModuleReport)
+_MODULE_POINTS = {
+    "SoC": "soc_pct", "SoH": "soh_pct", "V": "voltage_v", "CellVMax": "cell_v_max",
+    "CellVMaxCell": "cell_v_max_cell", "CellVMin": "cell_v_min", "CellVMinCell": "cell_v_min_cell",
+    "CellVAvg": "cell_v_avg", "CellTmpMax": "temperature_c", "CellTmpMin": "temperature_c",
+    "CellTmpAvg": "temperature_c", "NCellBal": "balancing_cells"}
+# one temperature sensor per module: every cell reads it, cell 1 stands for the extremes
+_MODULE_CONSTANTS = {"CellTmpMaxCell": 1, "CellTmpMinCell": 1}
 # 805 point -> the same figure's name in 804's per-module group
 _MODULE_IN_STRING = {name: "Mod" + name for name in (
     "SoC", "SoH", "CellVMax", "CellVMaxCell", "CellVMin", "CellVMinCell", "CellVAvg", "CellTmpMax",
     "CellTmpMaxCell", "CellTmpMin", "CellTmpMinCell", "CellTmpAvg")}
-_GROUP_FIGURES = ("SoC", "SoH", "CellVMax", "CellVMaxMod", "CellVMin", "CellVMinMod", "CellVAvg",
-                  "ModTmpMax", "ModTmpMaxMod", "ModTmpMin", "ModTmpMinMod", "ModTmpAvg")
+# 804 point (803 string point without its "Str") <- the group summary's field
+_GROUP_POINTS = {
+    "SoC": "soc_pct", "SoH": "soh_pct", "CellVMax": "cell_v_max", "CellVMaxMod": "cell_v_max_module",
+    "CellVMin": "cell_v_min", "CellVMinMod": "cell_v_min_module", "CellVAvg": "cell_v_avg",
+    "ModTmpMax": "temperature_max_c", "ModTmpMaxMod": "temperature_max_module",
+    "ModTmpMin": "temperature_min_c", "ModTmpMinMod": "temperature_min_module",
+    "ModTmpAvg": "temperature_avg_c"}
+
+
+def _module_values(report: published.ModuleReport | None) -> dict[str, Any]:
+    """805 values of one module's report (None each: the master does not hear it)."""
+    if report is None:
+        return dict.fromkeys(list(_MODULE_POINTS) + list(_MODULE_CONSTANTS))
+    values = {point: getattr(report, name) for point, name in _MODULE_POINTS.items()}
+    values.update(_MODULE_CONSTANTS)
+    return values
+
+
+def _group_values(summary: published.GroupSummary | None) -> dict[str, Any]:
+    """804 values of a string's summary (None each: the master hears none of its modules)."""
+    if summary is None:
+        return dict.fromkeys(_GROUP_POINTS)
+    return {point: getattr(summary, name) for point, name in _GROUP_POINTS.items()}
 
 
 class BankMap:
-    """The whole SunSpec map of one twin: layout once, values on :meth:`render`."""
+    """The whole SunSpec map of one twin: pysunspec2 model objects laid out once, their points
+    set from the twin on :meth:`render`."""
 
     def __init__(self, twin: Twin, thresholds: EventThresholds | None = None):
         self.twin = twin
         self.thresholds = thresholds or EventThresholds()
         spec = twin.spec
-        self.position = [_position(m) for m in twin.modules]   # (series X, parallel Y) of sXpY
+        self.position = [position(m) for m in twin.modules]   # (series X, parallel Y) of sXpY
         self.series = max(s for s, _ in self.position)
         self.parallel = max(p for _, p in self.position)
         # strings[p-1] = module indices of s1pY..sNpY in series order
         self.strings = [np.array([twin.module_index[f"s{s}p{p}"] for s in range(1, self.series + 1)])
                         for p in range(1, self.parallel + 1)]
         self.series_of = np.array([s - 1 for s, _ in self.position])
-        self._rows = {name: j for j, name in enumerate(PROTECTIONS)}
         cells = spec.module_type.cells_in_series
-        self.common = ModelImage(1)
-        self.battery = ModelImage(802)
-        self.bank = ModelImage(803, self.parallel)
-        self.string_models = [ModelImage(804, self.series) for _ in self.strings]
-        self.module_models = [ModelImage(805, cells) for _ in twin.modules]
+        self.common = ServedModel(1)
+        self.battery = ServedModel(802)
+        self.bank = ServedModel(803, self.parallel)
+        self.string_models = [ServedModel(804, self.series) for _ in self.strings]
+        self.module_models = [ServedModel(805, cells) for _ in twin.modules]
         self.models = [self.common, self.battery, self.bank, *self.string_models, *self.module_models]
+        evt1 = self.battery.symbols("Evt1")
+        missing = [f"{stem}_{kind}" for stem in EVENT_STEMS.values() for kind in ("ALARM", "WARNING")
+                   if f"{stem}_{kind}" not in evt1]
+        if missing:
+            raise ValueError(f"802 Evt1 has no symbol {', '.join(missing)}")
         address = BASE_ADDRESS + 2
         for image in self.models:
             image.address = address
@@ -442,83 +398,25 @@ class BankMap:
             self.bank.set(f"string.{p}.StrNMod", self.series)
             self.bank.set(f"string.{p}.StrEvt2", 0)
 
-    # -- reading the twin -----------------------------------------------------------------------
-    def _read(self) -> _Readings:
-        twin = self.twin
-        report = twin.master.report
-        tripped = np.asarray(twin.bms.tripped, dtype=bool)
-        r = _Readings(
-            heard=np.array([m not in report.offline for m in twin.modules]),
-            stack_v=np.array([twin.module_stack_voltage(m) for m in twin.modules]),
-            current_a=np.array([twin.module_current(m) for m in twin.modules]),
-            temperature_c=np.array([twin.thermocouple(m) for m in twin.modules]),
-            soc_pct=twin.soc() * 100.0,
-            soh_pct=twin.cell_capacity_as.min(axis=1) / 3600.0 / twin.spec.module_type.capacity_ah * 100.0,
-            cell_v=_cell_voltages(twin),
-            balancing=np.asarray(twin.bms.balancing, dtype=bool),
-            tripped=tripped,
-            pending=(np.asarray(twin.bms.timer) > 0) & ~tripped,
-        )
-        # one vectorised pass for every per-module figure, then plain Python values
-        columns = {
-            "SoC": r.soc_pct, "SoH": r.soh_pct, "V": r.stack_v,
-            "CellVMax": r.cell_v.max(axis=1), "CellVMaxCell": r.cell_v.argmax(axis=1) + 1,
-            "CellVMin": r.cell_v.min(axis=1), "CellVMinCell": r.cell_v.argmin(axis=1) + 1,
-            "CellVAvg": r.cell_v.mean(axis=1), "CellTmpMax": r.temperature_c,
-            "CellTmpMaxCell": np.ones(len(r.heard), dtype=int), "CellTmpMin": r.temperature_c,
-            "CellTmpMinCell": np.ones(len(r.heard), dtype=int), "CellTmpAvg": r.temperature_c,
-            "NCellBal": r.balancing.sum(axis=1)}
-        lists = {name: values.tolist() for name, values in columns.items()}
-        r.modules = [{name: lists[name][k] for name in columns} for k in range(len(r.heard))]
-        return r
-
-    def _bank_voltage(self, r: _Readings) -> float:
-        """Sum over series positions of the mean stack voltage of the modules heard."""
-        use = r.heard if r.heard.any() else np.ones_like(r.heard)
-        total = 0.0
-        for s in range(self.series):
-            members = self.series_of == s
-            chosen = members & use if (members & use).any() else members
-            total += float(r.stack_v[chosen].mean())
-        return total
-
-    def _group_figures(self, r: _Readings, members: np.ndarray) -> dict[str, Any]:
-        """SoC, SoH, cell and module-temperature statistics of the heard modules among
-        ``members`` (module positions counted along the string); None each if none is heard."""
-        use = members[r.heard[members]]
-        if use.size == 0:
-            return dict.fromkeys(_GROUP_FIGURES)
-        cells, temps = r.cell_v[use], r.temperature_c[use]
-        hi = int(np.argmax(cells)) // cells.shape[1]
-        lo = int(np.argmin(cells)) // cells.shape[1]
-        hot, cold = int(np.argmax(temps)), int(np.argmin(temps))
-        return {
-            "SoC": float(r.soc_pct[use].mean()), "SoH": float(r.soh_pct[use].mean()),
-            "CellVMax": float(cells.max()), "CellVMaxMod": self.position[use[hi]][0],
-            "CellVMin": float(cells.min()), "CellVMinMod": self.position[use[lo]][0],
-            "CellVAvg": float(cells.mean()),
-            "ModTmpMax": float(temps[hot]), "ModTmpMaxMod": self.position[use[hot]][0],
-            "ModTmpMin": float(temps[cold]), "ModTmpMinMod": self.position[use[cold]][0],
-            "ModTmpAvg": float(temps.mean())}
-
-    def _events(self, r: _Readings, members: np.ndarray) -> set[str]:
-        """Evt1 symbols raised by the BMS boards of the heard modules among ``members``."""
-        use = members[r.heard[members]]
+    # -- events and status ----------------------------------------------------------------------
+    def _events(self, now: published.Published, members: np.ndarray | None) -> set[str]:
+        """Evt1 symbols raised by the BMS boards of ``members`` (module indices; None: the
+        modules the bank reports, see emulator.published)."""
+        flags = now.flags(members)
         events = set()
-        for stem, sources in EVENT_SOURCES.items():
-            rows = [self._rows[name] for name in sources]
-            if r.tripped[rows][:, use].any():
+        for family, stem in EVENT_STEMS.items():
+            if flags[family].alarm:
                 events.add(f"{stem}_ALARM")
-            elif r.pending[rows][:, use].any():
+            elif flags[family].warning:
                 events.add(f"{stem}_WARNING")
-        temps = r.temperature_c[use]
+        temps = now.temperatures(members)
         if temps.size > 1 and float(temps.max() - temps.min()) > self.thresholds.temperature_imbalance_k:
             events.add("TEMPERATURE_IMBALANCE_WARNING")
         return events
 
-    def _bank_events(self, r: _Readings) -> set[str]:
-        twin, report, th = self.twin, self.twin.master.report, self.thresholds
-        events = self._events(r, np.arange(len(twin.modules)))
+    def _bank_events(self, now: published.Published) -> set[str]:
+        twin, report, th = self.twin, now.report, self.thresholds
+        events = self._events(now, None)
         if report.comm_alarm:
             events.add("COMMUNICATION_ERROR")
         if report.modules_pending:
@@ -528,7 +426,7 @@ class BankMap:
         if any(twin.fuse_blown.values()) or any(twin.fet_state(m) == "failed_short" for m in twin.modules):
             events.add("OTHER_ALARM")
         for s in range(self.series):
-            amps = r.current_a[self.series_of == s]
+            amps = now.current_a[self.series_of == s]
             if amps.size > 1:
                 spread = float(amps.max() - amps.min())
                 if spread > th.current_imbalance_a + th.current_imbalance_fraction * abs(float(amps.mean())):
@@ -558,42 +456,44 @@ class BankMap:
     # -- rendering ------------------------------------------------------------------------------
     def render(self, state: ControllerState) -> list[int]:
         """The whole map, 40000 to the end marker, from the twin's present state."""
-        r = self._read()
-        self._render_battery(r, state)
+        now = published.read(self.twin)
+        reports = now.module_reports()
+        self._render_battery(now, state)
         connected = 0
         for p, members in enumerate(self.strings, start=1):
             status = self._string_status(members)
-            events = self._events(r, members)
-            figures = self._group_figures(r, members)
-            volts, amps = float(r.stack_v[members].sum()), float(r.current_a[members].mean())
+            heard = members[now.heard[members]]
+            events = self._events(now, heard)
+            figures = _group_values(now.group_summary(members))
+            volts, amps = float(now.stack_v[members].sum()), float(now.current_a[members].mean())
             connected += int(status[3])
-            self._render_string_in_bank(r, p, status, events, figures, amps)
-            self._render_string(r, self.string_models[p - 1], members, status, events, figures, volts, amps)
-        self._render_bank(r, connected)
+            self._render_string_in_bank(p, status, events, figures, amps)
+            self._render_string(now, reports, self.string_models[p - 1], members, status, events, figures,
+                                volts, amps)
+        self._render_bank(now, connected)
         for k, image in enumerate(self.module_models):
-            self._render_module(r, image, k)
+            self._render_module(now, reports, image, k)
         registers = list(SUNS_MARKER)
         for image in self.models:
-            registers.extend(image.registers)
+            registers.extend(image.registers())
         registers.extend([END_MODEL_ID, 0])
         return registers
 
-    def _render_battery(self, r: _Readings, state: ControllerState) -> None:
-        twin, rep, b = self.twin, self.twin.master.report, self.battery
+    def _render_battery(self, now: published.Published, state: ControllerState) -> None:
+        twin, rep, b = self.twin, now.report, self.battery
         mt = twin.spec.module_type
         nominal_v = self.series * mt.nominal_voltage_v
-        volts = self._bank_voltage(r)
-        amps = float(r.current_a[self.series_of == 0].sum())
+        volts, amps = now.bank_voltage(), now.bank_current()
         if rep.soc_pct >= 99.5:
             status = "FULL"
         elif rep.soc_pct <= 0.5:
             status = "EMPTY"
         else:
             status = "CHARGING" if amps > 0.5 else "DISCHARGING" if amps < -0.5 else "HOLDING"
-        heard = np.flatnonzero(r.heard) if r.heard.any() else np.arange(len(r.heard))
-        cells = r.cell_v[heard]
-        hi = heard[int(np.argmax(cells)) // cells.shape[1]]
-        lo = heard[int(np.argmin(cells)) // cells.shape[1]]
+        reporting = np.flatnonzero(now.reporting)
+        cells = now.cell_v[reporting]
+        hi = reporting[int(np.argmax(cells)) // cells.shape[1]]
+        lo = reporting[int(np.argmin(cells)) // cells.shape[1]]
         values: dict[str, Any] = {
             "AHRtg": rep.online_capacity_ah, "WHRtg": rep.online_capacity_ah * nominal_v,
             "WChaRteMax": mt.bms.limits.charge_current_a * self.parallel * nominal_v,
@@ -601,7 +501,7 @@ class BankMap:
             "SoC": rep.soc_pct, "SoH": rep.soh_pct, "ChaSt": status,
             "Hb": int(twin.clock.now) & 0xFFFF, "CtrlHb": state.ctrl_hb, "AlmRst": 0,
             "State": "CONNECTED" if twin.contactor_closed["main"] else "DISCONNECTED",
-            "Evt1": self._bank_events(r), "V": volts,
+            "Evt1": self._bank_events(now), "V": volts,
             "VMax": rep.charge_voltage_limit_v, "VMin": rep.discharge_voltage_limit_v,
             "CellVMax": float(cells.max()), "CellVMaxStr": self.position[hi][1],
             "CellVMaxMod": self.position[hi][0],
@@ -614,8 +514,8 @@ class BankMap:
         for name, value in values.items():
             b.set(name, value)
 
-    def _render_string_in_bank(self, r: _Readings, p: int, status: tuple[set[str], str, int, bool],
-                               events: set[str], figures: dict[str, Any], amps: float) -> None:
+    def _render_string_in_bank(self, p: int, status: tuple[set[str], str, int, bool], events: set[str],
+                               figures: dict[str, Any], amps: float) -> None:
         bank, prefix = self.bank, f"string.{p}."
         bits, failure, mask, _ = status
         bank.set(prefix + "StrSt", bits)
@@ -626,21 +526,26 @@ class BankMap:
         for name, value in figures.items():
             bank.set(prefix + "Str" + name, value)
 
-    def _render_bank(self, r: _Readings, connected: int) -> None:
+    def _render_bank(self, now: published.Published, connected: int) -> None:
         bank = self.bank
         bank.set("NStrCon", connected)
-        heard = np.flatnonzero(r.heard)
+        heard = np.flatnonzero(now.heard)
+        for point in ("ModTmpMax", "ModTmpMin"):
+            for suffix in ("", "Str", "Mod"):
+                bank.set(point + suffix, None)   # the master hears nobody: no figures
+        bank.set("ModTmpAvg", None)
+        bank.set("NCellBal", None)
         if heard.size:
-            temps = r.temperature_c[heard]
+            temps = now.temperature_c[heard]
             hot, cold = heard[int(np.argmax(temps))], heard[int(np.argmin(temps))]
             for point, k in (("ModTmpMax", hot), ("ModTmpMin", cold)):
-                bank.set(point, float(r.temperature_c[k]))
+                bank.set(point, float(now.temperature_c[k]))
                 bank.set(point + "Str", self.position[k][1])
                 bank.set(point + "Mod", self.position[k][0])
             bank.set("ModTmpAvg", float(temps.mean()))
-            bank.set("NCellBal", int(r.balancing[heard].sum()))
-        volts = np.array([r.stack_v[m].sum() for m in self.strings])
-        amps = np.array([r.current_a[m].mean() for m in self.strings])
+            bank.set("NCellBal", int(now.balancing[heard].sum()))
+        volts = np.array([now.stack_v[m].sum() for m in self.strings])
+        amps = np.array([now.current_a[m].mean() for m in self.strings])
         for name, values in (("StrV", volts), ("StrA", amps)):
             bank.set(name + "Max", float(values.max()))
             bank.set(name + "MaxStr", int(np.argmax(values)) + 1)
@@ -648,9 +553,9 @@ class BankMap:
             bank.set(name + "MinStr", int(np.argmin(values)) + 1)
             bank.set(name + "Avg", float(values.mean()))
 
-    def _render_string(self, r: _Readings, image: ModelImage, members: np.ndarray,
-                       status: tuple[set[str], str, int, bool], events: set[str],
-                       figures: dict[str, Any], volts: float, amps: float) -> None:
+    def _render_string(self, now: published.Published, reports: list[published.ModuleReport],
+                       image: ServedModel, members: np.ndarray, status: tuple[set[str], str, int, bool],
+                       events: set[str], figures: dict[str, Any], volts: float, amps: float) -> None:
         bits, failure, mask, _ = status
         image.set("St", bits)
         image.set("ConFail", failure)
@@ -658,21 +563,23 @@ class BankMap:
         image.set("Evt1", events)
         image.set("V", volts)
         image.set("A", amps)
-        image.set("NCellBal", int(r.balancing[members[r.heard[members]]].sum()))
+        image.set("NCellBal", int(now.balancing[members[now.heard[members]]].sum()))
         for name, value in figures.items():
             image.set(name, value)
         group = repeating_group(804)
         for index, k in enumerate(members, start=1):
-            heard, values = bool(r.heard[k]), r.modules[k]
+            values = _module_values(reports[k] if now.heard[k] else None)
             for name, in_string in _MODULE_IN_STRING.items():
-                image.set(f"{group}.{index}.{in_string}", values[name] if heard else None)
+                image.set(f"{group}.{index}.{in_string}", values[name])
 
-    def _render_module(self, r: _Readings, image: ModelImage, k: int) -> None:
-        heard, values = bool(r.heard[k]), r.modules[k]
+    def _render_module(self, now: published.Published, reports: list[published.ModuleReport],
+                       image: ServedModel, k: int) -> None:
+        heard = bool(now.heard[k])
+        values = _module_values(reports[k] if heard else None)
         for name, value in values.items():
-            image.set(name, value if heard else None)
+            image.set(name, value)
         group = repeating_group(805)
-        cell_v, balancing, temp = r.cell_v[k].tolist(), r.balancing[k].tolist(), values["CellTmpAvg"]
+        cell_v, balancing, temp = now.cell_v[k].tolist(), now.balancing[k].tolist(), reports[k].temperature_c
         for c, volts in enumerate(cell_v, start=1):
             image.set(f"{group}.{c}.CellV", volts if heard else None)
             image.set(f"{group}.{c}.CellTmp", temp if heard else None)
@@ -844,7 +751,7 @@ class SunSpecServer:
         points = [(self._writable.get(address + i), v) for i, v in enumerate(values)]
         if any(name is None for name, _ in points):
             return ExcCodes.ILLEGAL_ADDRESS
-        symbols = {name: {int(s["value"]): s["name"] for s in battery.slots[name].pdef.get("symbols", [])}
+        symbols = {name: {value: symbol for symbol, value in battery.symbols(name).items()}
                    for name in ("SetOp", "SetInvState")}
         for name, value in points:
             if name in symbols and value not in symbols[name]:
