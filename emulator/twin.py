@@ -466,7 +466,6 @@ class Twin:
         none and draws nothing."""
         return float(value + self.rng.normal(0.0, sigma)) if sigma else float(value)
 
-    _noisy = noisy  # the former name, still used by bench instruments outside this module
 
     def node_voltage(self, node: str) -> float:
         return float(self.v_nodes[self.layout.netlist.node_names.index(node)])

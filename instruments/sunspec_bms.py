@@ -63,9 +63,16 @@ from sunspec2 import device as sunspec_device
 from sunspec2 import mb as sunspec_mb
 from sunspec2 import mdef as sunspec_mdef
 
-from instruments.roles import Bms, BmsLimits, BmsStatus, BmsTelemetry, InstrumentError
+from bankmodel.positions import natural_key
+from instruments.roles import (BankIdentity, Bms, BmsLimits, BmsStatus, BmsTelemetry, InstrumentError,
+                               ModuleReport, ModuleReports, normalise_version)
 
 BASE_ADDRESSES = (40000, 0, 50000)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
 SUNS_MARKER = (0x5375, 0x6E53)   # "SunS"
 END_MODEL_ID = 0xFFFF
 MAX_READ = 125                   # registers per Modbus read request
@@ -412,7 +419,7 @@ class ModelRef:
     length: int
 
 
-class SunSpecBms(Bms):
+class SunSpecBms(Bms, ModuleReports):
     """The Bms role over Modbus/TCP + SunSpec (see the module doc)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 502, device_id: int = 1, *,
@@ -604,9 +611,52 @@ class SunSpecBms(Bms):
         return family, None
 
     def firmware(self) -> str:
+        """Model 1 ``Vr``, in the one form every driver reports (``normalise_version``)."""
         common = self.model(1)
         with self._decoding("firmware"):
-            return str(common.require("Vr"))
+            return normalise_version(common.require("Vr"))
+
+    # -- ModuleReports: what the bank BMS publishes per module (805), per string (804), of itself (1)
+    def module_reports(self) -> dict[str, ModuleReport]:
+        """Model 805 of every module, by position ``s{ModIdx}p{StrIdx}``. The voltage is the sum
+        of its cell voltages (1 mV each) where reported, else 805 ``V`` (0.1 V)."""
+        out: dict[str, ModuleReport] = {}
+        for ref in self.refs(805):
+            block = self.read_model(ref)
+            with self._decoding("module_reports"):
+                s, p = block.value("ModIdx"), block.value("StrIdx")
+                if s is None or p is None:
+                    continue
+                cells = [c.value("CellV") for c in next(iter(block.groups.values()), [])]
+                volts = sum(cells) if cells and all(v is not None for v in cells) else _number(block.value("V"))
+                serial = block.value("SN")
+                balancing = block.value("NCellBal")
+                place = f"s{int(s)}p{int(p)}"
+                out[place] = ModuleReport(
+                    place, volts, _number(block.value("SoC")), _number(block.value("SoH")),
+                    None if serial is None else str(serial).strip("\0 "), _number(block.value("CellTmpAvg")),
+                    _number(block.value("CellVMin")), _number(block.value("CellVMax")),
+                    None if balancing is None else int(balancing))
+        return dict(sorted(out.items(), key=lambda kv: natural_key(kv[0])))
+
+    def string_enabled(self) -> dict[str, bool]:
+        """Model 804 of every string: ``p{Idx}`` -> whether the master has enabled (admitted) it."""
+        out: dict[str, bool] = {}
+        for ref in self.refs(804):
+            block = self.read_model(ref)
+            with self._decoding("string_enabled"):
+                out[f"p{int(block.value('Idx'))}"] = "STRING_ENABLED" in block.symbols("St")
+        return out
+
+    def bank_identity(self) -> BankIdentity:
+        """Model 1 (maker, model, firmware, serial) and the chemistry (1 ``Opt``/``Md``, 802)."""
+        common = self.model(1)
+        with self._decoding("bank_identity"):
+            maker, model, serial = common.value("Mn"), common.value("Md"), common.value("SN")
+            version = common.value("Vr")
+        return BankIdentity(None if maker is None else str(maker), None if model is None else str(model),
+                            None if version is None else normalise_version(version),
+                            None if serial is None else str(serial), self.chemistry())
 
     def serial(self) -> str:
         common = self.model(1)

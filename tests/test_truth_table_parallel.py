@@ -357,7 +357,8 @@ def _outcome(folder: Path) -> Outcome:
 
 
 def run_in_workers(root: Path, runs: list[Run], weight: Callable[[Run], float] = lambda run: 1.0,
-                   plans_dir: Path = PLANS_DIR) -> dict[str, Outcome]:
+                   plans_dir: Path = PLANS_DIR,
+                   station_of: Callable[[Run], Path | None] = lambda run: None) -> dict[str, Outcome]:
     """Run every ``hil run`` of ``runs`` in WORKERS driver processes, heaviest first, each to
     the process with the least work so far, so they end at about the same time; the outcomes
     by run name."""
@@ -367,7 +368,9 @@ def run_in_workers(root: Path, runs: list[Run], weight: Callable[[Run], float] =
         k = load.index(min(load))
         load[k] += weight(run)
         folder = root / run.name
-        shares[k].append({"argv": _argv(run, folder, plans_dir), "log": str(folder / "log.txt"),
+        station = station_of(run)
+        argv = _argv(run, folder, plans_dir) + (["--station", str(station)] if station else [])
+        shares[k].append({"argv": argv, "log": str(folder / "log.txt"),
                           "rc": str(folder / "rc")})
     procs = []
     for k, share in enumerate(s for s in shares if s):

@@ -34,7 +34,7 @@ def check(name: str, *, params: Mapping[str, Param] | None = None,
     """Register a check under the name plan files use, with its declaration: parameters,
     measurements, and the role protocols it ``needs`` (refused on a station without them) and
     ``uses`` when present (names in ``instruments.roles.PROTOCOLS``)."""
-    unknown = sorted(set(needs) | set(uses) - set(PROTOCOLS))
+    unknown = sorted((set(needs) | set(uses)) - set(PROTOCOLS))
     if unknown:
         raise ValueError(f"check '{name}': unknown protocol(s) {', '.join(unknown)} "
                          f"(known: {', '.join(PROTOCOLS)})")
@@ -157,10 +157,7 @@ class StepContext:
             self.limits = _Declared(self.limits, "limit", spec, spec.declares_limit)
             if not isinstance(self.measure, DeclaredRecorder):
                 self.measure = DeclaredRecorder(self.measure, spec, dict(self.limits._data))
-            import os as _o
-            if _o.environ.get("BANKHIL_RECORD_PROTOCOLS") and hasattr(self.bench, "restricted_to"):
-                self.bench = self.bench.restricted_to(frozenset(PROTOCOLS), spec.name)
-            elif self.bench is not None and hasattr(self.bench, "restricted_to") and (spec.needs or spec.uses):
+            if self.bench is not None and hasattr(self.bench, "restricted_to"):
                 self.bench = self.bench.restricted_to(spec.needs | spec.uses, spec.name)
 
     def param(self, name: str, default: Any = None) -> Any:

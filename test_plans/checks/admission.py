@@ -29,16 +29,13 @@ class _Gate:
 def gate_state(bench: Any, reports: dict[str, ModuleReport]) -> _Gate:
     """What the BMS says about admission now: its status and limits (SunSpec), its installed
     capacity (CAN) and, of every string it has not enabled (SunSpec 804), the module furthest off."""
-    status, limits = bench.sunspec.status(), bench.sunspec.limits()
-    installed = bms_read(bench, "status").installed_capacity_ah  # CAN 0x379 (SunSpec has none): fixed
-    client = bench.sunspec
+    status, limits = bench.bms.status(), bench.bms.limits()
+    installed = bms_read(bench, "status").installed_capacity_ah  # CAN 0x379 (SunSpec has none)
     pending: list[str] = []
-    for ref in client.refs(804):
-        block = client.read_model(ref)
-        if "STRING_ENABLED" in block.symbols("St"):
+    for string, enabled in bench.module_reports.string_enabled().items():
+        if enabled:
             continue
-        p = int(block.value("Idx"))
-        members = [m for m in reports if position(m)[1] == p]
+        members = [m for m in reports if position(m)[1] == int(string[1:])]
         pending.extend(_most_off(members, reports))
     return _Gate(float(installed or 0.0), float(status.online_capacity_ah or 0.0),
                  int(status.modules_online or 0), int(status.modules_offline or 0),
@@ -58,9 +55,9 @@ def peer_delta_v(module: str, reports: dict[str, ModuleReport], exclude: list[st
     """The module's BMS-reported voltage minus the mean of its series-position peers (not
     pending): what the master compares before admitting it."""
     s = position(module)[0]
-    peers = [r.volts for m, r in reports.items()
-             if m != module and position(m)[0] == s and m not in (exclude or []) and r.volts is not None]
-    own = reports[module].volts
+    peers = [r.voltage_v for m, r in reports.items()
+             if m != module and position(m)[0] == s and m not in (exclude or []) and r.voltage_v is not None]
+    own = reports[module].voltage_v
     if own is None or not peers:
         return math.nan
     return own - sum(peers) / len(peers)
@@ -73,7 +70,7 @@ def countable(reports: dict[str, ModuleReport], pending: list[str]) -> int:
     for module, report in reports.items():
         s = position(module)[0]
         per_position.setdefault(s, 0)
-        if report.volts is not None and module not in pending:
+        if report.voltage_v is not None and module not in pending:
             per_position[s] += 1
     return min(per_position.values()) if per_position else 0
 
@@ -81,6 +78,6 @@ def countable(reports: dict[str, ModuleReport], pending: list[str]) -> int:
 def not_admitted(bench: Any) -> list[str]:
     """Modules the master has not admitted: silent ones and those of strings it holds back."""
     reports = module_reports(bench)
-    if reports is None or getattr(bench, "sunspec", None) is None:
+    if reports is None:
         return []
     return sorted(set(gate_state(bench, reports).pending) | set(silent_modules(reports)), key=natural_key)

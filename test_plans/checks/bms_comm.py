@@ -53,7 +53,7 @@ from bankmodel.positions import natural_key, position
 from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.admission import countable, gate_state, not_admitted, peer_delta_v
 from test_plans.checks.bench_helpers import ah_while, connect_bank, module_order, outputs_off, poll_until
-from test_plans.checks.bms_helpers import (ModuleReport, bms_alarm_note, bms_now, bms_read, module_reports,
+from test_plans.checks.bms_helpers import (ModuleReport, bms_alarm_note, bms_read, module_reports,
                                            require_reports, silent_modules)
 from test_plans.checks.diagnosis import diagnose
 from test_plans.checks.evidence import names
@@ -132,7 +132,8 @@ class _BmsState:
 
 # ================================================================== identity and firmware
 @check("bms_identity",
-       measures={"bms_firmware": Measure("", required=True, doc="CAN 0x35F major.minor")})
+       measures={"bms_firmware": Measure("", required=True, doc="CAN 0x35F major.minor")},
+       needs=("bms",))
 def bms_identity(ctx: StepContext) -> None:
     """The BMS answers and reports the firmware the plan expects (000, 004: one firmware,
     confirmed before connecting). A version other than the plan's names the BMS with the
@@ -146,22 +147,15 @@ def bms_identity(ctx: StepContext) -> None:
 
 def _strings_not_enabled(bench: Any, reports: dict[str, ModuleReport]) -> dict[str, list[str]]:
     """SunSpec 804 strings the master has not enabled -> their modules."""
-    client = bench.sunspec
-    out: dict[str, list[str]] = {}
-    for ref in client.refs(804):
-        block = client.read_model(ref)
-        if "STRING_ENABLED" in block.symbols("St"):
-            continue
-        p = int(block.value("Idx"))
-        out[f"p{p}"] = [m for m in reports if position(m)[1] == p]
-    return out
+    return {string: [m for m in reports if position(m)[1] == int(string[1:])]
+            for string, enabled in bench.module_reports.string_enabled().items() if not enabled}
 
 
 def _delta_to_peers(module: str, reports: dict[str, ModuleReport], exclude: set[str]) -> float:
     s = position(module)[0]
-    peers = [r.volts for m, r in reports.items()
-             if m != module and m not in exclude and position(m)[0] == s and r.volts is not None]
-    own = reports[module].volts
+    peers = [r.voltage_v for m, r in reports.items()
+             if m != module and m not in exclude and position(m)[0] == s and r.voltage_v is not None]
+    own = reports[module].voltage_v
     if own is None or not peers:
         return math.nan
     return own - sum(peers) / len(peers)
@@ -175,7 +169,8 @@ def _delta_to_peers(module: str, reports: dict[str, ModuleReport], exclude: set[
                  "as_built_versions": Measure("", required=True),
                  "capacity_not_counted": Measure("Ah"),
                  "delta_v_{module}": Measure("V", doc="a held-back module against its series-position peers"),
-                 "strings_not_admitted": Measure("", required=True)})
+                 "strings_not_admitted": Measure("", required=True)},
+       needs=("bms",), uses=("load", "module_reports", "supply"))
 def firmware_consistency(ctx: StepContext) -> None:
     """One BMS firmware across the string and the bank (000, 004).
 
@@ -193,9 +188,9 @@ def firmware_consistency(ctx: StepContext) -> None:
     bench.clock.wait(float(ctx.param("settle_s", 2.0)))
     bms = bench.bms
     ctx.measure("bms_firmware", bms.firmware(), "", ctx.limit("bms_firmware"), diagnosis=DIAG_FIRMWARE)
-    if getattr(bench, "sunspec", None) is not None:
-        ctx.measure("master_firmware", bench.sunspec.firmware(), "", ctx.limit("master_firmware"),
-                    diagnosis=DIAG_FIRMWARE)
+    if bench.provides("module_reports"):
+        ctx.measure("master_firmware", bench.module_reports.bank_identity().firmware, "",
+                    ctx.limit("master_firmware"), diagnosis=DIAG_FIRMWARE)
     if dut is not None:
         positions = [f"s{s}p{p}" for s in range(1, dut.dut.series + 1) for p in range(1, dut.dut.parallel + 1)]
         recorded = {pos: (dut.dut.modules[pos].firmware if pos in dut.dut.modules
@@ -205,8 +200,6 @@ def firmware_consistency(ctx: StepContext) -> None:
                     diagnosis=DIAG_FIRMWARE + f" (record: {', '.join(versions)})")
     status = bms.status()
     online = status.online_capacity_ah
-    if getattr(bench, "sunspec", None) is not None:
-        online = bench.sunspec.status().online_capacity_ah
     installed = status.installed_capacity_ah
     if installed is not None and online is not None:
         ctx.measure("capacity_not_counted", float(installed) - float(online), "Ah",
@@ -255,7 +248,8 @@ def firmware_consistency(ctx: StepContext) -> None:
                  "alarm_after": Measure("s"),
                  "open_contactor_after": Measure("s"),
                  "reaction_time": Measure("s", required=True),
-                 "recovery_time": Measure("s", required=True)})
+                 "recovery_time": Measure("s", required=True)},
+       needs=("bms",), uses=("load", "module_reports", "supply"))
 def comm_loss_heartbeat(ctx: StepContext) -> None:
     """The inverter goes quiet: the harness stops its keep-alive (CAN 0x305) and watches the BMS.
 
@@ -269,7 +263,7 @@ def comm_loss_heartbeat(ctx: StepContext) -> None:
     The keep-alive is resumed whatever happens."""
     bench = ctx.bench
     wanted = _behaviours(ctx)
-    client = bms_now(bench)
+    client = bench.bms
     zero_a = float(ctx.param("zero_current", 0.05))
     poll_s = float(ctx.param("poll_s", 0.5))
     observe_s = float(ctx.param("observe_s", 30.0))
@@ -386,13 +380,14 @@ def _module_ratings(ctx: StepContext) -> tuple[float, float]:
                  "modules_offline": Measure(""),
                  "capacity_overcounted": Measure("Ah", required=True),
                  "limit_overcounted": Measure("A", required=True),
-                 "recovery_time": Measure("s")})
+                 "recovery_time": Measure("s")},
+       needs=("actuator", "bms", "bms_service"), uses=("load", "module_reports", "supply"))
 def comm_loss_silent_module(ctx: StepContext) -> None:
     """A module stops talking to its master (004: one module stays offline; combined limits only
     for modules online and accepted).
 
     With ``inject`` (default true) the check silences ``module`` (a position, default the middle
-    one in bank order) with the bench service command ``bench.bms.silence_module`` at t0;
+    one in bank order) with the bench service command ``bench.bms_service.silence_module`` at t0;
     without it, it watches for up to ``observe_s`` for a module to go offline (the twin's
     ``silent_module`` fault) and counts from there. Every ``poll_s``: modules offline (SunSpec
     805 models without data / CAN 0x372) and the totals the master reports (online capacity,
@@ -402,7 +397,7 @@ def comm_loss_silent_module(ctx: StepContext) -> None:
     ``capacity_overcounted`` and ``limit_overcounted`` at the end, then -- silence lifted --
     ``recovery_time`` until every module is online and counted again."""
     bench = ctx.bench
-    client = bms_now(bench)
+    client = bench.bms
     poll_s = float(ctx.param("poll_s", 0.5))
     observe_s = float(ctx.param("observe_s", 20.0))
     module_ah, module_a = _module_ratings(ctx)
@@ -444,7 +439,7 @@ def comm_loss_silent_module(ctx: StepContext) -> None:
     rows = TraceRows(t0)
     marks: dict[str, float | None] = {}
     if inject:
-        bench.bms.silence_module(order.index(target), True)
+        bench.bms_service.silence_module(order.index(target), True)
     try:
         offline_at: float | None = None
         dropped_at: float | None = None
@@ -480,7 +475,7 @@ def comm_loss_silent_module(ctx: StepContext) -> None:
         ctx.measure("limit_overcounted", lim_over, "A", ctx.limit("limit_overcounted"), diagnosis=DIAG_COUNTED)
     finally:
         if inject:
-            bench.bms.silence_module(order.index(target), False)
+            bench.bms_service.silence_module(order.index(target), False)
     offline_s = None if offline_at is None else offline_at - t0
     silenced_s = 0.0 if inject else None
     marks.update(silenced_s=silenced_s, offline_s=offline_s,
@@ -532,7 +527,8 @@ def _trace_silent_module(ctx: StepContext, rows: TraceRows, marks: dict[str, flo
                  "bms_silence": Measure("s", required=True, doc="the longest silence seen"),
                  "silence_at_safe_state": Measure("s", required=True),
                  "outputs_off_after": Measure("", required=True),
-                 "safe_state_by": Measure("")})
+                 "safe_state_by": Measure("")},
+       needs=("actuator", "bms"), uses=("load", "supply"))
 def comm_loss_silent_bms(ctx: StepContext) -> None:
     """The BMS goes quiet: the harness must notice and make the bench safe by itself.
 
@@ -610,7 +606,8 @@ def comm_loss_silent_bms(ctx: StepContext) -> None:
                  "capacity_not_counted": Measure("Ah"),
                  "limit_overcounted": Measure("A", required=True),
                  "limit_shortfall": Measure("A"),
-                 "modules_missing": Measure("")})
+                 "modules_missing": Measure("")},
+       needs=("actuator", "bms"), uses=("load", "module_reports", "supply"))
 def aggregation(ctx: StepContext) -> None:
     """004: "reports combined limits only for modules that are online and accepted"; the inverter
     reading reduced capacity means a module not accepted. At rest (``settle_s``): installed
@@ -620,7 +617,7 @@ def aggregation(ctx: StepContext) -> None:
     Σ per series position, the weakest position limiting a string), modules online against the
     DUT's count (``modules_missing``)."""
     bench, dut = ctx.bench, ctx.dut
-    client = bms_now(bench)
+    client = bench.bms
     module_ah, module_a = _module_ratings(ctx)
     outputs_off(bench)
     if bench.channels.actuator:
@@ -676,7 +673,8 @@ def aggregation(ctx: StepContext) -> None:
                  "online_capacity": Measure("Ah"),
                  "capacity_not_counted": Measure("Ah", required=True),
                  "discharge_limit": Measure("A"),
-                 "discharge_limit_shortfall": Measure("A", required=True)})
+                 "discharge_limit_shortfall": Measure("A", required=True)},
+       needs=("actuator", "module_reports"), uses=("bms", "load", "supply"))
 def bms_sync_gating(ctx: StepContext) -> None:
     """Master/slave BMS sync (004): a module whose voltage is too far from the bank stays
     pending -- not counted in capacity or limits -- until the difference is safe; once admitted
@@ -823,7 +821,8 @@ def _align(ctx: StepContext, pending: list[str]) -> float:
                  "modules_missing": Measure("", required=True),
                  "modules_offline": Measure("", required=True),
                  "modules_visible_missing": Measure("", required=True),
-                 "duplicate_serials": Measure("", required=True)})
+                 "duplicate_serials": Measure("", required=True)},
+       needs=("module_reports",), uses=("bms",))
 def bms_network(ctx: StepContext) -> None:
     """004 commissioning steps 8-10: BMS communication in order, addresses set, every module
     visible. Watched for ``observe_s``: the BMS keeps talking (``bms_silence``), reports every
@@ -835,10 +834,10 @@ def bms_network(ctx: StepContext) -> None:
     missing_worst, offline_worst, silence_worst = 0, 0, 0.0
     for _ in range(max(int(float(ctx.param("observe_s", 5.0))), 1)):
         bench.clock.wait(1.0)
-        status = bms_now(bench).status()
+        status = bench.bms.status()
         missing_worst = max(missing_worst, expected - int(status.modules_online or 0))
         offline_worst = max(offline_worst, int(status.modules_offline or 0))
-        silence_worst = max(silence_worst, bms_now(bench).seconds_since_heard())
+        silence_worst = max(silence_worst, bench.bms.seconds_since_heard())
     reports = module_reports(bench)
     silent = silent_modules(reports)
     ctx.measure("bms_silence", silence_worst, "s", ctx.limit("bms_silence"),
@@ -854,7 +853,7 @@ def bms_network(ctx: StepContext) -> None:
     if not require_reports(ctx, reports, "modules_visible_missing"):
         return
     assert reports is not None
-    visible = [m for m, r in reports.items() if r.volts is not None]
+    visible = [m for m, r in reports.items() if r.voltage_v is not None]
     ctx.measure("modules_visible_missing", expected - len(visible), "", ctx.limit("modules_visible_missing"),
                 diagnosis=diagnose("module_offline", names(silent) or "bank",
                                    f"{len(visible)} of {expected} modules answer over SunSpec"))
@@ -873,7 +872,8 @@ def bms_network(ctx: StepContext) -> None:
                  "charge_current_limit": Measure("A", required=True),
                  "discharge_current_limit": Measure("A", required=True),
                  "charge_voltage_limit": Measure("V", required=True),
-                 "discharge_voltage_limit": Measure("V", required=True)})
+                 "discharge_voltage_limit": Measure("V", required=True)},
+       needs=(), uses=("bms", "module_reports"))
 def inverter_recognition(ctx: StepContext) -> None:
     """004 commissioning step 12: the inverter (the harness) recognises the battery: its
     keep-alive runs, the BMS answers within ``bms_silence``, publishes non-zero charge and
@@ -923,7 +923,8 @@ def inverter_recognition(ctx: StepContext) -> None:
                  "manufacturer": Measure(""),
                  "bms_firmware": Measure("", required=True),
                  "serial": Measure(""),
-                 "master_firmware": Measure("", doc="SunSpec model 1 Vr")})
+                 "master_firmware": Measure("", doc="SunSpec model 1 Vr")},
+       needs=("bms",), uses=("module_reports",))
 def bms_comm_health(ctx: StepContext) -> None:
     """The BMS talks and is understood (end of line): over ``observe_s`` the longest silence
     (``bms_silence``), malformed frames received (``malformed_frames``: unknown ID, wrong DLC,
@@ -961,10 +962,10 @@ def bms_comm_health(ctx: StepContext) -> None:
     ctx.measure("bms_firmware", firmware, "", ctx.limit("bms_firmware"),
                 diagnosis=diagnose("firmware_release", "BMS", f"CAN 0x35F reports firmware {firmware}"
                                    + _expected(ctx, "bms_firmware")))
-    sunspec = getattr(bench, "sunspec", None)
-    if sunspec is not None:
-        ctx.measure("serial", sunspec.serial(), "")
-        version = sunspec.firmware()
+    if bench.provides("module_reports"):
+        identity = bench.module_reports.bank_identity()
+        ctx.measure("serial", identity.serial, "")
+        version = identity.firmware
         ctx.measure("master_firmware", version, "", ctx.limit("master_firmware"),
                     diagnosis=diagnose("firmware_release", "BMS", f"SunSpec model 1 reports firmware {version}"
                                        + _expected(ctx, "master_firmware")))

@@ -8,22 +8,10 @@ A check that needs per-module data and finds no SunSpec client records an ``erro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from bankmodel.positions import natural_key
-from instruments.roles import InstrumentError
+from instruments.roles import InstrumentError, ModuleReport
 from test_plans.checks import StepContext
-
-
-def bms_now(bench: Any) -> Any:
-    """The BMS client that answers with the bank's present state: the SunSpec (Modbus) client
-    when the station has one -- a request is answered from the BMS as it is now -- else the Bms
-    role. The CAN client keeps the frames it has decoded so far; on an emulated bench under CPU
-    load its receive thread can trail the virtual clock by seconds (a minute of bench time passes
-    in milliseconds), so a value that just changed is read where it cannot be stale."""
-    client = getattr(bench, "sunspec", None)
-    return client if client is not None else bench.bms
 
 
 def bms_read(bench: Any, what: str, client: Any = None, tries: int = 10) -> Any:
@@ -61,49 +49,20 @@ def bms_alarm_note(bench: Any) -> str:
 def bms_soc(bench: Any) -> float:
     """The bank SOC the BMS reports: SunSpec 802 SoC (0.1 %) when the station has it, else the
     Bms role's (CAN 0x355 carries whole percent)."""
-    return float(bms_now(bench).telemetry().soc_pct)
-
-
-@dataclass
-class ModuleReport:
-    """One module as its BMS reports it over SunSpec model 805 (None where unimplemented); the
-    voltage is the sum of its cell voltages (1 mV each) where reported, else 805 V (0.1 V)."""
-
-    position: str
-    volts: float | None
-    soc_pct: float | None
-    soh_pct: float | None
-    serial: str | None
-    temperature_c: float | None
+    return float(bench.bms.telemetry().soc_pct)
 
 
 def module_reports(bench: Any) -> dict[str, ModuleReport] | None:
-    """Model 805 of every module, by position (``s{ModIdx}p{StrIdx}``); None without SunSpec."""
-    client = getattr(bench, "sunspec", None)
-    if client is None:
+    """Every module as the BMS reports it, by position (the ``module_reports`` protocol: SunSpec
+    805 on Modbus); None where the station has nothing that provides it."""
+    if not bench.provides("module_reports"):
         return None
-    out: dict[str, ModuleReport] = {}
-    for ref in client.refs(805):
-        block = client.read_model(ref)
-        s, p = block.value("ModIdx"), block.value("StrIdx")
-        position = f"s{int(s)}p{int(p)}"
-
-        def num(name: str) -> float | None:
-            value = block.value(name)
-            return None if value is None else float(value)
-
-        cells = [c.value("CellV") for c in next(iter(block.groups.values()), [])]
-        volts = sum(cells) if cells and all(v is not None for v in cells) else num("V")
-        serial = block.value("SN")
-        out[position] = ModuleReport(position, volts, num("SoC"), num("SoH"),
-                                     None if serial is None else str(serial).strip("\0 "),
-                                     num("CellTmpAvg"))
-    return dict(sorted(out.items(), key=lambda kv: natural_key(kv[0])))
+    return bench.module_reports.module_reports()
 
 
 def silent_modules(reports: dict[str, "ModuleReport"] | None) -> list[str]:
     """Modules the master has no data from (their SunSpec 805 points unimplemented)."""
-    return [m for m, r in (reports or {}).items() if r.volts is None]
+    return [m for m, r in (reports or {}).items() if r.voltage_v is None]
 
 
 def require_reports(ctx: StepContext, reports: dict[str, ModuleReport] | None, name: str) -> bool:

@@ -26,12 +26,11 @@ def measure_identity(ctx: StepContext, reports: dict[str, "ModuleReport"] | None
     each module's serial (the DUT's ``serial_prefix`` + ``batch``); capacity and age from
     each module's SoH (model 805)."""
     bench, dut = ctx.bench, ctx.dut
-    client = getattr(bench, "sunspec", None)
-    if not require_reports(ctx, reports, "model_match") or client is None or dut is None:
+    if not require_reports(ctx, reports, "model_match") or dut is None:
         return
     assert reports is not None
-    common = client.model(1)
-    model, maker, firmware = common.value("Md"), common.value("Mn"), common.value("Vr")
+    identity = bench.module_reports.bank_identity()
+    model, maker, firmware = identity.model, identity.manufacturer, identity.firmware
     ctx.measure("reported_model", model, "")
     ctx.measure("reported_manufacturer", maker, "")
     ctx.measure("model_match", model == dut.module_type.model, "", ctx.limit("model_match"),
@@ -42,7 +41,7 @@ def measure_identity(ctx: StepContext, reports: dict[str, "ModuleReport"] | None
                                    f"'{dut.firmware.version}' released for this bank"))
     # chemistry as chemistry: LFP, NMC and LTO are all "lithium-ion" to SunSpec's Typ, so the
     # battery's own chemistry word (model 1 Opt/Md, normalised by the client) is compared
-    kind = client.chemistry() if hasattr(client, "chemistry") else client.model(802).symbol("Typ")
+    kind = identity.chemistry
     ctx.measure("reported_type", kind, "")
     expected = normalise_chemistry(dut.module_type.chemistry) or dut.module_type.chemistry.upper()
     ctx.measure("chemistry_match", kind == expected, "", ctx.limit("chemistry_match"),

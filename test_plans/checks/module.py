@@ -19,7 +19,7 @@ from bankmodel.positions import natural_key
 from harness.measure import Limits
 from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.bench_helpers import branches_opened, can_open_modules, outputs_off
-from test_plans.checks.bms_helpers import bms_now, module_reports
+from test_plans.checks.bms_helpers import module_reports
 from test_plans.checks.branches import has_parallel_peer
 from test_plans.checks.diagnosis import diagnose, outlier
 from test_plans.checks.evidence import SOH_EVIDENCE_PCT, ocv_diagnosis
@@ -32,7 +32,8 @@ from test_plans.checks.identity import COUNT_MEASURES, IDENTITY_MEASURES, measur
                "close_gap_s": Param("s", doc="between re-closing the branch contactors")},
        measures={"ocv_{module}": Measure("V", limit="module_ocv", required=True),
                  "ocv_spread": Measure("V", required=True, doc="highest minus lowest module"),
-                 "branches_opened": Measure("", doc="branch contactors opened for the reading")})
+                 "branches_opened": Measure("", doc="branch contactors opened for the reading")},
+       needs=("actuator", "scanner"), uses=("load", "module_reports", "supply"))
 def module_ocv_match(ctx: StepContext) -> None:
     """Every module's open-circuit voltage and their spread, measured open (000: "measure
     open-circuit voltage on every unit before closing the parallel bus", <= 0.1 V; 003: +-0.05 V).
@@ -76,7 +77,8 @@ def module_ocv_match(ctx: StepContext) -> None:
 
 
 # ================================================================== identity
-@check("module_identity", measures={**IDENTITY_MEASURES, **COUNT_MEASURES})
+@check("module_identity", measures={**IDENTITY_MEASURES, **COUNT_MEASURES},
+       needs=("module_reports",))
 def module_identity(ctx: StepContext) -> None:
     """004 commissioning step 1: each module's model, voltage class, chemistry and the allowed
     parallel count, from the BMS against the DUT (nothing is switched)."""
@@ -89,17 +91,9 @@ def module_identity(ctx: StepContext) -> None:
 def module_cell_voltages(bench: Any) -> dict[str, tuple[float, float]]:
     """(lowest, highest) cell voltage of each module as its BMS reports it (SunSpec 805
     CellVMin/CellVMax), by position; ``{}`` without SunSpec or where a module does not report."""
-    client = getattr(bench, "sunspec", None)
-    if client is None:
-        return {}
-    out = {}
-    for ref in client.refs(805):
-        block = client.read_model(ref)
-        low, high = block.value("CellVMin"), block.value("CellVMax")
-        s, p = block.value("ModIdx"), block.value("StrIdx")
-        if None not in (low, high, s, p):
-            out[f"s{int(s)}p{int(p)}"] = (float(low), float(high))
-    return dict(sorted(out.items(), key=lambda kv: natural_key(kv[0])))
+    reports = module_reports(bench) or {}
+    return {m: (r.min_cell_v, r.max_cell_v) for m, r in reports.items()
+            if r.min_cell_v is not None and r.max_cell_v is not None}
 
 
 def cell_spread_diagnosis(cells: dict[str, tuple[float, float]], low_v: float | None, high_v: float | None) -> str:
@@ -136,7 +130,8 @@ def cell_spread_diagnosis(cells: dict[str, tuple[float, float]], low_v: float | 
                  "min_cell_voltage": Measure("V"),
                  "cell_spread": Measure("V", required=True),
                  "cell_spread_{module}": Measure("V", doc="within the module, SunSpec 805"),
-                 "cells_balancing": Measure("", doc="SunSpec 805 NCellBal, summed")})
+                 "cells_balancing": Measure("", doc="SunSpec 805 NCellBal, summed")},
+       needs=("bms",), uses=("load", "module_reports", "supply"))
 def cell_balance(ctx: StepContext) -> None:
     """Cell balance as the BMS reports it (end of line): after ``rest_s`` the spread between the
     highest and lowest cell voltage (``cell_spread``; SunSpec 802 CellVMax/CellVMin, else CAN
@@ -150,7 +145,7 @@ def cell_balance(ctx: StepContext) -> None:
     bench = ctx.bench
     outputs_off(bench)
     bench.clock.wait(float(ctx.param("rest_s", 1.0)))
-    t = bms_now(bench).telemetry()
+    t = bench.bms.telemetry()
     spread = (float(t.max_cell_v) - float(t.min_cell_v)) if t.max_cell_v is not None and t.min_cell_v is not None \
         else math.nan
     cells = module_cell_voltages(bench)
@@ -160,15 +155,10 @@ def cell_balance(ctx: StepContext) -> None:
         ctx.measure(f"cell_spread_{module}", hi - lo, "V")
     ctx.measure("cell_spread", spread, "V", ctx.limit("cell_spread"),
                 diagnosis=cell_spread_diagnosis(cells, t.min_cell_v, t.max_cell_v))
-    client = getattr(bench, "sunspec", None)
-    if client is None:
+    reports = module_reports(bench)
+    if reports is None:
         return
-    balancing: dict[str, int] = {}
-    for ref in client.refs(805):
-        block = client.read_model(ref)
-        value = int(block.value("NCellBal") or 0)
-        if value:
-            balancing[f"s{int(block.value('ModIdx'))}p{int(block.value('StrIdx'))}"] = value
+    balancing = {m: r.cells_balancing for m, r in reports.items() if r.cells_balancing}
     busy = max(balancing, key=lambda m: balancing[m]) if balancing else "module"
     ctx.measure("cells_balancing", sum(balancing.values()), "", ctx.limit("cells_balancing"),
                 diagnosis=diagnose("cell_imbalance", busy, f"{balancing.get(busy, 0)} cell(s) balancing at rest, "
@@ -193,7 +183,7 @@ def _soh_by_module(bench: Any, modules: list[str]) -> dict[str, float]:
         return {m: float(r.soh_pct) for m, r in reports.items()
                 if r.soh_pct is not None and not math.isnan(r.soh_pct)}
     if len(modules) == 1 and bench.bms is not None:
-        soh = bms_now(bench).telemetry().soh_pct
+        soh = bench.bms.telemetry().soh_pct
         if soh is not None and not math.isnan(soh):
             return {modules[0]: float(soh)}
     return {}
@@ -265,7 +255,8 @@ def judge_acir(ctx: StepContext, readings: dict[str, float], soh: dict[str, floa
                  "acir_voltage_error": Measure("V", doc="meter against scanner: leads on the terminals"),
                  "acir_{module}": Measure("ohm", doc="each module's reading"),
                  "soh": Measure("%", doc="the lowest module SoH the BMS reports"),
-                 "soh_{module}": Measure("%", doc="SunSpec 805 SoH (else CAN 0x355 for a single module)")})
+                 "soh_{module}": Measure("%", doc="SunSpec 805 SoH (else CAN 0x355 for a single module)")},
+       needs=("acir", "actuator", "scanner"), uses=("bms", "load", "module_reports", "supply"))
 def module_acir(ctx: StepContext) -> None:
     """1 kHz AC internal resistance and SoH of the modules (end of line; 003: "if mixed, ensure
     internal resistance differs by <= +-3 mohm"; module datasheets: <= 20 mohm; 004: module

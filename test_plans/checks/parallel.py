@@ -17,9 +17,8 @@ limit, batch) come from the DUT file (``ctx.dut``); tolerances come from the pla
 Conventions the wiring gives (station channel map): a module's terminal voltage is read between
 ``sXpY.+`` and ``sXpY.P-`` (its own side of the branch contactor, so it is the module's
 open-circuit voltage while the branch is open); a branch shunt reads + = charging. Per-module
-SOC, SoH, voltage and serial come from SunSpec model 805 through ``bench.sunspec`` (the station's
-Modbus bus); a check that needs them and finds no SunSpec client records an ``error`` rather
-than guessing.
+SOC, SoH, voltage and serial come from the ``module_reports`` protocol (SunSpec 805 on a Modbus
+bus); a check that needs them declares it, and a station without it is refused at validation.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.admission import not_admitted
 from test_plans.checks.bench_helpers import (ah_while, branch_contactors, branches_opened, connect_bank,
                                              contactor_closed, module_resistances, outputs_off)
-from test_plans.checks.bms_helpers import (ModuleReport, bms_alarm_note, bms_now, bms_read, bms_soc,
+from test_plans.checks.bms_helpers import (ModuleReport, bms_alarm_note, bms_read, bms_soc,
                                            module_reports, require_reports, silent_modules)
 from test_plans.checks.branches import (branch_values, branch_voltages, finite, peer_mean, series_groups,
                                         spread, standout)
@@ -61,7 +60,8 @@ from test_plans.checks.traces import TraceRows, waveform_columns
                  "capacity_deviation": Measure("%"),
                  "energy": Measure("kWh", doc="nominal voltage x installed capacity"),
                  "energy_deviation": Measure("%"),
-                 "modules_missing": Measure("", doc="DUT modules minus modules the BMS reports online")})
+                 "modules_missing": Measure("", doc="DUT modules minus modules the BMS reports online")},
+       needs=("bms", "load"), uses=("module_reports", "supply"))
 def configuration(ctx: StepContext) -> None:
     """Bank voltage and the BMS-reported capacity match the DUT's NsMp configuration (000).
 
@@ -245,7 +245,8 @@ SOC_MEASURES: dict[str, Measure] = {
                "acir_reference": Param("ohm", doc="AC-IR the meter's module is compared with"),
                "close_gap_s": Param("s", doc="between re-closing contactors")},
        measures={**ISOLATION_MEASURES, **OCV_MEASURES, **ACIR_MEASURES, **SOC_MEASURES,
-                 **IDENTITY_MEASURES, **COUNT_MEASURES})
+                 **IDENTITY_MEASURES, **COUNT_MEASURES},
+       needs=("actuator", "bms", "module_reports", "scanner"), uses=("acir", "load", "supply"))
 def pre_parallel_match(ctx: StepContext) -> None:
     """Before the parallel bus is closed (000, 001, 002, 003, 004).
 
@@ -283,7 +284,8 @@ def pre_parallel_match(ctx: StepContext) -> None:
 @check("soc_alignment",
        params={"rest_s": Param("s")},
        measures={**SOC_MEASURES,
-                 "ocv_spread": Measure("V", required=True)})
+                 "ocv_spread": Measure("V", required=True)},
+       needs=("module_reports", "scanner"), uses=("load", "supply"))
 def soc_alignment(ctx: StepContext) -> None:
     """004 commissioning step 2 (002: SOC within 5 % before parallel connection): per-module SOC
     spread from the BMS and, at rest, the module voltage spread."""
@@ -327,7 +329,8 @@ def inrush_figures(amps: list[float], interval_s: float, threshold_a: float) -> 
                  "contactor_closed": Measure(""),
                  "peak_current": Measure("A", required=True),
                  "inrush_i2t": Measure("A2s", required=True),
-                 "settle_time": Measure("s", required=True)})
+                 "settle_time": Measure("s", required=True)},
+       needs=("actuator", "digitiser", "scanner"), uses=("load", "module_reports", "supply"))
 def parallel_inrush(ctx: StepContext) -> None:
     """The equalising surge when a module joins the bank (000, 001: it can weld contactors and
     trip BMSs; DOMAIN.md: 0.1 V alone gives ~10-15 A).
@@ -420,7 +423,7 @@ def _sharing_phase(ctx: StepContext, phase: str, amps: float, evidence: "_Eviden
         currents = bench.branch_currents()
         loaded = bench.module_voltages() if evidence.ocv else {}
         total = bench.supply.measure_current() if charging else -bench.load.measure_current()
-        bms_amps = bms_now(bench).telemetry().current_a if bench.bms is not None else None
+        bms_amps = bench.bms.telemetry().current_a if bench.bms is not None else None
         resistance = _module_resistance(evidence.ocv or {}, loaded, currents)
         per_module = _per_module_resistance(evidence.modules or {}, loaded, currents)
         for branch in sorted(resistance, key=natural_key):
@@ -547,7 +550,8 @@ def _open_circuit_evidence(ctx: StepContext) -> _Evidence:
                  "{phase}current_{branch}": Measure("A", limit="{phase}branch_current"),
                  "ocv_{branch}": Measure("V", doc="open-circuit, branches open, before loading: evidence"),
                  "{phase}resistance_{branch}": Measure("ohm", doc="(open-circuit - terminal voltage) / current: evidence"),
-                 "acir_{module}": Measure("ohm", doc="AC-IR with the branches open: evidence")})
+                 "acir_{module}": Measure("ohm", doc="AC-IR with the branches open: evidence")},
+       needs=("actuator", "scanner"), uses=("acir", "bms", "load", "module_reports", "supply"))
 def current_sharing(ctx: StepContext) -> None:
     """Per-branch currents from the shunts at a load (``load_current``) and, if the plan gives
     ``charge_current``, at a charge from the supply (CV ``charge_voltage``, default the BMS's
@@ -584,7 +588,8 @@ def current_sharing(ctx: StepContext) -> None:
                "rest_s": Param("s")},
        measures={"rest_current_{branch}": Measure("A"),
                  "circulating_current": Measure("A", required=True, doc="largest |branch current|"),
-                 "rest_current_sum": Measure("A", required=True, doc="|sum| over the first group")})
+                 "rest_current_sum": Measure("A", required=True, doc="|sum| over the first group")},
+       needs=("actuator", "scanner"), uses=("load", "module_reports", "supply"))
 def circulating_current(ctx: StepContext) -> None:
     """Modules exchanging current at rest (004): after ``load_current`` for ``load_s`` (if given)
     the load is removed and after ``rest_s`` every branch current should be near zero."""
@@ -635,7 +640,8 @@ def circulating_current(ctx: StepContext) -> None:
                  "bms_soc_{cycle}": Measure("%"),
                  "soc_spread_max": Measure("%", required=True),
                  "soc_spread_growth": Measure("%", doc="after the last cycle minus after the first"),
-                 "bms_soc_error": Measure("%", required=True, doc="BMS SOC change vs coulomb count")})
+                 "bms_soc_error": Measure("%", required=True, doc="BMS SOC change vs coulomb count")},
+       needs=("actuator", "bms", "module_reports"), uses=("load", "supply"))
 def soc_drift(ctx: StepContext) -> None:
     """SOC drift over repeated charge/discharge cycles (004: "SOC drifts after each cycle ->
     initial SOC mismatch or weak module"; 002: SOC within 5 %).
@@ -779,7 +785,8 @@ def _trace_modules(ctx: StepContext, rows: TraceRows, name: str, title: str) -> 
                  "supply_on": Measure("", required=True),
                  "main_closed": Measure("", doc="the main contactor's coil drive"),
                  "main_open_current": Measure("A", doc="drawn through the main commanded open"),
-                 "bank_current": Measure("A", required=True)})
+                 "bank_current": Measure("A", required=True)},
+       needs=("actuator", "bms"), uses=("load", "module_reports", "supply"))
 def bank_at_rest(ctx: StepContext) -> None:
     """004 commissioning step 3: inverter, PV, charger and loads off before wiring. The load and
     the supply are switched off and must report off; with ``open_main`` the main disconnect is
@@ -817,7 +824,7 @@ def bank_at_rest(ctx: StepContext) -> None:
                         diagnosis=diagnose("contactor_weld", "main",
                                            f"the load drew {abs(drawn):.2f} A at {volts:.2f} V through the main "
                                            f"contactor commanded open (set {amps:g} A)"))
-    amps_now = bms_now(bench).telemetry().current_a
+    amps_now = bench.bms.telemetry().current_a
     ctx.measure("bank_current", abs(amps_now), "A", ctx.limit("bank_current"),
                 diagnosis=diagnose("loads_not_off", "bank", f"the BMS reports {amps_now:+.2f} A with the load "
                                    "and the supply off"))
@@ -829,7 +836,8 @@ def bank_at_rest(ctx: StepContext) -> None:
                "rest_s": Param("s", doc="with the branches open, before the reading")},
        measures={"ocv_{module}": Measure("V", limit="module_ocv", required=True),
                  "reversed_modules": Measure("", required=True),
-                 "bank_voltage": Measure("V")})
+                 "bank_voltage": Measure("V")},
+       needs=("actuator", "bms", "scanner"), uses=("load", "module_reports"))
 def polarity(ctx: StepContext) -> None:
     """004 commissioning step 4: polarity of every module and of the bank. Each module's
     terminal voltage must lie in ``module_ocv`` (a reversed module reads negative, an open one
@@ -881,7 +889,8 @@ def polarity(ctx: StepContext) -> None:
                  "branch_fuse_margin": Measure("A", required=True),
                  "main_fuse_margin": Measure("A", required=True),
                  "current_{branch}": Measure("A"),
-                 "branch_min_share": Measure("%")})
+                 "branch_min_share": Measure("%")},
+       needs=("actuator", "scanner"), uses=("bms", "load", "module_reports", "supply"))
 def branch_protection(ctx: StepContext) -> None:
     """004 commissioning step 5, 000/003/004 sizing: a fuse or breaker per module positive lead,
     sized for the module's current; shared hardware for the whole bank's.
@@ -953,7 +962,8 @@ def _low_branch_diagnosis(bench: Any, branch: str, currents: dict[str, float]) -
                  "open_sag_{branch}": Measure("V", limit="open_module_sag", required=True,
                                               doc="its module's terminal voltage below its rest value"),
                  "closed_share_{branch}": Measure("%", limit="closed_share", required=True,
-                                                  doc="its current as % of its peers' mean, re-closed")})
+                                                  doc="its current as % of its peers' mean, re-closed")},
+       needs=("actuator", "scanner"), uses=("load", "supply"))
 def contactor_proof(ctx: StepContext) -> None:
     """Every branch contactor opens and closes (004: one module stays offline -> breaker or
     contactor; 000: an equalising surge can weld contactors). The main disconnect closed, each
@@ -1015,7 +1025,8 @@ def contactor_proof(ctx: StepContext) -> None:
                  "charge_enable": Measure("", required=True),
                  "discharge_enable": Measure("", required=True),
                  "main_closed": Measure("", required=True),
-                 "bank_voltage": Measure("V")})
+                 "bank_voltage": Measure("V")},
+       needs=("actuator", "bms"), uses=("load", "module_reports"))
 def main_disconnect(ctx: StepContext) -> None:
     """004 commissioning step 11: close the main battery disconnect only after BMS status is
     normal -- no alarm, every module admitted (capacity counted = installed), charge and
@@ -1062,7 +1073,8 @@ def main_disconnect(ctx: StepContext) -> None:
                  "diagonal_takeoff": Measure("", required=True),
                  "rated_bank_current": Measure("A"),
                  "bus_kind": Measure(""),
-                 "busbar_where_needed": Measure("", required=True)})
+                 "busbar_where_needed": Measure("", required=True)},
+       needs=())
 def as_built_layout(ctx: StepContext) -> None:
     """004 commissioning steps 6-7, 000, 001, 003: the bank as built, from its record (the DUT
     file) -- equal-length, equal-gauge module leads (000: even 15 cm matters at 200 A+; figures

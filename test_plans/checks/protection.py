@@ -42,7 +42,6 @@ from bankmodel.positions import POSITION, TERMINAL, modules_of_branch, natural_k
 from harness.measure import Limits
 from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.bench_helpers import connect_bank, outputs_off, poll_until
-from test_plans.checks.bms_helpers import bms_now
 from test_plans.checks.branches import peer_mean, spread
 from test_plans.checks.diagnosis import diagnose
 from test_plans.checks.thermal_fit import estimate_rise, is_steady, scale_rise
@@ -124,17 +123,17 @@ def _alarms(bench: Any) -> set[str]:
 
 def _warnings(bench: Any) -> set[str]:
     """Protections whose condition the BMS sees with its debounce running (0x359 / Evt1 warnings)."""
-    return set(bms_now(bench).status().warnings)
+    return set(bench.bms.status().warnings)
 
 
 def _cell_extreme(bench: Any, which: str) -> float:
-    t = bms_now(bench).telemetry()
+    t = bench.bms.telemetry()
     value = t.max_cell_v if which == "max" else t.min_cell_v
     return math.nan if value is None else float(value)
 
 
 def _temperature(bench: Any) -> float:
-    return float(bms_now(bench).telemetry().temperature_c)
+    return float(bench.bms.telemetry().temperature_c)
 
 
 # Which output a current drives depends on ``protection``: recovery_current and probe_current
@@ -185,7 +184,8 @@ def _temperature(bench: Any) -> float:
                  "alarm_cleared": Measure(""),
                  "recovery_time": Measure("s"),
                  "probe_current_after": Measure("A"),
-                 "conducts_after_recovery": Measure("")})
+                 "conducts_after_recovery": Measure("")},
+       needs=("actuator", "bms"), uses=("load", "module_reports", "supply"))
 def protection_trip(ctx: StepContext) -> None:
     """Provoke one protection of a module's BMS (``protection``: over_voltage, under_voltage,
     charge_over_current, discharge_over_current, short_circuit, over_temperature) and measure
@@ -401,7 +401,7 @@ def _recovery(ctx: StepContext, protection: str, alarm: str) -> None:
     elif protection == "over_voltage":
         bench.load.set_current(float(ctx.param("recovery_current", 10.0)))
         bench.load.input(True)
-    client = bms_now(bench)
+    client = bench.bms
     try:
         took = poll_until(bench, lambda: alarm not in client.status().alarms, observe, coarse)
     finally:
@@ -500,7 +500,8 @@ def _minutes(seconds: float) -> str:
                  "terminal_excess": Measure("K", required=True, doc="terminal above its own module body "
                                             "(highest mean of three readings)"),
                  "temperature_{module}": Measure("degC"),
-                 "module_spread": Measure("K", required=True)})
+                 "module_spread": Measure("K", required=True)},
+       needs=("actuator", "scanner"), uses=("load", "supply"))
 def thermal_rise(ctx: StepContext) -> None:
     """Temperature rise of the bank's joints at its rated current (000: busbar cross-section such
     that the rise stays within 30 K at the maximum rated current; 003/004: hot terminal or cable

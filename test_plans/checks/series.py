@@ -10,7 +10,7 @@ array specifically for this." (One firmware across the string: ``firmware_consis
   ``vds_rating``, else the DUT's module data) against 000's 60 V and against the string's
   highest voltage (series x cells x cell over-voltage threshold).
 - ``series_mosfet_stress``: the dynamic test -- under load, one module's BMS is forced open (a
-  bench service command over CAN, ``bench.bms.force_disconnect``; a real bench uses the BMS
+  bench service command over CAN, ``bench.bms_service.force_disconnect``; a real bench uses the BMS
   vendor's service tool) and the digitiser across that module's switch (``dmm_vds``) captures the
   turn-off: peak and settled Vds against the rating x derating (limits in %), and the string
   current after the disconnect (an open switch blocks; a MOSFET that avalanched to death fails
@@ -107,7 +107,8 @@ def _settled(samples: list[float], fraction: float) -> float:
        measures={"series_count": Measure(""),
                  "string_max_voltage": Measure("V"),
                  "vds_rating": Measure("V", required=True),
-                 "vds_rating_ratio": Measure("", required=True, doc="rating / string_max_voltage")})
+                 "vds_rating_ratio": Measure("", required=True, doc="rating / string_max_voltage")},
+       needs=())
 def series_mosfet_rating(ctx: StepContext) -> None:
     """000's design rule, before anything is stacked: the BMS switch's Vds rating (``vds_rating``)
     at least 000's 60 V, and its ratio to the string's highest voltage (``vds_rating_ratio`` =
@@ -147,7 +148,8 @@ def series_mosfet_rating(ctx: StepContext) -> None:
                  "settled_vds": Measure("V"),
                  "peak_vds_utilisation": Measure("%", required=True),
                  "settled_vds_utilisation": Measure("%", required=True),
-                 "blocked_current": Measure("A", required=True)})
+                 "blocked_current": Measure("A", required=True)},
+       needs=("actuator", "bms", "bms_service", "digitiser"), uses=("load", "supply"))
 def series_mosfet_stress(ctx: StepContext) -> None:
     """000: a fault disconnect in a series string puts the string's voltage across one BMS switch.
 
@@ -191,7 +193,7 @@ def series_mosfet_stress(ctx: StepContext) -> None:
         t_open = bench.clock.now()
         forced = True
         for k in opened_indices:  # all at the same bench instant: the clock moves only in wait()
-            bench.bms.force_disconnect(k, True)
+            bench.bms_service.force_disconnect(k, True)
         bench.clock.wait(interval * count, resolution_s=interval)
         raw = dmm.fetch_waveform()
         bench.clock.wait(float(ctx.param("block_s", 0.5)))
@@ -200,7 +202,7 @@ def series_mosfet_stress(ctx: StepContext) -> None:
         bench.load.input(False)
         if forced:
             for k in opened_indices:
-                bench.bms.force_disconnect(k, False)
+                bench.bms_service.force_disconnect(k, False)
     wave = Waveform(raw.interval_s, list(raw.samples), "V", t0_s=t_open)
     ctx.extras.setdefault("waveforms", {})[f"vds_{module}"] = wave
     magnitudes = [abs(v) for v in raw.samples]
@@ -322,7 +324,8 @@ def _module_evidence(module: str, seen: _Open, members: list[str]) -> str:
                  "ocv_spread": Measure("V", required=True, doc="within a string, the worst string"),
                  "soc_spread": Measure("%", required=True),
                  "capacity_spread": Measure("Ah", required=True),
-                 "branches_opened": Measure("")})
+                 "branches_opened": Measure("")},
+       needs=("actuator", "scanner"), uses=("load", "module_reports", "supply"))
 def series_match(ctx: StepContext) -> None:
     """001's pre-check for a series string: "Before wiring batteries in series, ensure all
     batteries have the same voltage and capacity"; "each battery in a series string should
@@ -382,7 +385,8 @@ def series_match(ctx: StepContext) -> None:
                  "string_modules_{string}": Measure("", doc="modules the BMS reports in it"),
                  "string_voltage_spread": Measure("V", required=True),
                  "string_capacity_spread": Measure("Ah", required=True),
-                 "module_count_spread": Measure("", required=True)})
+                 "module_count_spread": Measure("", required=True)},
+       needs=("actuator", "scanner"), uses=("load", "module_reports", "supply"))
 def string_match(ctx: StepContext) -> None:
     """001: "build identical series strings first, then connect those strings in parallel ...
     Each series string should use the same number of batteries, same chemistry, same capacity".
@@ -466,7 +470,8 @@ def _groups_of(bench: Any) -> dict[str, list[str]]:
                "close_gap_s": Param("s", doc="after closing each branch")},
        measures={"delta_v_{branch}": Measure("V", limit="delta_v", required=True),
                  "group_voltage_{group}": Measure("V", limit="group_voltage"),
-                 "branches_left_open": Measure("", required=True)})
+                 "branches_left_open": Measure("", required=True)},
+       needs=("actuator", "scanner"), uses=("load", "supply"))
 def group_assembly(ctx: StepContext) -> None:
     """000: "four parallel groups should be built first (the single cell is expanded from 1P to
     4P at each series position)". The main contactor and every branch contactor are opened;
@@ -515,7 +520,8 @@ def group_assembly(ctx: StepContext) -> None:
                  "group_spread": Measure("V", required=True),
                  "main_closed": Measure(""),
                  "series_voltage": Measure("V"),
-                 "series_voltage_error": Measure("V", required=True, doc="string minus sum of groups")})
+                 "series_voltage_error": Measure("V", required=True, doc="string minus sum of groups")},
+       needs=("actuator", "scanner"), uses=("load", "supply"))
 def group_voltage_match(ctx: StepContext) -> None:
     """000: "the voltage balance between the groups should be confirmed, and then the series
     connection should be performed". Group voltages (mean terminal voltage of each series
