@@ -98,7 +98,7 @@ class RunContext:
     def load(cls, config: pytest.Config) -> "RunContext":
         from bankmodel.specs.loading import load_bank_spec
         from harness.config import load_plan, load_station, validate_run
-        from test_plans.checks import known_checks
+        from harness.check_registry import known_checks
 
         plan_path = _resolve(config.getoption("--plan"), REPO / "test_plans")
         station_path = _resolve(config.getoption("--station") or str(DEFAULT_STATION),

@@ -44,7 +44,6 @@ What the role's answers are made of:
 from __future__ import annotations
 
 import math
-import re
 import struct
 import threading
 import time
@@ -63,6 +62,7 @@ from sunspec2 import device as sunspec_device
 from sunspec2 import mb as sunspec_mb
 from sunspec2 import mdef as sunspec_mdef
 
+from bankmodel.chemistry import CHEMISTRY_WORDS, normalise_chemistry  # noqa: F401  (re-exported)
 from bankmodel.positions import natural_key
 from instruments.roles import (BankIdentity, Bms, BmsLimits, BmsStatus, BmsTelemetry, InstrumentError,
                                ModuleReport, ModuleReports, normalise_version)
@@ -86,40 +86,13 @@ EVENT_NAMES = {"OVER_TEMP": "over_temperature", "UNDER_TEMP": "under_temperature
                "OVER_DISCHARGE_CURRENT": "discharge_over_current"}
 
 
-# Normalised cell chemistry <- the words a battery may use for it (upper case, alphanumerics only;
-# a trailing number is a variant: NMC811, LFP12 in a model name such as "LFP12.8-100").
-CHEMISTRY_WORDS: dict[str, tuple[str, ...]] = {
-    "LFP": ("LFP", "LIFEPO4", "LFEPO4", "LIFEPO", "LFE"),
-    "NMC": ("NMC", "NCM", "LINMC", "LINCM"),
-    "LTO": ("LTO", "LI4TI5O12"),
-    "NCA": ("NCA", "LINCA"),
-    "LCO": ("LCO", "LICOO2"),
-    "LMO": ("LMO", "LIMN2O4"),
-}
-_CHEMISTRY_OF_WORD = {word: chem for chem, words in CHEMISTRY_WORDS.items() for word in words}
 # 802 Typ symbol -> the chemistry family it stands for (None: says nothing)
 TYPE_FAMILY = {"LITHIUM_ION": "LI-ION", "LEAD_ACID": "LEAD_ACID", "NICKEL_METAL_HYDRATE": "NIMH",
                "NICKEL_CADMIUM": "NICD", "CARBON_ZINC": "CARBON_ZINC", "ZINC_CHLORIDE": "ZINC_CHLORIDE",
                "ALKALINE": "ALKALINE", "RECHARGEABLE_ALKALINE": "RECHARGEABLE_ALKALINE",
                "SODIUM_SULFUR": "SODIUM_SULFUR", "FLOW": "FLOW", "OTHER": None,
                "NOT APPLICABLE_UNKNOWN": None}
-_LITHIUM_CHEMISTRIES = frozenset(CHEMISTRY_WORDS)
-
-
-def normalise_chemistry(text: str | None) -> str | None:
-    """The cell chemistry named in a piece of text ("LFP", "NMC", "LTO", "NCA", "LCO", "LMO"),
-    or None. The text is split into words at anything but letters and digits; the first word
-    that is a known name, or a known name followed by digits, wins:
-    ``"LiFePO4 1S4P"`` -> LFP, ``"NMC811"`` -> NMC, ``"LFP12.8-100"`` -> LFP."""
-    for word in re.split(r"[^A-Z0-9]+", (text or "").upper()):
-        if not word:
-            continue
-        if word in _CHEMISTRY_OF_WORD:
-            return _CHEMISTRY_OF_WORD[word]
-        stem = word.rstrip("0123456789")
-        if stem != word and stem in _CHEMISTRY_OF_WORD:
-            return _CHEMISTRY_OF_WORD[stem]
-    return None
+_LITHIUM_CHEMISTRIES = frozenset(CHEMISTRY_WORDS)  # bankmodel.chemistry
 
 
 class Malformed(ValueError):

@@ -93,3 +93,10 @@ def test_a_hardware_run_imports_nothing_from_the_emulator(tmp_path: Path) -> Non
     assert "bms_identity PASS" in run.stdout or run.returncode in (0, 4), run.stdout + run.stderr
     leaked = sorted(m for m in imported if m.split(".")[0] in ("emulator", "numba"))
     assert leaked == []
+
+
+def test_the_harness_never_imports_the_checks() -> None:
+    """No cycle between rooms: the checks use the harness; the harness loads them by name
+    (harness/check_registry.py)."""
+    offenders = [str(p.relative_to(REPO)) for p in _sources("harness") if "test_plans" in _imports(p)]
+    assert offenders == []

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from test_plans.checks.catalogue import info
+from harness.check_registry import check_info as info
 
 # plans use Allure's scale itself (blocker, critical, normal, minor, trivial): one word in both
 SEVERITY = {name: name for name in ("blocker", "critical", "normal", "minor", "trivial")}

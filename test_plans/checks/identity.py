@@ -7,7 +7,7 @@ of each check calling them (pre-parallel matching, module identity).
 from __future__ import annotations
 
 from bankmodel.positions import natural_key, position
-from instruments.sunspec_bms import normalise_chemistry
+from bankmodel.chemistry import normalise_chemistry
 from test_plans.checks import Measure, StepContext
 from test_plans.checks.bms_helpers import ModuleReport, require_reports
 from test_plans.checks.branches import finite, peer_mean, spread
