@@ -179,11 +179,15 @@ def _connect(role: str, entry: dict[str, Any]) -> Instrument:
     return cls(entry["resource"], role, rating=entry.get("rating") or None, **extra)
 
 
-def _sunspec_from(cfg: dict[str, Any], clock: BenchClock, name: str) -> Bms:
+def _sunspec_from(cfg: dict[str, Any], clock: BenchClock, name: str, keepalive: bool) -> Bms:
+    """The SunSpec client; its CtrlHb keep-alive is the inverter's (driven by the bench clock)
+    when it is the Bms role, off when CAN carries the keep-alive."""
     from instruments.sunspec_bms import SunSpecBms
     extra = {k: cfg[k] for k in ("timeout_s", "heartbeat_period_s") if cfg.get(k) is not None}
-    return SunSpecBms(cfg["host"], int(cfg["port"]), int(cfg.get("device_id", 1)), clock=clock.now,
-                      name=name, **extra)
+    client = SunSpecBms(cfg["host"], int(cfg["port"]), int(cfg.get("device_id", 1)), clock=clock.now,
+                        name=name, driven=True, **extra)
+    client.heartbeat(keepalive)
+    return client
 
 
 def _bus_clients(station: dict[str, Any], clock: BenchClock,
@@ -197,7 +201,8 @@ def _bus_clients(station: dict[str, Any], clock: BenchClock,
         clients["can"] = can_bms
     if buses.get("modbus"):
         try:
-            clients["modbus"] = _sunspec_from(buses["modbus"], clock, "sunspec" if can_bms is not None else "bms")
+            clients["modbus"] = _sunspec_from(buses["modbus"], clock, "sunspec" if can_bms is not None else "bms",
+                                              keepalive=can_bms is None)
         except BaseException:
             if can_bms is not None:
                 can_bms.close()

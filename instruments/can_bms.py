@@ -62,8 +62,8 @@ import can
 import cantools
 from cantools.database.can import Database
 
-from instruments.roles import (Bms, BmsLimits, BmsService, BmsStatus, BmsTelemetry, InstrumentError,
-                               normalise_version)
+from instruments.roles import (Bms, BmsLimits, BmsService, BmsStatus, BmsTelemetry, CapacityReport,
+                               InstrumentError, normalise_version)
 
 DBC_PATH = Path(__file__).resolve().parent / "dbc" / "pylontech_lv.dbc"
 SERVICE_DBC_PATH = Path(__file__).resolve().parent / "dbc" / "bankhil_service.dbc"
@@ -173,7 +173,7 @@ class _Decoder:
         return None, values
 
 
-class CanBms(Bms, BmsService):
+class CanBms(Bms, BmsService, CapacityReport):
     """A Pylontech-compatible battery as the inverter sees it, over any python-can bus."""
 
     name = "bms"
@@ -483,6 +483,11 @@ class CanBms(Bms, BmsService):
             online_capacity_ah=_num(info["OnlineCapacity"]) if info else None,
             charge_enable=bool(requests["ChargeEnable"]) if requests else None,
             discharge_enable=bool(requests["DischargeEnable"]) if requests else None)
+
+    def installed_capacity_ah(self) -> float | None:
+        """0x379 installed capacity, None until heard."""
+        installed = self.decoded(0x379)
+        return _num(installed["InstalledCapacity"]) if installed else None
 
     def safe_state(self) -> None:
         try:

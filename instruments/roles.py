@@ -268,6 +268,14 @@ class BmsService(ABC):
         """Make one module stop reporting to its master (``on``), or talk again."""
 
 
+class CapacityReport(ABC):
+    """The capacity the BMS says is installed (Pylontech CAN 0x379). SunSpec has no such point
+    (802 ``AHRtg`` is what the master counts online), so a Modbus-only station lacks it."""
+
+    @abstractmethod
+    def installed_capacity_ah(self) -> float | None: ...
+
+
 # protocol name (what checks declare and plans require) -> the interface that provides it
 PROTOCOLS: dict[str, type] = {
     "supply": DcSupply,
@@ -279,6 +287,7 @@ PROTOCOLS: dict[str, type] = {
     "bms": Bms,
     "module_reports": ModuleReports,
     "bms_service": BmsService,
+    "capacity_report": CapacityReport,
 }
 
 

@@ -398,7 +398,7 @@ class SunSpecBms(Bms, ModuleReports):
     def __init__(self, host: str = "127.0.0.1", port: int = 502, device_id: int = 1, *,
                  name: str = "bms", timeout_s: float = 1.0, heartbeat_period_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
-                 base_addresses: tuple[int, ...] = BASE_ADDRESSES):
+                 base_addresses: tuple[int, ...] = BASE_ADDRESSES, driven: bool = False):
         self.name = name
         self.host, self.port, self.device_id = host, int(port), int(device_id)
         self.resource = f"{host}:{self.port}"
@@ -415,6 +415,11 @@ class SunSpecBms(Bms, ModuleReports):
         self._last_heard: float | None = None
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
+        # driven: the bench clock's periodic duty sends the keep-alive (send_keepalive_if_due),
+        # in bench time, virtual or wall; no thread of its own
+        self._driven = driven
+        self._hb_wanted = False
+        self._next_hb = 0.0
         self.heartbeats_sent = 0
         self.heartbeat_errors = 0
         self.last_heartbeat_error: InstrumentError | None = None
@@ -707,7 +712,30 @@ class SunSpecBms(Bms, ModuleReports):
             self.heartbeats_sent += 1
             return value
 
+    @property
+    def period_s(self) -> float:
+        return self.heartbeat_period_s
+
+    def send_keepalive_if_due(self) -> bool:
+        """The CtrlHb keep-alive from the bench clock's duty, at its period of bench time (a
+        driven client); True if one was written."""
+        if not self._hb_wanted or self._clock() < self._next_hb - 1e-9:
+            return False
+        self._next_hb = self._clock() + self.heartbeat_period_s
+        try:
+            self.send_heartbeat()
+        except InstrumentError as exc:  # counted; the next one is tried on schedule
+            self.heartbeat_errors += 1
+            self.last_heartbeat_error = exc
+            return False
+        return True
+
     def heartbeat(self, on: bool) -> None:
+        if self._driven:
+            if on and not self._hb_wanted:
+                self._next_hb = self._clock()
+            self._hb_wanted = bool(on)
+            return
         if on and self._hb_thread is None:
             self._hb_stop.clear()
             self._hb_thread = threading.Thread(target=self._keep_alive, daemon=True,
@@ -720,7 +748,7 @@ class SunSpecBms(Bms, ModuleReports):
 
     @property
     def heartbeat_on(self) -> bool:
-        return self._hb_thread is not None
+        return self._hb_wanted if self._driven else self._hb_thread is not None
 
     def _keep_alive(self) -> None:
         """Write CtrlHb, then watch Hb, every period until stopped; failures are counted."""

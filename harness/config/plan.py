@@ -612,7 +612,9 @@ def check_plan(plan: PlanFile, known_checks: Mapping[str, Any]) -> PlanFile:
                     sources[key] = ("parameters", name) if name in step.parameters else ("defaults", name)
         step._setpoints = derived
         step._setpoint_params = sources
-        step._needs = frozenset(spec.needs)
+        # the check's own needs, and those of each measurement the plan puts a limit on
+        step._needs = frozenset(spec.needs) | frozenset(
+            m.needs for key in step.limits if (m := spec.limit_measure(key)) is not None and m.needs)
         step._instrument_roles = {
             str(merged.get(name, p.default)): (p.instrument, ("parameters", name) if name in step.parameters
                                                else ("defaults", name) if name in plan.defaults else ("check",))

@@ -139,6 +139,7 @@ PROTOCOL_WORDS = {
     "bms": "BMS telemetry over CAN or Modbus",
     "module_reports": "per-module BMS reports, e.g. SunSpec models 805/804 over Modbus",
     "bms_service": "BMS service commands (force a module's switch open, silence a module)",
+    "capacity_report": "the installed capacity the BMS reports (CAN 0x379; SunSpec has none)",
 }
 
 

@@ -34,7 +34,8 @@ def check(name: str, *, params: Mapping[str, Param] | None = None,
     """Register a check under the name plan files use, with its declaration: parameters,
     measurements, and the role protocols it ``needs`` (refused on a station without them) and
     ``uses`` when present (names in ``instruments.roles.PROTOCOLS``)."""
-    unknown = sorted((set(needs) | set(uses)) - set(PROTOCOLS))
+    declared = set(needs) | set(uses) | {m.needs for m in (measures or {}).values() if m.needs}
+    unknown = sorted(declared - set(PROTOCOLS))
     if unknown:
         raise ValueError(f"check '{name}': unknown protocol(s) {', '.join(unknown)} "
                          f"(known: {', '.join(PROTOCOLS)})")
@@ -158,7 +159,7 @@ class StepContext:
             if not isinstance(self.measure, DeclaredRecorder):
                 self.measure = DeclaredRecorder(self.measure, spec, dict(self.limits._data))
             if self.bench is not None and hasattr(self.bench, "restricted_to"):
-                self.bench = self.bench.restricted_to(spec.needs | spec.uses, spec.name)
+                self.bench = self.bench.restricted_to(spec.needs | spec.uses | spec.measure_needs(), spec.name)
 
     def param(self, name: str, default: Any = None) -> Any:
         if name in self.params:

@@ -167,10 +167,10 @@ def _delta_to_peers(module: str, reports: dict[str, ModuleReport], exclude: set[
        measures={"bms_firmware": Measure("", doc="CAN 0x35F major.minor"),
                  "master_firmware": Measure("", doc="SunSpec model 1 Vr"),
                  "as_built_versions": Measure("", required=True),
-                 "capacity_not_counted": Measure("Ah"),
+                 "capacity_not_counted": Measure("Ah", needs="capacity_report"),
                  "delta_v_{module}": Measure("V", doc="a held-back module against its series-position peers"),
                  "strings_not_admitted": Measure("", required=True)},
-       needs=("bms",), uses=("load", "module_reports", "supply"))
+       needs=("bms", "module_reports"), uses=("load", "supply"))
 def firmware_consistency(ctx: StepContext) -> None:
     """One BMS firmware across the string and the bank (000, 004).
 
@@ -598,8 +598,8 @@ def comm_loss_silent_bms(ctx: StepContext) -> None:
        params={"module_capacity": Param("Ah", doc="one module's; default the DUT's"),
                "module_discharge_limit": Param("A", doc="one module's; default the DUT's"),
                "settle_s": Param("s")},
-       measures={"installed_capacity": Measure("Ah"),
-                 "installed_capacity_error": Measure("Ah", doc="against the DUT's nameplate"),
+       measures={"installed_capacity": Measure("Ah", needs="capacity_report"),
+                 "installed_capacity_error": Measure("Ah", needs="capacity_report", doc="against the DUT's nameplate"),
                  "online_capacity": Measure("Ah"),
                  "discharge_limit": Measure("A"),
                  "capacity_overcounted": Measure("Ah", required=True),
@@ -671,7 +671,7 @@ def aggregation(ctx: StepContext) -> None:
                  "alignment_charge": Measure("Ah", required=True),
                  "modules_pending_end": Measure("", required=True),
                  "online_capacity": Measure("Ah"),
-                 "capacity_not_counted": Measure("Ah", required=True),
+                 "capacity_not_counted": Measure("Ah", needs="capacity_report", required=True),
                  "discharge_limit": Measure("A"),
                  "discharge_limit_shortfall": Measure("A", required=True)},
        needs=("actuator", "module_reports"), uses=("bms", "load", "supply"))

@@ -50,7 +50,7 @@ from test_plans.checks.traces import TraceRows, waveform_columns
 @check("configuration",
        params={"rest_s": Param("s")},
        measures={"bank_voltage": Measure("V", required=True),
-                 "installed_capacity": Measure("Ah"),
+                 "installed_capacity": Measure("Ah", needs="capacity_report"),
                  "online_capacity": Measure("Ah"),
                  "configuration": Measure("", doc="NsMp of the DUT"),
                  "nominal_voltage": Measure("V"),
@@ -1021,7 +1021,7 @@ def contactor_proof(ctx: StepContext) -> None:
 @check("main_disconnect",
        params={"settle_s": Param("s")},
        measures={"bms_alarms": Measure("", required=True),
-                 "capacity_not_counted": Measure("Ah", required=True),
+                 "capacity_not_counted": Measure("Ah", needs="capacity_report", required=True),
                  "charge_enable": Measure("", required=True),
                  "discharge_enable": Measure("", required=True),
                  "main_closed": Measure("", required=True),
@@ -1035,7 +1035,9 @@ def main_disconnect(ctx: StepContext) -> None:
     bench = ctx.bench
     status = bms_read(bench, "status")
     alarms = sorted(status.alarms)
-    shortfall = float(status.installed_capacity_ah or 0.0) - float(status.online_capacity_ah or 0.0)
+    installed, online = status.installed_capacity_ah, status.online_capacity_ah
+    # no installed capacity reported (SunSpec has none): not measured, never a made-up zero
+    shortfall = None if installed is None or online is None else float(installed) - float(online)
     held = not_admitted(bench)
     startup = diagnose("startup_alarm", "BMS", f"alarms: {', '.join(alarms) or 'none'}; charge "
                        f"{'enabled' if status.charge_enable else 'disabled'}, discharge "
@@ -1044,7 +1046,7 @@ def main_disconnect(ctx: StepContext) -> None:
         ctx.measure("bms_alarms", len(alarms), "", ctx.limit("bms_alarms"), diagnosis=startup),
         ctx.measure("capacity_not_counted", shortfall, "Ah", ctx.limit("capacity_not_counted"),
                     diagnosis=diagnose("reduced_capacity", names(held) or "bank",
-                                       f"{shortfall:.0f} Ah of {float(status.installed_capacity_ah or 0):.0f} Ah "
+                                       f"{shortfall or 0:.0f} Ah of {float(installed or 0):.0f} Ah "
                                        "not counted" + (f"; {names(held)} not admitted" if held else ""))),
         ctx.measure("charge_enable", bool(status.charge_enable), "", ctx.limit("charge_enable"), diagnosis=startup),
         ctx.measure("discharge_enable", bool(status.discharge_enable), "", ctx.limit("discharge_enable"),

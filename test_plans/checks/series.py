@@ -325,7 +325,7 @@ def _module_evidence(module: str, seen: _Open, members: list[str]) -> str:
                  "soc_spread": Measure("%", required=True),
                  "capacity_spread": Measure("Ah", required=True),
                  "branches_opened": Measure("")},
-       needs=("actuator", "scanner"), uses=("load", "module_reports", "supply"))
+       needs=("actuator", "module_reports", "scanner"), uses=("load", "supply"))
 def series_match(ctx: StepContext) -> None:
     """001's pre-check for a series string: "Before wiring batteries in series, ensure all
     batteries have the same voltage and capacity"; "each battery in a series string should
@@ -386,7 +386,7 @@ def series_match(ctx: StepContext) -> None:
                  "string_voltage_spread": Measure("V", required=True),
                  "string_capacity_spread": Measure("Ah", required=True),
                  "module_count_spread": Measure("", required=True)},
-       needs=("actuator", "scanner"), uses=("load", "module_reports", "supply"))
+       needs=("actuator", "module_reports", "scanner"), uses=("load", "supply"))
 def string_match(ctx: StepContext) -> None:
     """001: "build identical series strings first, then connect those strings in parallel ...
     Each series string should use the same number of batteries, same chemistry, same capacity".

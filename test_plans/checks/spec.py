@@ -87,6 +87,9 @@ class Measure:
     limit: str | None = None
     required: bool = False
     doc: str = ""
+    # a protocol this measurement cannot be taken without (e.g. "capacity_report"): a plan that
+    # limits it is refused on a station lacking that protocol
+    needs: str | None = None
 
     @property
     def dimension(self) -> str | None:
@@ -103,7 +106,11 @@ class CheckSpec:
 
     # ---------------------------------------------------------------- protocols
     def may_use(self, protocol: str) -> bool:
-        return protocol in self.needs or protocol in self.uses
+        return protocol in self.needs or protocol in self.uses or protocol in self.measure_needs()
+
+    def measure_needs(self) -> frozenset[str]:
+        """Protocols some of the check's measurements need."""
+        return frozenset(m.needs for m in self.measures.values() if m.needs)
 
     def instrument_params(self) -> list[tuple[str, Param]]:
         """Parameters that name a station role (a digitiser by its role name)."""
