@@ -100,3 +100,22 @@ def test_the_harness_never_imports_the_checks() -> None:
     (harness/check_registry.py)."""
     offenders = [str(p.relative_to(REPO)) for p in _sources("harness") if "test_plans" in _imports(p)]
     assert offenders == []
+
+
+# what each room may import (README: "The rooms and how they import")
+ALLOWED = {"test_plans": {"harness", "instruments", "bankmodel"},
+           "harness": {"instruments", "bankmodel"},   # + emulator, through harness/emulated.py only
+           "instruments": {"bankmodel"},
+           "emulator": {"bankmodel"},
+           "bankmodel": set()}
+
+
+@pytest.mark.parametrize("room", sorted(ALLOWED))
+def test_each_room_imports_only_what_the_readme_says(room: str) -> None:
+    offenders = {}
+    for path in _sources(room):
+        allowed = ALLOWED[room] | {room} | ({"emulator"} if path == EMULATOR_DOOR else set())
+        wrong = (_imports(path) & set(ROOMS)) - allowed
+        if wrong:
+            offenders[str(path.relative_to(REPO))] = sorted(wrong)
+    assert offenders == {}
