@@ -117,6 +117,12 @@ class Bench:
                 return self.bus_clients[bus]
         return None
 
+    def bms_clients(self) -> list[Bms]:
+        """Every client providing the ``bms`` protocol (CAN first), for a check that wants the
+        finest of what several report."""
+        self._use("bms")
+        return [self.bus_clients[bus] for bus in ("can", "modbus") if bus in self.bus_clients]
+
     @property
     def module_reports(self) -> ModuleReports:
         return self.provider("module_reports")

@@ -177,6 +177,7 @@ class CanBms(Bms, BmsService, CapacityReport):
     """A Pylontech-compatible battery as the inverter sees it, over any python-can bus."""
 
     name = "bms"
+    soc_resolution_pct = 1.0  # 0x355 carries whole percent
 
     def __init__(self, interface: str, channel: str | None = None, *, period_s: float = 1.0,
                  clock: Clock = time.monotonic, log_path: str | Path | None = None,

@@ -395,6 +395,8 @@ class ModelRef:
 class SunSpecBms(Bms, ModuleReports):
     """The Bms role over Modbus/TCP + SunSpec (see the module doc)."""
 
+    soc_resolution_pct = 0.1  # 802 SoC with SoC_SF -1
+
     def __init__(self, host: str = "127.0.0.1", port: int = 502, device_id: int = 1, *,
                  name: str = "bms", timeout_s: float = 1.0, heartbeat_period_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,

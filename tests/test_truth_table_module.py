@@ -1,6 +1,6 @@
 """Truth table of the module, matching and BMS-identity checks: bms_comm_health, bms_identity,
 cell_balance, module_acir (with SoH), module_ocv_match, current_sharing's diagnosis, series_match
-and string_match (test_plans/checks/basic.py, bms_comm.py, protection.py, series.py).
+and string_match (test_plans/checks/module.py, bms_comm.py, protection.py, series.py).
 
 DESIGN.md: "each check fails on the fault it exists to catch, passes on a healthy bank, and the
 tests show both". For every check: the healthy DUT passes (a whole shipped plan, or the step on

@@ -1,5 +1,5 @@
-"""Truth table of the parallel-bank checks (test_plans/checks/parallel.py, and basic.py's
-configuration and current sharing as the parallel plans use them).
+"""Truth table of the parallel-bank checks (test_plans/checks/parallel.py, with the sharing
+diagnosis of sharing.py, as the parallel plans use them).
 
 DESIGN.md: "each check fails on the fault it exists to catch, passes on a healthy bank, and the
 tests show both". For every check: the healthy DUT passes; each fault it exists to catch fails
@@ -209,7 +209,7 @@ RUNS = [
     # an older module: every diagnosis chosen from its SoH / its faster SOC drop, naming it
     Run("aged_module", B, "aged_module", [
         Fail("pre_parallel", "weak_module", "s1p3"),
-        Fail("sharing", "weak_module", "s1p3"),         # basic.py: its smaller share, its resistance
+        Fail("sharing", "weak_module", "s1p3"),         # sharing.py: its smaller share, its resistance
         Expect("branch_protection", PASS),                      # borderline: ~80 % share
         Fail("drift", "weak_module", "s1p3")]),
     Run("aged_module_plan", B, "aged_module", [

@@ -47,9 +47,11 @@ def bms_alarm_note(bench: Any) -> str:
 
 
 def bms_soc(bench: Any) -> float:
-    """The bank SOC the BMS reports: SunSpec 802 SoC (0.1 %) when the station has it, else the
-    Bms role's (CAN 0x355 carries whole percent)."""
-    return float(bench.bms.telemetry().soc_pct)
+    """The bank SOC the BMS reports, at the finest resolution the station has: every BMS client
+    says its own (``soc_resolution_pct``: SunSpec 802 SoC 0.1 %, CAN 0x355 whole percent), so a
+    drift limit of 0.5 % is judged on a reading that can resolve it."""
+    finest = min(bench.bms_clients(), key=lambda client: getattr(client, "soc_resolution_pct", 1.0))
+    return float(finest.telemetry().soc_pct)
 
 
 def module_reports(bench: Any) -> dict[str, ModuleReport] | None:
