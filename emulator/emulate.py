@@ -141,7 +141,9 @@ def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, 
         "bms": {
             "can": {"interface": "socketcand", "host": can_host, "port": can_port,
                     "channel": channel, "bitrate": 500000},
-            "modbus": {"host": host, "port": sunspec.port, "device_id": 1},
+            # a generous wall-clock timeout: the twin shares the host's cores with the harness
+            # (and, in CI, with other runs), where a real battery answers on its own processor
+            "modbus": {"host": host, "port": sunspec.port, "device_id": 1, "timeout": "5 s"},
         },
         "channels": bench.wiring,  # bankmodel.channels.ChannelMap, as a station file has it
     }

@@ -20,11 +20,12 @@ from test_plans.checks import Measure, Param, check
                "supply_voltage": Param("V", setpoint="supply.voltage"),
                "supply_current": Param("A", setpoint="supply.current"),
                "hold_s": Param("s")},
-       measures={"load_left_on": Measure("", required=True)})
+       measures={"load_left_on": Measure("", required=True)},
+       needs=("supply", "load", "actuator"))
 def leave_energised(ctx: Any) -> None:
     """Close every relay, switch the supply and load on, and leave them so."""
     bench = ctx.bench
-    for channel in bench.channels.actuator:
+    for channel in bench.channels.actuator_channels():
         bench.actuator.close_channel(channel)
     bench.supply.set_voltage(ctx.param("supply_voltage"))
     bench.supply.set_current(ctx.param("supply_current"))
