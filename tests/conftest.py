@@ -1,0 +1,75 @@
+"""The test suite's own configuration: it runs serially or in parallel with pytest-xdist.
+
+    python -m pytest -q -n 2 --dist loadgroup
+
+What parallel workers could share, and how each gets its own:
+
+- Result stores, run folders, CAN logs: every test passes its own ``--results`` /
+  ``--reports`` / ``--run-dir`` / ``log_dir`` under ``tmp_path`` (per worker under xdist:
+  ``<basetemp>/popen-gw<N>/``), never the defaults in reports/.
+- TCP ports: every emulated endpoint binds port 0 (a free port, read back from the server).
+- Virtual CAN buses: python-can's ``virtual`` interface lives in one process; channel names
+  carry a random suffix anyway.
+- Fixtures that start emulators or run whole plans once per module (the truth tables'
+  ``outcomes``, the shipped plans, the rendered report, ...): under xdist every worker that gets
+  one test of such a module would build the fixture again. Their tests are put in one
+  ``xdist_group`` per module, so ``--dist loadgroup`` sends them to a single worker while every
+  other test is spread one by one.
+- The environment: xdist tells a worker who it is in ``PYTEST_XDIST_*`` variables, which every
+  ``hil run`` started from a test would inherit -- its own pytest session would then believe it
+  is an xdist worker (pytest-benchmark, for one, disables itself and says so in the run's
+  output). They are taken out of the environment for the tests, so a child process runs as it
+  does in a serial run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+XDIST_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+SHARED_SCOPES = ("module", "class", "package")
+# module-scoped but costing nothing to build again on another worker: no reason to keep their
+# tests together (test_hostile_files.py, test_fuzz_files.py: the check registry, a folder;
+# test_station_protocols.py: three station files)
+CHEAP_SHARED_FIXTURES = {"checks", "workdir", "stations"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # registered by pytest-xdist; again here so `-p no:xdist` runs without an unknown-marker warning
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker")
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    """Whether the test uses a module-, class- or package-scoped fixture: one instance shared with
+    other tests of its module, built again on every worker that runs one of them."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in info.names_closure:
+        if name in CHEAP_SHARED_FIXTURES:
+            continue
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope in SHARED_SCOPES:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups into the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _shares_a_fixture(item) and not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _child_processes_run_as_in_a_serial_run() -> Iterator[None]:
+    """No ``PYTEST_XDIST_*`` variables for the processes the tests start (see the module doc).
+    Session-scoped and autouse, so it is in place before any module fixture starts one."""
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in XDIST_VARIABLES:
+            if variable in os.environ:
+                patch.delenv(variable)
+        yield
