@@ -76,16 +76,16 @@ class EmulatedStation:
         cannot make a healthy BMS lose its inverter. False if they did not arrive in time."""
         return self.can_bms.take_in(sent, timeout_s)
 
-    def deliver_each_report(self, arrived: Callable[[float], bool] | None) -> None:
+    def deliver_each_report(self, arrived: Callable[[float, int], bool] | None) -> None:
         """Virtual-time barrier, battery to inverter: after each frame set the emulated BMS
-        sends, the twin stands still until ``arrived(bench_time)`` says the harness has it
-        (None: publish and go on, as in wall time). Failed deliveries are counted."""
+        sends, the twin stands still until ``arrived(bench_time, frames)`` says the harness has
+        the whole set (None: publish and go on, as in wall time). Failed deliveries are counted."""
         if arrived is None:
             self.can_bms.after_publish = None
             return
 
-        def wait(stamp: float) -> None:
-            if not arrived(stamp):
+        def wait(stamp: float, frames: int) -> None:
+            if not arrived(stamp, frames):
                 self.undelivered_reports += 1
         self.can_bms.after_publish = wait
 

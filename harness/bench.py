@@ -224,6 +224,8 @@ def _can_bms_from(buses: dict[str, Any], clock: BenchClock, log_dir: Path | None
         channel = cfg.pop("channel", None)
         if interface in ("socketcand", "virtual"):
             cfg.pop("bitrate", None)
+        if interface == "socketcand":
+            cfg.setdefault("tcp_tune", True)  # no Nagle delay on the keep-alives we send
         cfg = {k: v for k, v in cfg.items() if v is not None}
         return CanBms(interface, channel, clock=clock.now, log_path=_can_log_path(log_dir), **cfg)
     return None

@@ -75,7 +75,8 @@ class SynchronisedBench:
     def attach_can(self, client: Any) -> None:
         """Hold the twin at each published frame set until ``client`` has it."""
         self.can_clients.append(client)
-        self.station.deliver_each_report(lambda stamp: client.wait_for_stamp(stamp, self.wait_s))
+        self.station.deliver_each_report(
+            lambda stamp, frames: client.wait_for_stamp(stamp, frames, self.wait_s))
 
     def advance(self, seconds: float, max_step: float = 1.0) -> None:
         for client in self.can_clients:

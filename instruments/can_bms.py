@@ -200,6 +200,7 @@ class CanBms(Bms, BmsService, CapacityReport):
         # the newest stamp a received frame carried (the sender's or the adapter's clock): what
         # a virtual-time barrier waits on (wait_for_stamp); never used to date a frame
         self.newest_stamp = -float("inf")
+        self._at_newest = 0  # frames processed that carried newest_stamp
         self._arrived = threading.Condition()
         db = cantools.database.load_file(str(dbc_path or DBC_PATH), strict=True)
         assert isinstance(db, Database)
@@ -270,18 +271,26 @@ class CanBms(Bms, BmsService, CapacityReport):
                 self._heard_at[msg.arbitration_id] = now
         with self._arrived:
             if carried and carried > self.newest_stamp:
-                self.newest_stamp = carried
+                self.newest_stamp, self._at_newest = carried, 1
+            elif carried and carried == self.newest_stamp:
+                self._at_newest += 1
             self._arrived.notify_all()
         return reason
 
-    def wait_for_stamp(self, stamp: float, timeout_s: float = 1.0) -> bool:
-        """Wait (wall time, at most ``timeout_s``) until a frame carrying a stamp of at least
-        ``stamp`` has been processed. An emulated bench stamps its frames in bench time, so its
-        virtual clock uses this as a barrier: a published frame set has arrived before bench
-        time moves on. False on timeout (the frames were lost or the reader is stuck)."""
+    def wait_for_stamp(self, stamp: float, count: int = 1, timeout_s: float = 1.0) -> bool:
+        """Wait (wall time, at most ``timeout_s``) until ``count`` frames carrying ``stamp`` (or
+        any later one) have been processed. An emulated bench stamps its frames in bench time,
+        so its virtual clock uses this as a barrier: a whole published frame set has arrived
+        before bench time moves on. False on timeout (frames lost, or the reader stuck)."""
         deadline = time.monotonic() + timeout_s
+
+        def arrived() -> bool:  # stamps cross socketcand in whole microseconds
+            if self.newest_stamp > stamp + 1e-6:
+                return True
+            return self.newest_stamp >= stamp - 1e-6 and self._at_newest >= count
+
         with self._arrived:
-            while self.newest_stamp < stamp - 1e-6:  # stamps cross socketcand in microseconds
+            while not arrived():
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closing.is_set():
                     return False
@@ -306,7 +315,8 @@ class CanBms(Bms, BmsService, CapacityReport):
                 driven = self._clock() - self._driven_at < 2 * self.period_s
             if not driven:
                 self._send_if_due()
-            self._wake.wait(self._poll_s)
+            # driven by the bench clock: look again now and then, not 200 times a second
+            self._wake.wait(0.1 if driven else self._poll_s)
             self._wake.clear()
 
     def keepalive_pending(self) -> bool:

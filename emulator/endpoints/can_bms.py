@@ -220,7 +220,7 @@ class EmulatedCanBms:
         self.last_values: dict[int, dict[str, float]] = {}
         # called with the bench time of each frame set just sent (bench lock held): a harness in
         # virtual time waits there until the set has arrived (harness/emulated.py)
-        self.after_publish: Callable[[float], None] | None = None
+        self.after_publish: Callable[[float, int], None] | None = None
         self._last_report: object = None
         self._last_sent_at = -np.inf
         self._last_drain_at = -np.inf
@@ -282,7 +282,7 @@ class EmulatedCanBms:
         self.frames_sent += sent
         self.reports_sent += 1
         if sent and self.after_publish is not None:
-            self.after_publish(twin.clock.now)
+            self.after_publish(twin.clock.now, sent)
 
     def take_in(self, sent: int, timeout_s: float = 1.0) -> bool:
         """Handle, at the current bench time, every frame a peer has sent so far (``sent`` in
@@ -294,9 +294,17 @@ class EmulatedCanBms:
             self.poll()
             if self.frames_taken_in >= sent:
                 return True
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(0.0002)
+            try:  # block until the next frame arrives (no polling), then handle it with the rest
+                msg = self.bus.recv(timeout=min(left, 0.05))
+            except (can.CanError, OSError, ValueError):
+                self.receive_errors += 1
+                return False
+            if msg is not None:
+                with self.bench.lock:
+                    self._handle(msg)
 
     # -- receive --------------------------------------------------------------------------------
     def poll(self) -> int:
@@ -318,17 +326,21 @@ class EmulatedCanBms:
             if msg is None:
                 return handled
             handled += 1
-            self.frames_taken_in += 1
-            if (msg.arbitration_id == KEEPALIVE_ID and not msg.is_extended_id
-                    and not msg.is_error_frame and not msg.is_remote_frame):
-                with self.bench.lock:  # re-entrant: already held when called from the observer
-                    self.bench.twin.inverter_heartbeat()
-                self.heartbeats_received += 1  # any payload counts (DOMAIN.md section 4)
-            elif (msg.arbitration_id in self.service and not msg.is_extended_id
-                    and not msg.is_error_frame and not msg.is_remote_frame):
-                self._service(msg)
-            else:
-                self.frames_ignored += 1
+            self._handle(msg)
+
+    def _handle(self, msg: can.Message) -> None:
+        """One frame from the inverter side, taken in at the current bench time."""
+        self.frames_taken_in += 1
+        if (msg.arbitration_id == KEEPALIVE_ID and not msg.is_extended_id
+                and not msg.is_error_frame and not msg.is_remote_frame):
+            with self.bench.lock:  # re-entrant: already held when called from the observer
+                self.bench.twin.inverter_heartbeat()
+            self.heartbeats_received += 1  # any payload counts (DOMAIN.md section 4)
+        elif (msg.arbitration_id in self.service and not msg.is_extended_id
+                and not msg.is_error_frame and not msg.is_remote_frame):
+            self._service(msg)
+        else:
+            self.frames_ignored += 1
 
     def _service(self, msg: can.Message) -> None:
         """One bench service command, applied now (bench lock held or taken here)."""
