@@ -28,7 +28,7 @@ ChannelNumber = Annotated[int, Field(ge=1, le=9999)]
 
 
 # ================================================================================== bounds
-def _between(low: str, high: str, what: str):  # type: ignore[no-untyped-def]
+def quantity_between(low: str, high: str, what: str):  # type: ignore[no-untyped-def]
     """Validator: a quantity from ``low`` to ``high`` (texts with units, e.g. '10 ms', '1 h').
 
     A period of 1 ns would flood a bus; a timeout of 1e308 s would wait forever: both are
@@ -89,7 +89,7 @@ class ShuntInput(FileModel):
 
     kind: Literal["shunt"]
     branch: Annotated[str, Field(pattern=BRANCH_PATTERN)]
-    resistance: Annotated[Quantity["ohm"], _between("0.1 uohm", "1 kohm", "a shunt resistance")]
+    resistance: Annotated[Quantity["ohm"], quantity_between("0.1 uohm", "1 kohm", "a shunt resistance")]
     rating: Rating | None = None
     label: str = ""
 

@@ -15,7 +15,6 @@ import datetime as dt
 import signal
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path

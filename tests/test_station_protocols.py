@@ -19,7 +19,7 @@ from bankmodel.files import FileError
 from harness.config import load_plan, load_station, validate_run
 from test_plans.checks import known_checks
 from test_shipped_plans import HEALTHY, shipped_plans
-from test_truth_table_parallel import _outcome, run_in_workers, Run, PASS, Expect  # noqa: F401
+from test_truth_table_parallel import Run, run_in_workers
 
 REPO = Path(__file__).resolve().parents[1]
 EMULATED = REPO / "fixtures" / "stations" / "emulated.yaml"

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 
 from bankmodel.files import MAX_FILE_BYTES, MAX_NODES  # noqa: F401  (the shared loader's limits)
 from bankmodel.files import FileError, Located, dotted, load_yaml

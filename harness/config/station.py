@@ -54,26 +54,24 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
-from pydantic import (AfterValidator, BeforeValidator, Field,
-                      TypeAdapter, WrapSerializer, WrapValidator, field_validator, model_validator)
+from pydantic import (AfterValidator, BeforeValidator, Field, WrapSerializer, WrapValidator,
+                      field_validator, model_validator)
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
-from bankmodel.files import FileError
 from harness.config import FileModel, SourcedFile, load_document, validate_document
-from bankmodel.channels import (RATING_KEYS, ActuatorChannel, ChannelMap, ChannelNumber, Input, Node,
-                                Rating, Role, ScannerChannel, ShuntChannel, ShuntInput,
-                                ThermocoupleChannel, ThermocoupleInput, VoltageChannel, VoltageInput,
-                                _between, input_of)
+from bankmodel.channels import (ActuatorChannel, ChannelMap, Rating, Role, ScannerChannel, ShuntChannel,
+                                ShuntInput, ThermocoupleChannel, ThermocoupleInput, VoltageChannel,
+                                VoltageInput, input_of, quantity_between)
 from bankmodel.units import Quantity
 from instruments.drivers import driver_names, get_driver
 
 AUTO = "auto"
 
 
-InstrumentTimeout = Annotated[Quantity["s"], _between("1 ms", "1 h", "a timeout")]
-BusTimeout = Annotated[Quantity["s"], _between("1 ms", "10 min", "a timeout")]
-BusPeriod = Annotated[Quantity["s"], _between("10 ms", "10 min", "a period")]
+InstrumentTimeout = Annotated[Quantity["s"], quantity_between("1 ms", "1 h", "a timeout")]
+BusTimeout = Annotated[Quantity["s"], quantity_between("1 ms", "10 min", "a timeout")]
+BusPeriod = Annotated[Quantity["s"], quantity_between("10 ms", "10 min", "a period")]
 
 
 # ================================================================================== auto
