@@ -333,11 +333,13 @@ def test_driver_used_after_close(rig: Rig):
 
 
 def test_nothing_listening():
+    # bound but never listening: a connection is refused, and while the probe holds the port no
+    # other process (another xdist worker's server) can be given it
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(InstrumentError) as info:
-        KeysightN5700(f"TCPIP0::127.0.0.1::{port}::SOCKET", "supply", timeout_s=0.3)
+        with pytest.raises(InstrumentError) as info:
+            KeysightN5700(f"TCPIP0::127.0.0.1::{port}::SOCKET", "supply", timeout_s=0.3)
     assert str(port) in info.value.resource
     with pytest.raises(InstrumentError, match="open"):
         KeysightN5700("TCPIP0::127.0.0.1::not-a-port::SOCKET", "supply", timeout_s=0.3)
