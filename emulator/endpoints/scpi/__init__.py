@@ -1,0 +1,1 @@
+"""One module per emulated SCPI instrument family (see ../scpi_instruments.py for the set)."""
