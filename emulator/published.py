@@ -131,7 +131,10 @@ class Published:
     # -- measurements ---------------------------------------------------------------------------
     @cached_property
     def stack_v(self) -> np.ndarray:
-        return np.array([self.twin.module_stack_voltage(m) for m in self.modules])
+        twin, row = self.twin, self.twin.node_row
+        plus = [row[f"{m}.+"] for m in self.modules]
+        minus = [row[f"{m}.B-"] for m in self.modules]
+        return twin.v_nodes[plus] - twin.v_nodes[minus]
 
     @cached_property
     def current_a(self) -> np.ndarray:
@@ -174,12 +177,11 @@ class Published:
     def bank_voltage(self) -> float:
         """Sum over series positions of the mean stack voltage of the modules reporting there
         (all of the position's modules if none of them is heard)."""
-        use, total = self.reporting, 0.0
-        for s in range(self.series):
-            members = self.series_index == s
-            chosen = members & use if (members & use).any() else members
-            total += float(self.stack_v[chosen].mean())
-        return total
+        heard_at = np.bincount(self.series_index, weights=self.reporting, minlength=self.series) > 0
+        chosen = self.reporting | ~heard_at[self.series_index]
+        sums = np.bincount(self.series_index, weights=self.stack_v * chosen, minlength=self.series)
+        counts = np.bincount(self.series_index, weights=chosen, minlength=self.series)
+        return float((sums / counts).sum())
 
     def bank_current(self) -> float:
         """Sum of the module currents of the first series position (+ = charge)."""

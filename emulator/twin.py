@@ -28,7 +28,7 @@ scheduled faults, master ticks -- from the flags the kernels return.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -127,6 +127,8 @@ class Twin:
 
         self.spec = spec
         self.layout = layout = build_layout(spec)
+        # node name -> row of v_nodes (the netlist keeps a list; probes look names up often)
+        self.node_row = {name: k for k, name in enumerate(layout.netlist.node_names)}
         self.clock = TwinClock()
         self.rng = np.random.default_rng(seed)
         self.dt_min = dt_min
@@ -468,7 +470,7 @@ class Twin:
 
 
     def node_voltage(self, node: str) -> float:
-        return float(self.v_nodes[self.layout.netlist.node_names.index(node)])
+        return float(self.v_nodes[self.node_row[node]])
 
     def probe(self, plus: str, minus: str, noise_v: float = 0.0) -> float:
         """Voltage between two named nodes, as a DMM or scanner channel would read it."""
