@@ -23,28 +23,36 @@ from typing import Any, Callable
 import can
 import yaml
 
+from bankmodel.bms_profile import FULL_PROFILE, load_bms_profile
 from emulator.bench import EmulatedBench
 from emulator.faults import load_bank
 from emulator.endpoints.can_bms import EmulatedCanBms
-from emulator.endpoints.scpi_instruments import start_scpi_endpoints, stop_scpi_endpoints
+from emulator.endpoints.scpi.models import InstrumentModel
+from emulator.endpoints.scpi_instruments import (LOAD_ENVELOPE_A, STATION_FAMILIES, select_models,
+                                                 start_scpi_endpoints, stop_scpi_endpoints)
 from emulator.endpoints.socketcand_server import SocketcandServer
 from emulator.endpoints.sunspec_server import SunSpecServer
 from emulator.twin import Twin
 
-DRIVERS = {"supply": "keysight_n5700", "load": "itech_it8500", "scanner": "keysight_daq970a",
+# the emulated station's supply and load are IT6000C regenerative units, one per role
+# (emulator/endpoints/scpi_instruments.py says why); fixtures/stations/emulated.yaml names them
+DRIVERS = {"supply": "itech_it6000c", "load": "itech_it6000c", "scanner": "keysight_daq970a",
            "actuator": "keysight_daq970a", "acir": "hioki_bt3562"}
 DMM_DRIVER = "keysight_34465a"
-LOAD_MAX_A = 240.0  # the emulated IT8500+ family member (IT8516C+) sinks up to 240 A
+LOAD_MAX_A = LOAD_ENVELOPE_A  # the load current the emulated station guarantees for every DUT
 EMULATED_CALIBRATION_DUE = "2099-12-31"
 
 
-def _ratings(twin: Twin) -> dict[str, dict[str, float]]:
-    """Instrument ratings sized to the bank, as a lab would pick its supply and load."""
-    rating = twin.bank_rating()
-    volts = max(20.0, rating["voltage_v"] * 1.25)
-    amps = max(100.0, twin.spec.dut.parallel * twin.spec.module_type.bms.limits.discharge_current_a * 1.2)
-    return {"supply": {"voltage_v": round(volts, 1), "current_a": round(amps, 1)},
-            "load": {"voltage_v": round(volts * 1.2, 1), "current_a": min(round(amps * 2.0, 1), LOAD_MAX_A)}}
+def _models(twin: Twin) -> dict[str, InstrumentModel]:
+    """The real model in each energy role of the emulated station for this DUT."""
+    return select_models(twin, STATION_FAMILIES)
+
+
+def _ratings(twin: Twin, models: dict[str, InstrumentModel] | None = None) -> dict[str, dict[str, float]]:
+    """Each energy role's rating: the real model's (voltage, current, power), as a lab's station
+    file rates the instrument it owns -- not a figure sized to the bank."""
+    chosen = models if models is not None else _models(twin)
+    return {role: model.rating() for role, model in chosen.items()}
 
 
 @dataclass
@@ -111,25 +119,36 @@ class EmulatedStation:
 
 
 def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, seed: int = 0,
-                           host: str = "127.0.0.1") -> EmulatedStation:
-    """Build the twin, start its SCPI, CAN (virtual + socketcand) and SunSpec endpoints."""
+                           host: str = "127.0.0.1",
+                           bms_profile: str | Path | None = None) -> EmulatedStation:
+    """Build the twin, start its SCPI, CAN (virtual + socketcand) and SunSpec endpoints.
+
+    ``bms_profile`` (a name in fixtures/bms_profiles/ or a path; None: ``bankhil_full``) is the
+    pack the CAN endpoint plays: the frames it sends, the service commands it takes. The
+    description names it (``bms.can.profile``) so the harness reads the bus the same way. It is
+    loaded first: a bad profile is a FileError before anything starts."""
+    profile = load_bms_profile(bms_profile if bms_profile is not None else FULL_PROFILE)
     spec = load_bank(dut, scenario)
     twin = Twin(spec, seed=seed)
     bench = EmulatedBench(twin)
     channel = f"bankhil-{uuid.uuid4().hex[:8]}"
-    scpi = start_scpi_endpoints(bench)
+    models = _models(twin)
+    scpi = start_scpi_endpoints(bench, models)
     bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
-    can_bms = EmulatedCanBms(bench, bus).start()
+    can_bms = EmulatedCanBms(bench, bus, profile=profile).start()
     socketcand = SocketcandServer(interface="virtual", channels={channel})
     can_host, can_port = socketcand.start()
     sunspec = SunSpecServer(bench, host=host, port=0).start()
-    ratings = _ratings(twin)
+    ratings = _ratings(twin, models)
     instruments: dict[str, Any] = {}
     for role, (_, resource) in scpi.items():
         entry = {"driver": DRIVERS.get(role, DMM_DRIVER), "resource": resource,
                  "calibration_due": EMULATED_CALIBRATION_DUE}
         if role in ratings:
             entry["rating"] = ratings[role]
+            entry["model"] = models[role].name
+            if models[role].sources and models[role].sinks:  # regenerative: say which way it works
+                entry["options"] = {"mode": "sink" if role == "load" else "source"}
         instruments[role] = entry
     station = {
         "name": f"emulated-{spec.dut.name}",
@@ -139,7 +158,8 @@ def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, 
         "instruments": instruments,
         "bms": {
             "can": {"interface": "socketcand", "host": can_host, "port": can_port,
-                    "channel": channel, "bitrate": 500000},
+                    "channel": channel, "bitrate": 500000,
+                    "profile": str(bms_profile) if bms_profile is not None else FULL_PROFILE},
             # a generous wall-clock timeout: the twin shares the host's cores with the harness
             # (and, in CI, with other runs), where a real battery answers on its own processor
             "modbus": {"host": host, "port": sunspec.port, "device_id": 1, "timeout": "5 s"},
@@ -164,9 +184,15 @@ def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
         item: dict[str, Any] = {"driver": entry["driver"], "resource": entry["resource"],
                                 "calibration_due": dt.date.fromisoformat(entry["calibration_due"])}
         rating = entry.get("rating") or {}
+        if entry.get("model"):
+            item["model"] = entry["model"]
+        if entry.get("options"):
+            item["options"] = dict(entry["options"])
         if rating:
             item["rating"] = {"voltage": _quantity(rating["voltage_v"], "V"),
                               "current": _quantity(rating["current_a"], "A")}
+            if rating.get("power_w"):
+                item["rating"]["power"] = _quantity(rating["power_w"], "W")
         elif role.startswith("dmm") or role in ("scanner",):
             item["rating"] = {"voltage": "300 V"}
         elif role == "acir":
@@ -180,7 +206,8 @@ def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
         "dut": station["dut"],
         "instruments": instruments,
         "bms": {"can": {"interface": "socketcand", "host": can_bus["host"], "port": can_bus["port"],
-                        "channel": can_bus["channel"], "bitrate": can_bus["bitrate"]},
+                        "channel": can_bus["channel"], "bitrate": can_bus["bitrate"],
+                        **({"profile": can_bus["profile"]} if can_bus.get("profile") else {})},
                 "modbus": dict(station["bms"]["modbus"])},
         "channels": station["channels"].model_dump(mode="json", exclude_defaults=True),
     }
@@ -202,6 +229,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-station", default=None, metavar="PATH",
                         help="write a station file pointing at the endpoints")
+    parser.add_argument("--bms-profile", default=None, metavar="NAME",
+                        help="BMS profile the emulated CAN pack plays: a name in fixtures/bms_profiles/ "
+                             f"or a path (default: {FULL_PROFILE}). Like a real BMS it zeroes its limits "
+                             "and raises an alarm without the inverter's 0x305 keep-alive")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         print("hil emulate: --speed must be > 0", file=sys.stderr)
         return 2
-    station = start_emulated_station(args.dut, args.scenario, seed=args.seed)
+    station = start_emulated_station(args.dut, args.scenario, seed=args.seed,
+                                     bms_profile=getattr(args, "bms_profile", None))
     stop = threading.Event()
 
     def _terminate(signum: int, frame: object) -> None:

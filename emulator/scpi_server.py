@@ -49,6 +49,11 @@ SCPI_ERRORS: dict[int, str] = {
     -104: "Data type error",
     -108: "Parameter not allowed",
     -109: "Missing parameter",
+    -120: "Numeric data error",
+    -121: "Invalid character in number",
+    -131: "Invalid suffix",
+    -134: "Suffix too long",
+    -138: "Suffix not allowed",
     -113: "Undefined header",
     -200: "Execution error",
     -213: "Init ignored",
@@ -148,6 +153,53 @@ def _split_outside(text: str, sep: str) -> list[str]:
     return parts
 
 
+#: IEEE 488.2 (7.7.3.4) suffix multipliers. ``M`` is milli; mega is ``MA`` -- except in
+#: ``MOHM`` and ``MHZ``, which SCPI (vol. 1, 7.2.1) reads as megohm and megahertz.
+SUFFIX_MULTIPLIERS: dict[str, float] = {
+    "EX": 1e18, "PE": 1e15, "T": 1e12, "G": 1e9, "MA": 1e6, "K": 1e3, "M": 1e-3,
+    "U": 1e-6, "N": 1e-9, "P": 1e-12, "F": 1e-15, "A": 1e-18,
+}
+_MEGA_UNITS = {"MOHM": 1e6, "MHZ": 1e6}
+_NUMERIC = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:\s*E\s*[+-]?\d+)?)\s*([A-Za-z/]*)$", re.I)
+MAX_SUFFIX = 12  # IEEE 488.2 7.7.3.2: a suffix program data element is at most 12 characters
+
+
+def parse_numeric(text: str, unit: str | None = None) -> float:
+    """A decimal numeric program data element with its optional suffix, in base units.
+
+    Why not ``float()``: a real instrument accepts ``14.2 V`` and ``500 mA`` (the unit is part
+    of the SCPI grammar), and refuses ``inf``/``nan`` and ``1_0`` that Python would take.
+    """
+    match = _NUMERIC.match(text.strip())
+    if match is None:
+        code = -121 if text.strip()[:1] in "+-.0123456789" else -104
+        raise ScpiError(code, text)
+    mantissa, suffix = match.group(1).replace(" ", ""), match.group(2).upper()
+    value = float(mantissa)
+    if suffix:
+        if len(suffix) > MAX_SUFFIX:
+            raise ScpiError(-134, text)
+        if unit is None:
+            raise ScpiError(-138, text)
+        value *= suffix_scale(suffix, unit.upper(), text)
+    if not math.isfinite(value):
+        raise ScpiError(-222, text)
+    return value
+
+
+def suffix_scale(suffix: str, unit: str, text: str) -> float:
+    """The factor a suffix (``MV``, ``KOHM``, ``MOHM``) applies for a parameter in ``unit``."""
+    if suffix == unit:
+        return 1.0
+    if suffix in _MEGA_UNITS and suffix.endswith(unit):
+        return _MEGA_UNITS[suffix]
+    if suffix.endswith(unit):
+        multiplier = suffix[: -len(unit)]
+        if multiplier in SUFFIX_MULTIPLIERS:
+            return SUFFIX_MULTIPLIERS[multiplier]
+    raise ScpiError(-131, f"{text} (unit {unit})")
+
+
 class Args:
     """The parameters of one message unit, with typed accessors raising SCPI errors."""
 
@@ -165,24 +217,45 @@ class Args:
         if len(self.items) > most:
             raise ScpiError(-108)
 
-    def number(self, k: int, low: float, high: float, default: float | None = None) -> float:
-        """A numeric parameter, MIN/MAX/DEF accepted, range-checked (-222 outside)."""
-        text = self.items[k].upper()
-        if text in ("MIN", "MINIMUM"):
+    def number(self, k: int, low: float, high: float, default: float | None = None,
+               unit: str | None = None) -> float:
+        """A numeric parameter as IEEE 488.2 / SCPI define it, range-checked (-222 outside).
+
+        ``MIN``/``MINimum`` and ``MAX``/``MAXimum`` give ``low``/``high``; ``DEF``/``DEFault``
+        gives ``default`` (``-224`` where the command has none). ``unit`` is the parameter's
+        SCPI unit (``"V"``, ``"A"``, ``"W"``, ``"OHM"``, ``"S"``): a suffix naming it, with an
+        optional SI multiplier, is accepted (``14.2 V``, ``14.2V``, ``500 mA``, ``2 ms``); a
+        parameter without a unit refuses any suffix (``-138``), a wrong one is ``-131``.
+        """
+        text = self.items[k].strip()
+        word = text.upper()
+        if word in ("MIN", "MINIMUM"):
             return low
-        if text in ("MAX", "MAXIMUM"):
+        if word in ("MAX", "MAXIMUM"):
             return high
-        if text in ("DEF", "DEFAULT"):
+        if word in ("DEF", "DEFAULT"):
             if default is None:
                 raise ScpiError(-224, text)
             return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise ScpiError(-104, self.items[k]) from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise ScpiError(-222, f"{self.items[k]} not in [{low:g}, {high:g}]")
+        value = parse_numeric(text, unit)
+        if not low <= value <= high:
+            raise ScpiError(-222, f"{text} not in [{low:g}, {high:g}]")
         return value
+
+    def limit_query(self, low: float, high: float, default: float | None = None) -> str | None:
+        """The optional ``MIN``/``MAX``/``DEF`` of a setting's query (``VOLT? MAX``): the
+        formatted limit, or None when the query asks for the present setting."""
+        self.expect(0, 1)
+        if not self.items:
+            return None
+        word = self.items[0].upper()
+        if word in ("MIN", "MINIMUM"):
+            return format_reading(low)
+        if word in ("MAX", "MAXIMUM"):
+            return format_reading(high)
+        if word in ("DEF", "DEFAULT") and default is not None:
+            return format_reading(default)
+        raise ScpiError(-224, self.items[0])
 
     def boolean(self, k: int) -> bool:
         text = self.items[k].upper()

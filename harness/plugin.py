@@ -54,6 +54,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--scenario", default=None, help="twin fault scenario (emulated stations only)")
     group.addoption("--results", default=None, help="result store URL (default: reports/results.sqlite)")
     group.addoption("--seed", type=int, default=0, help="emulator noise seed")
+    group.addoption("--bms-profile", default=None,
+                    help="BMS profile of the station's CAN pack (fixtures/bms_profiles/ name or path): "
+                         "overrides bms.can.profile; an emulated BMS plays it")
     group.addoption("--run-dir", default=None,
                     help="folder for this run's plots, CAN log and summary (default: beside --alluredir, "
                          "else reports/runs/<time>-<id>)")
@@ -103,7 +106,8 @@ class RunContext:
         plan_path = _resolve(config.getoption("--plan"), REPO / "test_plans")
         station_path = _resolve(config.getoption("--station") or str(DEFAULT_STATION),
                                 REPO / "fixtures" / "stations")
-        station = load_station(station_path)
+        from harness.config.station import with_bms_profile
+        station = with_bms_profile(load_station(station_path), config.getoption("--bms-profile"))
         checks = known_checks()
         plan = load_plan(plan_path, checks)
         dut_arg = config.getoption("--dut") or _default_dut(plan, station)
@@ -197,10 +201,37 @@ class Session:
     run_id: Any
     started_wall: float = field(default_factory=time.monotonic)
     summary_path: Path | None = None
+    prepared_after: int | None = None  # safety actions on record at the last preparation
 
     @property
     def bench(self) -> Any:
         return self.assembled.bench
+
+    def prepare(self, step_id: Any = None) -> None:
+        """Bring the bench to the plan's starting state before a step: at the first step, and
+        again after anything made it safe (harness/preparation.py). BenchNotReady if it cannot."""
+        from harness.config.validate import dut_max_voltage
+        from harness.preparation import StartState, over_voltage_level, prepare
+
+        made_safe = len(self.supervisor.actions)
+        if self.prepared_after == made_safe:
+            return
+        plan, station = self.ctx.plan, self.ctx.station
+        start = StartState(plan.bench.contactors, plan.bench.connect_match.value, plan.bench.settle.value,
+                           plan.bench.bms_ready_within.value)
+        supply_v = max((s.setpoints["supply.voltage"].value for s in plan.steps
+                        if "supply.voltage" in s.setpoints), default=None)
+        rating = station.rating("supply").get("voltage") if "supply" in station.instruments else None
+        ovp = over_voltage_level(supply_v, dut_max_voltage(self.ctx.dut_spec),
+                                 rating.value if rating is not None else None)
+
+        def note(text: str) -> None:
+            self.store.record_event(self.run_id, "preparation", text, step_id=step_id)
+
+        dut = self.ctx.dut_spec.dut
+        modules = [f"s{s}p{p}" for s in range(1, dut.series + 1) for p in range(1, dut.parallel + 1)]
+        prepare(self.bench, start, modules, ovp_v=ovp, note=note)
+        self.prepared_after = len(self.supervisor.actions)
 
 
 @pytest.fixture(scope="session")
@@ -219,7 +250,10 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
                              plan_hash=ctx.plan_hash, harness_version=_version(),
                              emulated=bool(ctx.station.emulated), uuid=ctx.run_uuid,
                              extra={**_run_extra(ctx), "host": HOST, "pid": os.getpid()})
-    assembled = _assemble_or_close(ctx, store, run_id, assemble)
+    from harness.config.station import can_profile
+    from harness.emulated import bms_profile_for_emulation
+    with bms_profile_for_emulation(can_profile(ctx.station)):  # the emulated pack plays the run's profile
+        assembled = _assemble_or_close(ctx, store, run_id, assemble)
     bench = assembled.bench
     modules = [{"position": pos, "serial": entry.serial, "firmware": entry.firmware}
                for pos, entry in ctx.dut_spec.dut.modules.items()]

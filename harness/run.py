@@ -20,7 +20,7 @@ STEPS_MODULE = REPO / "test_plans" / "test_plan_steps.py"
 
 
 OUR_VALUE_OPTIONS = {"--station", "--dut", "--serial", "--operator", "--scenario", "--results",
-                     "--seed", "--reports"}
+                     "--seed", "--reports", "--bms-profile"}
 OUR_FLAGS = {"--debug", "-h", "--help"}
 
 
@@ -80,6 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=None, help="result store URL")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--reports", default=str(REPORTS), help="output folder (default: reports/)")
+    parser.add_argument("--bms-profile", default=None, metavar="NAME",
+                        help="BMS profile of the station's CAN pack: a name in fixtures/bms_profiles/ or a "
+                             "path (default: the station's bms.can.profile, else bankhil_full); an "
+                             "emulated BMS plays it")
 
 
 def new_run_dir(reports: Path) -> tuple[str, Path]:
@@ -111,6 +115,8 @@ def pytest_args(args: argparse.Namespace, extra: list[str]) -> list[str]:
         value = getattr(args, option)
         if value is not None:
             out += [f"--{option}", str(value)]
+    if getattr(args, "bms_profile", None) is not None:
+        out += ["--bms-profile", str(args.bms_profile)]
     return out + list(extra)
 
 

@@ -26,12 +26,27 @@ will jump -- from the bench clock's periodic duties calling :meth:`CanBms.send_k
 (the thread then stands back). ``heartbeat(False)`` stops it, ``heartbeat(True)`` resumes it at
 once.
 
-Bench service commands (``instruments/dbc/bankhil_service.dbc``, IDs 0x3F0/0x3F1, loaded beside
-the protocol DBC): :meth:`CanBms.force_disconnect` opens one module's BMS switch (the fault
-disconnect of 000's series MOSFET stress test) and :meth:`CanBms.silence_module` makes one
-module stop reporting to its master (004's silent module). They are not part of the inverter
-protocol: a real bench sends the same commands with the BMS vendor's service tool (or pulls the
-module's link cable through a relay) -- the station decides which; the emulated BMS takes them
+The BMS profile (``profile=``, a :class:`bankmodel.bms_profile.BmsProfile` or its name/path in
+``fixtures/bms_profiles/``; default ``bankhil_full``) says which frames the pack sends and which
+service commands it takes. Many Pylontech-protocol packs send only the core frames, so nothing
+here depends on a frame the profile does not list: identity is the manufacturer (0x35E) and the
+firmware from 0x35F only where the pack sends it (else :meth:`CanBms.identity` says "firmware
+unknown" and :meth:`CanBms.firmware` raises :class:`NotInProfile`, an InstrumentError, at once --
+never a wait for a frame that will not come); the module count falls back to 0x359 byte 4
+without 0x372; reading a frame the profile does not list raises :class:`NotInProfile`. What
+the client provides to a plan follows (:meth:`CanBms.protocols_for`): ``bms_service`` only with
+the profile's service DBC, ``capacity_report`` only when it sends 0x379.
+
+0x35E's manufacturer is text: the DBC gives the layout (an 8-byte signal flagged ``AsciiText``);
+cantools would decode it as one integer, so those bytes are read here as ASCII ("PYLON").
+
+Service commands (the profile's vendor DBC; the full profile's is
+``instruments/dbc/bankhil_service.dbc``, IDs 0x3F0/0x3F1, loaded beside the protocol DBC):
+:meth:`CanBms.force_disconnect` opens one module's BMS switch (the fault disconnect of 000's
+series MOSFET stress test) and :meth:`CanBms.silence_module` makes one module stop reporting to
+its master (004's silent module). They are not part of the inverter protocol: a real bench sends
+the same commands with the BMS vendor's service tool (or pulls the module's link cable through a
+relay) -- the station's BMS profile decides which frames, if any; the emulated BMS takes them
 from the bus. A command returns once sent, as on a real bus: it takes effect when it arrives
 (on an emulated bench in virtual time, before bench time moves on: harness/emulated.py).
 
@@ -62,8 +77,9 @@ import can
 import cantools
 from cantools.database.can import Database
 
-from instruments.roles import (Bms, BmsLimits, BmsService, BmsStatus, BmsTelemetry, CapacityReport,
-                               InstrumentError, normalise_version)
+from bankmodel.bms_profile import FULL_PROFILE, BmsProfile, hex_id, load_bms_profile
+from instruments.roles import (BankIdentity, Bms, BmsLimits, BmsService, BmsStatus, BmsTelemetry,
+                               CapacityReport, InstrumentError, normalise_version, protocols_of)
 
 DBC_PATH = Path(__file__).resolve().parent / "dbc" / "pylontech_lv.dbc"
 SERVICE_DBC_PATH = Path(__file__).resolve().parent / "dbc" / "bankhil_service.dbc"
@@ -76,6 +92,8 @@ ALARM_NAMES = {"OverVoltage": "over_voltage", "UnderVoltage": "under_voltage",
                "OverTemp": "over_temperature", "UnderTemp": "under_temperature",
                "DischargeOverCurrent": "discharge_over_current",
                "ChargeOverCurrent": "charge_over_current", "BmsInternal": "bms_internal"}
+# protocol name -> the frame a profile must send for the client to provide it (beyond the core)
+FRAME_PROTOCOLS = {"capacity_report": 0x379}
 MALFORMED_REASONS = ("unknown_id", "wrong_dlc", "undecodable", "error_frame", "remote_frame")
 SafeStateHeartbeat = Literal["keep", "resume", "stop"]
 Clock = Callable[[], float]
@@ -119,6 +137,30 @@ class _Receiver(can.Listener):
         self.client._closing.wait(0.05)
 
 
+class NotInProfile(InstrumentError):
+    """Asked for something the pack, as its BMS profile says, does not send or take: known at
+    once, never waited for (a frame that will not come, a service command with no frame)."""
+
+
+def as_profile(profile: BmsProfile | str | Path | None) -> BmsProfile:
+    """A loaded profile, by itself, by name or path, or the full default (None)."""
+    if isinstance(profile, BmsProfile):
+        return profile
+    return load_bms_profile(profile if profile is not None else FULL_PROFILE)
+
+
+def text_signals(db: Database) -> dict[int, list[tuple[str, int, int]]]:
+    """Frame ID -> its ASCII text signals as (name, first byte, byte count): the signals the DBC
+    flags ``AsciiText`` (byte aligned, little-endian: byte 0 is the first character)."""
+    found: dict[int, list[tuple[str, int, int]]] = {}
+    for m in db.messages:
+        for sig in m.signals:
+            attrs = sig.dbc.attributes if sig.dbc is not None else {}
+            if "AsciiText" in attrs and attrs["AsciiText"].value:
+                found.setdefault(m.frame_id, []).append((sig.name, sig.start // 8, sig.length // 8))
+    return found
+
+
 def _num(value: float) -> float:
     """A decoded value without binary-scaling noise (14.200000000000001 -> 14.2)."""
     return round(float(value), 6)
@@ -129,6 +171,7 @@ class _Decoder:
 
     def __init__(self, db: Database):
         self.messages = {m.frame_id: m for m in db.messages}
+        self.texts = text_signals(db)
         # only signals whose DBC range is narrower than their raw range need a check
         self.ranges: dict[int, list[tuple[str, float, float]]] = {}
         for m in db.messages:
@@ -168,16 +211,49 @@ class _Decoder:
                 return "undecodable", None
         if frame_id == 0x359 and (values["MarkerP"], values["MarkerN"]) != PN_MARKER:
             return "undecodable", None
-        if frame_id == 0x35E and not all(32 <= b < 127 for b in data.rstrip(b"\0 ")):
-            return "undecodable", None
+        for name, first, count in self.texts.get(frame_id, ()):
+            raw = data[first:first + count].rstrip(b"\0 ")
+            if not all(32 <= b < 127 for b in raw):
+                return "undecodable", None
+            values[name] = raw.decode("ascii")
         return None, values
 
 
-class CanBms(Bms, BmsService, CapacityReport):
-    """A Pylontech-compatible battery as the inverter sees it, over any python-can bus."""
+# optional protocols -> their role interface: a client provides one only if its profile has it
+_OPTIONAL: dict[str, type] = {"bms_service": BmsService, "capacity_report": CapacityReport}
+_VARIANTS: dict[tuple[type, frozenset[str]], type] = {}
+_VARIANTS_LOCK = threading.Lock()
+
+
+def _variant(cls: type, protocols: frozenset[str]) -> type:
+    """``cls`` that also *is* the role interfaces of ``protocols`` (one class per combination):
+    so ``isinstance(client, BmsService)`` -- what the bench and its preparation ask -- is true
+    exactly when the client's profile has service commands."""
+    if not protocols:
+        return cls
+    with _VARIANTS_LOCK:
+        key = (cls, protocols)
+        if key not in _VARIANTS:
+            bases = tuple(_OPTIONAL[p] for p in sorted(protocols))
+            _VARIANTS[key] = type(cls.__name__, (cls, *bases),
+                                  {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                   "__doc__": cls.__doc__})
+        return _VARIANTS[key]
+
+
+class CanBms(Bms):
+    """A Pylontech-compatible battery as the inverter sees it, over any python-can bus.
+
+    An instance is also a :class:`~instruments.roles.BmsService` when its BMS profile has
+    service commands and a :class:`~instruments.roles.CapacityReport` when it sends 0x379: what
+    it provides is what the pack, as deployed, offers (:meth:`protocols_for`)."""
 
     name = "bms"
     soc_resolution_pct = 1.0  # 0x355 carries whole percent
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "CanBms":
+        withheld = cls.withheld_by(kwargs.get("profile"))  # a bad profile: FileError, nothing opened
+        return super().__new__(_variant(cls, frozenset(_OPTIONAL) - set(withheld)))
 
     def __init__(self, interface: str, channel: str | None = None, *, period_s: float = 1.0,
                  clock: Clock = time.monotonic, log_path: str | Path | None = None,
@@ -185,7 +261,7 @@ class CanBms(Bms, BmsService, CapacityReport):
                  safe_state_heartbeat: SafeStateHeartbeat = "keep",
                  stale_after_s: float | None = None, wait_s: float = 1.0,
                  poll_s: float = 0.005, name: str = "bms", service_dbc_path: str | Path | None = None,
-                 **bus_kwargs: Any):
+                 profile: BmsProfile | str | Path | None = None, **bus_kwargs: Any):
         if safe_state_heartbeat not in ("keep", "resume", "stop"):
             raise ValueError(f"safe_state_heartbeat {safe_state_heartbeat!r}: keep, resume or stop")
         self.name = name
@@ -202,12 +278,26 @@ class CanBms(Bms, BmsService, CapacityReport):
         self.newest_stamp = -float("inf")
         self._at_newest = 0  # frames processed that carried newest_stamp
         self._arrived = threading.Condition()
+        # the pack as deployed: a bad profile is a FileError before any bus is opened
+        self.profile = as_profile(profile)
         db = cantools.database.load_file(str(dbc_path or DBC_PATH), strict=True)
         assert isinstance(db, Database)
-        db.add_dbc_file(str(service_dbc_path or SERVICE_DBC_PATH))  # bench service frames (0x3F0..)
+        # service commands: only a profile with services has them, from its vendor DBC
+        self._commands: dict[str, tuple[Any, str, str]] = {}
+        if self.profile.services is not None:
+            service_db = cantools.database.load_file(
+                str(service_dbc_path or self.profile.service_dbc_path()), strict=True)
+            assert isinstance(service_db, Database)
+            for command in ("force_disconnect", "silence_module"):
+                spec = getattr(self.profile.services, command)
+                message = service_db.get_message_by_name(spec.message)
+                db.messages.append(message)
+                self._commands[command] = (message, spec.module, spec.switch)
+            db.refresh()
         self.db = db
         # frames the inverter side sends (0x305, service commands): never a sign of the battery's life
-        self._inverter_ids = {m.frame_id for m in db.messages if "INVERTER" in m.senders}
+        self._inverter_ids = {m.frame_id for m in db.messages if "INVERTER" in m.senders} | \
+            {message.frame_id for message, _, _ in self._commands.values()}
         self._decoder = _Decoder(db)
         self._state_lock = threading.Lock()
         self._latest: dict[int, tuple[float, dict[str, Any]]] = {}
@@ -372,9 +462,19 @@ class CanBms(Bms, BmsService, CapacityReport):
         return self._heartbeat_on
 
     # ================================================================== bench service commands
-    def _service(self, frame_id: int, values: dict[str, int], what: str) -> None:
-        message = self.db.get_message_by_frame_id(frame_id)
+    def _service(self, command: str, module_index: int, on: bool) -> None:
+        """Send one service command as the profile's vendor DBC lays it out (other signals 0)."""
+        what = f"{command}({module_index}, {bool(on)})"
+        if command not in self._commands:
+            raise NotInProfile(self.name, self.resource, what,
+                               f"BMS profile {self.profile.name} has no service commands")
+        if not 0 <= int(module_index) <= 255:
+            raise ValueError(f"module index {module_index}: 0..255")
+        message, module_signal, switch_signal = self._commands[command]
+        values = {sig.name: 0 for sig in message.signals}
+        values.update({module_signal: int(module_index), switch_signal: int(bool(on))})
         data = message.encode(values, strict=True)
+        frame_id = message.frame_id
         msg = can.Message(arbitration_id=frame_id, data=data, is_extended_id=False,
                           timestamp=self._clock(), is_rx=False)
         try:
@@ -388,30 +488,63 @@ class CanBms(Bms, BmsService, CapacityReport):
             self.frames_sent += 1
 
     def force_disconnect(self, module_index: int, on: bool) -> None:
-        """Service command 0x3F0: open (``on``) or release one module's BMS switch.
+        """Service command (0x3F0 in the full profile): open (``on``) or release one module's
+        BMS switch.
 
         ``module_index`` is the module's 0-based index in bank order (series position first, then
         parallel index: s1p1, s1p2, ..., s2p1, ...; the order of the SunSpec 805 models). On a real
-        bench this is the BMS vendor's service tool; the frame is this bench's stand-in for it.
+        bench this is the BMS vendor's service tool; the frame is the profile's stand-in for it.
+        :class:`NotInProfile` if the profile has no service commands.
         """
-        if not 0 <= int(module_index) <= 255:
-            raise ValueError(f"module index {module_index}: 0..255")
-        self._service(FORCE_DISCONNECT_ID, {"ModuleIndex": int(module_index), "ForceOff": int(bool(on))},
-                      f"force_disconnect({module_index}, {bool(on)})")
+        self._service("force_disconnect", module_index, on)
 
     def silence_module(self, module_index: int, on: bool) -> None:
-        """Service command 0x3F1: make one module stop reporting to its master (``on``), or
-        restore it -- a pulled link cable (004: one module stays offline). Index as in
-        :meth:`force_disconnect`."""
-        if not 0 <= int(module_index) <= 255:
-            raise ValueError(f"module index {module_index}: 0..255")
-        self._service(SILENCE_MODULE_ID, {"ModuleIndex": int(module_index), "Silent": int(bool(on))},
-                      f"silence_module({module_index}, {bool(on)})")
+        """Service command (0x3F1 in the full profile): make one module stop reporting to its
+        master (``on``), or restore it -- a pulled link cable (004: one module stays offline).
+        Index as in :meth:`force_disconnect`."""
+        self._service("silence_module", module_index, on)
+
+    # ================================================================== profile
+    @classmethod
+    def protocols_for(cls, profile: BmsProfile | str | Path | None = None) -> set[str]:
+        """The role protocols this client provides for a pack of ``profile``: the class's
+        (:func:`instruments.roles.protocols_of`: ``bms``) plus ``bms_service`` with the profile's
+        service DBC and ``capacity_report`` when it sends 0x379. What a station offers a
+        plan (``StationFile.protocols``) is this, not the class alone."""
+        return (protocols_of(cls) - set(_OPTIONAL)) | (set(_OPTIONAL) - set(cls.withheld_by(profile)))
+
+    @classmethod
+    def withheld_by(cls, profile: BmsProfile | str | Path | None = None) -> dict[str, str]:
+        """Protocol -> why a pack of ``profile`` does not provide it (for a refusal's message)."""
+        loaded = as_profile(profile)
+        withheld: dict[str, str] = {}
+        if not loaded.has_services:
+            withheld["bms_service"] = "it has no service commands"
+        for protocol, frame_id in FRAME_PROTOCOLS.items():
+            if not loaded.sends(frame_id):
+                withheld[protocol] = f"it sends no {hex_id(frame_id)}"
+        return withheld
+
+    def provided_protocols(self) -> set[str]:
+        """The protocols this connected client provides (see :meth:`protocols_for`)."""
+        return self.protocols_for(self.profile)
+
+    def sends(self, frame_id: int) -> bool:
+        """Whether the pack sends ``frame_id`` (its BMS profile says so)."""
+        return self.profile.sends(frame_id)
+
+    def _not_sent(self, frame_id: int, what: str) -> NotInProfile:
+        return NotInProfile(self.name, self.resource, what,
+                            f"BMS profile {self.profile.name} sends no {hex_id(frame_id)} "
+                            f"({what} unknown on this bus)")
 
     # ================================================================== state
     def seconds_since_heard(self, frame_id: int | None = None) -> float:
         """Clock seconds since the battery sent anything (or ``frame_id`` decoded cleanly);
-        counted from opening if never heard."""
+        counted from opening if never heard. A frame the profile does not list is refused
+        (:class:`NotInProfile`): its silence would say nothing about the pack."""
+        if frame_id is not None and not self.profile.sends(frame_id):
+            raise self._not_sent(frame_id, "seconds_since_heard")
         with self._state_lock:
             last = self._last_heard if frame_id is None else self._heard_at.get(frame_id)
         return self._clock() - (self._opened_at if last is None else last)
@@ -427,6 +560,8 @@ class CanBms(Bms, BmsService, CapacityReport):
         return dict(entry[1]) if entry else None
 
     def _need(self, frame_id: int, what: str, wait: bool = False) -> dict[str, Any]:
+        if not self.profile.sends(frame_id):
+            raise self._not_sent(frame_id, what)
         deadline = time.monotonic() + (self.wait_s if wait else 0.0)
         while True:
             with self._state_lock:
@@ -446,16 +581,40 @@ class CanBms(Bms, BmsService, CapacityReport):
     def firmware(self) -> str:
         """``major.minor.0`` from 0x35F, in the one form every driver reports
         (:func:`instruments.roles.normalise_version`); the protocol carries no patch number or
-        pre-release tag, so 2.1.3 reads as 2.1.0."""
+        pre-release tag, so 2.1.3 reads as 2.1.0. :class:`NotInProfile` at once when the
+        profile sends no 0x35F: the firmware is unknown on this bus."""
         code = int(self._need(0x35F, "firmware", wait=True)["FirmwareVersion"])
         return normalise_version(f"{code >> 8}.{code & 0xFF}")
 
     def manufacturer(self) -> str:
-        raw = int(self._need(0x35E, "identity", wait=True)["ManufacturerName"])
-        return raw.to_bytes(8, "little").decode("ascii", "replace").strip(" \0")
+        """The maker's name from 0x35E, as text ("PYLON")."""
+        return str(self._need(0x35E, "identity", wait=True)["ManufacturerName"])
+
+    def bank_identity(self) -> BankIdentity:
+        """What the pack says it is on this bus: maker (0x35E), firmware and model number
+        (0x35F); None for what its profile does not send. Waits (boundedly) for the first report,
+        as :meth:`identity` does."""
+        maker = self.manufacturer() if self.profile.sends(0x35E) else None
+        firmware = model = None
+        if self.profile.sends(0x35F):
+            firmware = self.firmware()
+            model = str(int(self._need(0x35F, "identity")["BatteryModel"]))
+        return BankIdentity(manufacturer=maker, model=model, firmware=firmware)
 
     def identity(self) -> str:
-        return f"{self.manufacturer()} BMS, firmware {self.firmware()}"
+        """``"PYLON BMS, firmware 2.1.0"``, or ``"PYLON BMS, firmware unknown (BMS profile
+        pylontech_strict sends no 0x35F)"``. It needs only frames the profile lists (the
+        watchdog asks this): a pack that sends nothing at all still fails it."""
+        if self.profile.sends(0x35E):
+            maker = self.manufacturer()
+        else:
+            self._need(self.profile.frames[0], "identity", wait=True)  # it talks: that is the answer
+            maker = "unnamed"
+        if self.profile.sends(0x35F):
+            firmware = self.firmware()
+        else:
+            firmware = f"unknown (BMS profile {self.profile.name} sends no 0x35F)"
+        return f"{maker} BMS, firmware {firmware}"
 
     def telemetry(self) -> BmsTelemetry:
         soc = self._need(0x355, "telemetry")
@@ -468,7 +627,8 @@ class CanBms(Bms, BmsService, CapacityReport):
                             max_cell_v=_num(cells["MaxCellVoltage"] / 1000) if cells else None)
 
     def cell_temperatures_c(self) -> tuple[float, float]:
-        """(min, max) module temperature from 0x373, converted from integer kelvin."""
+        """(min, max) module temperature from 0x373, converted from integer kelvin
+        (:class:`NotInProfile` when the profile sends no 0x373)."""
         cells = self._need(0x373, "cell_temperatures")
         return _num(cells["MinTemperature"] - 273.15), _num(cells["MaxTemperature"] - 273.15)
 
@@ -481,14 +641,16 @@ class CanBms(Bms, BmsService, CapacityReport):
 
     def status(self) -> BmsStatus:
         """Alarms and warnings (0x359, required), module counts, capacities and enables
-        (0x372, 0x35F, 0x379, 0x35C: None until heard)."""
+        (0x372, 0x35F, 0x379, 0x35C: None until heard, or never sent). Modules online: 0x372,
+        else the module count of 0x359 byte 4 (every pack sends it)."""
         flags = self._need(0x359, "status")
         counts, info = self.decoded(0x372), self.decoded(0x35F)
         installed, requests = self.decoded(0x379), self.decoded(0x35C)
+        online = int(counts["ModulesOnline"]) if counts else int(flags["ModuleCount"])
         return BmsStatus(
             alarms={name for bit, name in ALARM_NAMES.items() if flags[f"Alarm_{bit}"]},
             warnings={name for bit, name in ALARM_NAMES.items() if flags[f"Warning_{bit}"]},
-            modules_online=int(counts["ModulesOnline"]) if counts else None,
+            modules_online=online,
             modules_offline=int(counts["ModulesOffline"]) if counts else None,
             installed_capacity_ah=_num(installed["InstalledCapacity"]) if installed else None,
             online_capacity_ah=_num(info["OnlineCapacity"]) if info else None,
@@ -496,7 +658,7 @@ class CanBms(Bms, BmsService, CapacityReport):
             discharge_enable=bool(requests["DischargeEnable"]) if requests else None)
 
     def installed_capacity_ah(self) -> float | None:
-        """0x379 installed capacity, None until heard."""
+        """0x379 installed capacity, None until heard (or when the profile sends no 0x379)."""
         installed = self.decoded(0x379)
         return _num(installed["InstalledCapacity"]) if installed else None
 

@@ -19,6 +19,7 @@ session's safety supervisor in ``ctx.extras["supervisor"]``.
 from __future__ import annotations
 
 from harness.measure import MeasurementFailed
+from harness.preparation import BenchNotReady
 from harness.plugin import StepError, step_deadline, step_limits, step_params
 from harness.reporting.allure_labels import failure_message, label_step
 from test_plans.checks import SPECS, StepContext, load_all
@@ -34,6 +35,11 @@ def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-d
                       step_limits(plan_step), measure, plan_step.name, session.ctx.dut_spec,
                       extras={"supervisor": session.supervisor}, spec=SPECS.get(plan_step.check))
     with step_deadline(session, plan_step):
+        try:
+            session.prepare(session.ctx.running[1] if session.ctx.running else None)
+        except BenchNotReady as exc:
+            session.ctx.gate_failed = "bench preparation"
+            raise StepError(f"bench preparation: {exc}") from None
         for attempt in range(plan_step.retries + 1):
             first = len(measure.taken)
             try:

@@ -33,17 +33,31 @@ What goes where (the mapping the harness relies on):
 - 0x373: min/max cell voltage in mV and min/max module temperature in K (integer kelvin).
 - Force-charge and full-charge requests (0x35C bits 5, 4, 3) are not modelled: always 0.
 
+What is sent and taken is the BMS profile's (``profile=``, :mod:`bankmodel.bms_profile`;
+default ``bankhil_full``: every frame above and the bench service commands): a
+``pylontech_strict`` pack sends only 0x351, 0x355, 0x356, 0x359, 0x35C and 0x35E and ignores
+service frames, as many real packs do -- so the harness is exercised against what it will meet.
+
+0x35E is text: the DBC flags its signal ``AsciiText`` (cantools would take it for one integer),
+so the manufacturer's name is written into those bytes here, space padded ("PYLON   ").
+
 A silent BMS (``silent = True``, or from bench time ``twin.master.silent_from`` on: the
 ``silent_bms`` fault) sends nothing while still listening, so the harness's silence detection
 can be exercised.
 
-Bench service frames (``instruments/dbc/bankhil_service.dbc``; what a vendor's service tool does
-on a real bench) are taken in with the keep-alives, at the bench time they are drained:
-0x3F0 ``Service_ForceDisconnect`` opens or releases one module's BMS switch
-(``twin.bms_force_off``), 0x3F1 ``Service_SilenceModule`` makes one module stop reporting to
-the master or talk again. The module index is the 0-based position in ``twin.modules``
-(series position first, then parallel index). A service frame naming no module, or one that
-does not decode, is counted in ``frames_ignored``.
+Service frames (the profile's vendor DBC, ``instruments/dbc/bankhil_service.dbc`` in the full
+profile; what a vendor's service tool does on a real bench) are taken in with the keep-alives,
+at the bench time they are drained, and only if the profile has services:
+``force_disconnect`` (0x3F0 ``Service_ForceDisconnect``) opens or releases one module's BMS
+switch (``twin.bms_force_off``), ``silence_module`` (0x3F1 ``Service_SilenceModule``) makes one
+module stop reporting to the master or talk again. The module index is the 0-based position in
+``twin.modules`` (series position first, then parallel index). A service frame naming no
+module, one that does not decode, or any service frame to a profile without services, is
+counted in ``frames_ignored``.
+
+Without the inverter's keep-alives (0x305) the master does what its firmware profile says a
+real one does on comm loss -- by default zero charge/discharge limits and the "BMS internal"
+alarm of 0x359 after ``heartbeat.timeout_s`` (5 s): a tool pointed at this bus must send 0x305.
 
 Run as a process (``python -m emulator.endpoints.can_bms --dut 1s4p_diagonal``) it serves the
 twin over a socketcand server on loopback and follows wall time: the cross-process transport.
@@ -62,6 +76,7 @@ import cantools
 import numpy as np
 from cantools.database.can import Database
 
+from bankmodel.bms_profile import FULL_PROFILE, BmsProfile, load_bms_profile
 from emulator import published
 from emulator.bench import EmulatedBench
 from emulator.twin import Twin
@@ -102,6 +117,24 @@ def service_dbc_path() -> Path:
     return dbc_path().parent / "bankhil_service.dbc"
 
 
+def as_profile(profile: BmsProfile | str | Path | None) -> BmsProfile:
+    """A loaded BMS profile, by itself, by name or path, or the full default (None)."""
+    if isinstance(profile, BmsProfile):
+        return profile
+    return load_bms_profile(profile if profile is not None else FULL_PROFILE)
+
+
+def text_signals(db: Database) -> dict[tuple[int, str], int]:
+    """(frame ID, signal) -> byte count of every signal the DBC flags ``AsciiText``."""
+    found = {}
+    for m in db.messages:
+        for sig in m.signals:
+            attrs = sig.dbc.attributes if sig.dbc is not None else {}
+            if "AsciiText" in attrs and attrs["AsciiText"].value:
+                found[(m.frame_id, sig.name)] = sig.length // 8
+    return found
+
+
 def firmware_code(version: str) -> int:
     """``major * 256 + minor`` of a dotted version ("2.2.0-rc1" -> 0x0202); 0 if unparsable."""
     match = re.match(r"\s*v?(\d+)\.(\d+)", version)
@@ -116,7 +149,7 @@ def manufacturer_code(name: str) -> int:
     return int.from_bytes(text, "little")
 
 
-def protocol_values(twin: Twin, model_code: int = 0) -> dict[int, dict[str, float]]:
+def protocol_values(twin: Twin, model_code: int = 0) -> dict[int, dict[str, float | str]]:
     """Physical values of every battery -> inverter frame, by CAN ID (see the module doc).
 
     The measured figures (bank voltage and current, temperatures, cell voltages, alarms and
@@ -147,7 +180,7 @@ def protocol_values(twin: Twin, model_code: int = 0) -> dict[int, dict[str, floa
         0x359: alarms_warnings,
         0x35C: {"ChargeEnable": int(r.charge_enable), "DischargeEnable": int(r.discharge_enable),
                 "ForceCharge1": 0, "ForceCharge2": 0, "FullChargeRequest": 0},
-        0x35E: {"ManufacturerName": manufacturer_code(fw.manufacturer)},
+        0x35E: {"ManufacturerName": fw.manufacturer},  # text (AsciiText in the DBC)
         0x35F: {"BatteryModel": model_code, "FirmwareVersion": firmware_code(fw.version),
                 "OnlineCapacity": r.online_capacity_ah},
         0x372: {"ModulesOnline": r.modules_online, "ModulesBlockingCharge": r.blocking_charge,
@@ -171,15 +204,19 @@ class FrameEncoder:
 
     def __init__(self, db: Database):
         self.messages = {m.frame_id: m for m in db.messages if "BMS" in m.senders}
+        self.texts = text_signals(db)
         self._last: dict[int, tuple[tuple[float, ...], bytes]] = {}
 
-    def encode(self, values: dict[int, dict[str, float]], timestamp: float) -> list[can.Message]:
+    def encode(self, values: dict[int, dict[str, float | str]], timestamp: float) -> list[can.Message]:
         frames = []
         for frame_id, signals in values.items():
             message = self.messages[frame_id]
             clamped = {}
             for signal in message.signals:
                 value = signals[signal.name]
+                if isinstance(value, str):  # an ASCII text signal: its bytes, space padded
+                    size = self.texts.get((frame_id, signal.name), signal.length // 8)
+                    value = int.from_bytes(value.encode("ascii", "replace")[:size].ljust(size, b" "), "little")
                 low = signal.minimum if signal.minimum is not None else value
                 high = signal.maximum if signal.maximum is not None else value
                 clamped[signal.name] = min(max(value, low), high)
@@ -212,13 +249,22 @@ class EmulatedCanBms:
     """
 
     def __init__(self, bench: EmulatedBench, bus: can.BusABC, db: Database | None = None,
-                 model_code: int = 0, rx_interval_s: float = 1e-3):
+                 model_code: int = 0, rx_interval_s: float = 1e-3,
+                 profile: BmsProfile | str | Path | None = None):
         self.bench = bench
         self.bus = bus
+        self.profile = as_profile(profile)
         self.encoder = FrameEncoder(db or load_dbc())
         self.model_code = model_code
         self.rx_interval_s = rx_interval_s
-        self.service = {m.frame_id: m for m in load_dbc(service_dbc_path()).messages}
+        # frame ID -> (command, message, module signal, switch signal): the profile's services only
+        self.service: dict[int, tuple[str, object, str, str]] = {}
+        if self.profile.services is not None:
+            service_db = load_dbc(self.profile.service_dbc_path())
+            for command in ("force_disconnect", "silence_module"):
+                spec = getattr(self.profile.services, command)
+                message = service_db.get_message_by_name(spec.message)
+                self.service[message.frame_id] = (command, message, spec.module, spec.switch)
         self.service_commands = 0
         self.silent = False
         self.frames_sent = 0
@@ -228,7 +274,7 @@ class EmulatedCanBms:
         self.send_errors = 0
         self.receive_errors = 0
         self.frames_taken_in = 0  # every frame drained from the bus, whatever it was
-        self.last_values: dict[int, dict[str, float]] = {}
+        self.last_values: dict[int, dict[str, float | str]] = {}
         # called with the bench time of each frame set just sent (bench lock held): a harness in
         # virtual time waits there until the set has arrived (harness/emulated.py)
         self.after_publish: Callable[[float, int], None] | None = None
@@ -281,7 +327,9 @@ class EmulatedCanBms:
         silent_from = getattr(twin.master, "silent_from", None)
         if self.silent or (silent_from is not None and twin.clock.now >= silent_from):
             return
-        values = protocol_values(twin, self.model_code)
+        sent_by_pack = self.profile.frames
+        values = {frame_id: signals for frame_id, signals in protocol_values(twin, self.model_code).items()
+                  if frame_id in sent_by_pack}
         self.last_values = values
         sent = 0
         for frame in self.encoder.encode(values, twin.clock.now):
@@ -355,23 +403,24 @@ class EmulatedCanBms:
 
     def _service(self, msg: can.Message) -> None:
         """One bench service command, applied now (bench lock held or taken here)."""
+        command, message, module_signal, switch_signal = self.service[msg.arbitration_id]
         try:
-            values = self.service[msg.arbitration_id].decode(bytes(msg.data), decode_choices=False)
+            values = message.decode(bytes(msg.data), decode_choices=False)  # type: ignore[attr-defined]
         except Exception:  # cantools raises several types; a bad frame is ignored, never fatal
             self.frames_ignored += 1
             return
         assert isinstance(values, dict)
         twin = self.bench.twin
-        index = int(values["ModuleIndex"])
+        index = int(values[module_signal])
         if not 0 <= index < len(twin.modules):
             self.frames_ignored += 1
             return
         module = twin.modules[index]
         with self.bench.lock:
-            if msg.arbitration_id == FORCE_DISCONNECT_ID:
-                twin.bms_force_off(module, bool(values["ForceOff"]))
-            elif msg.arbitration_id == SILENCE_MODULE_ID:
-                silent = bool(values["Silent"])
+            if command == "force_disconnect":
+                twin.bms_force_off(module, bool(values[switch_signal]))
+            elif command == "silence_module":
+                silent = bool(values[switch_signal])
                 twin.silent[index] = silent
                 twin.events.append((twin.clock.now, f"{module} {'stops talking to' if silent else 'talks to'} "
                                                      "the master (service command)"))
@@ -397,13 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=None)
     parser.add_argument("--speed", type=float, default=1.0, help="bench seconds per wall second")
     parser.add_argument("--channel", default=f"bankhil-{uuid.uuid4().hex[:8]}")
+    parser.add_argument("--bms-profile", default=FULL_PROFILE,
+                        help="BMS profile: name in fixtures/bms_profiles/ or a path")
     args = parser.parse_args(argv)
     bench = EmulatedBench(build_twin(args.dut, args.scenario))
     bus = can.Bus(interface="virtual", channel=args.channel, preserve_timestamps=True)
-    bms = EmulatedCanBms(bench, bus).start()
+    bms = EmulatedCanBms(bench, bus, profile=args.bms_profile).start()
     server = SocketcandServer(interface="virtual", channels={args.channel})
     host, port = server.start()
-    print(json.dumps({"host": host, "port": port, "channel": args.channel}), flush=True)
+    print(json.dumps({"host": host, "port": port, "channel": args.channel, "profile": bms.profile.name}),
+          flush=True)
     runner = threading.Thread(target=bench.run_realtime, kwargs={"speed": args.speed}, daemon=True)
     runner.start()
     try:

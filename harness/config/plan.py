@@ -449,6 +449,16 @@ def _pattern(text: str) -> str:
     return text
 
 
+class BenchStart(FileModel):
+    """The state every step starts from: bench preparation (harness/preparation.py) brings the
+    bench there at the start of a run and before any step that follows a safe state."""
+
+    contactors: Literal["closed", "open"] = "closed"
+    connect_match: Quantity["V"] = Quantity.parse("100 mV")  # per module in series (000)
+    settle: Annotated[Quantity["s"], AfterValidator(_positive_time)] = Quantity.parse("1 s")
+    bms_ready_within: Annotated[Quantity["s"], AfterValidator(_positive_time)] = Quantity.parse("90 s")
+
+
 class PlanFile(SourcedFile):
     """A plan: its identity, what it applies to, and its steps in order."""
 
@@ -463,6 +473,7 @@ class PlanFile(SourcedFile):
     # the DUT an emulated run of this plan uses when --dut is not given (a DUT file stem)
     dut: Annotated[str, Field(min_length=1)] | None = None
     defaults: dict[str, Parameter] = Field(default_factory=dict)
+    bench: BenchStart = BenchStart()
     steps: Annotated[list[Step], Field(min_length=1)]
 
     _label: ClassVar[str] = "<plan>"

@@ -54,8 +54,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
-from pydantic import (AfterValidator, BeforeValidator, Field, WrapSerializer, WrapValidator,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, WrapSerializer,
+                      WrapValidator, field_validator, model_validator)
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
@@ -218,9 +218,31 @@ def _bitrate(value: int) -> int:
     return value
 
 
+def _bms_profile(name: str) -> str:
+    """A BMS profile that loads (by name in fixtures/bms_profiles/, or a path): refused at the
+    station's line, with the profile's own error, before anything is connected."""
+    from bankmodel.bms_profile import load_bms_profile
+    from bankmodel.files import FileError
+
+    try:
+        load_bms_profile(name)
+    except FileError as err:
+        raise PydanticCustomError("bms_profile", "a BMS profile that loads ({problem})",
+                                  {"problem": str(err)}) from None
+    return name
+
+
+BmsProfileName = Annotated[str, Field(min_length=1, max_length=300), AfterValidator(_bms_profile)]
+
+
 class CanBus(FileModel):
-    """A CAN interface as python-can names it. ``udp_multicast`` is not offered: its frames
-    leave the machine."""
+    """A CAN interface as python-can names it, and the BMS profile of the pack on it.
+    ``udp_multicast`` is not offered: its frames leave the machine.
+
+    ``profile`` (:mod:`bankmodel.bms_profile`): which frames the pack sends and which service
+    commands it takes, by name in ``fixtures/bms_profiles/`` or a path; unset, the full
+    ``bankhil_full`` profile (every frame 0x351-0x379 and the bench's service frames), so a
+    station written before profiles existed means what it meant then."""
 
     interface: CanInterface
     channel: Annotated[str, Field(min_length=1, max_length=200)] | Annotated[int, Field(ge=0, le=65535)]
@@ -229,6 +251,7 @@ class CanBus(FileModel):
     port: Port | None = None
     protocol: Literal["pylontech"] = "pylontech"
     keepalive_period: BusPeriod = Quantity.parse("1 s")
+    profile: BmsProfileName | None = None
 
     @model_validator(mode="after")
     def _socketcand_needs_address(self) -> "CanBus":
@@ -242,12 +265,48 @@ class CanBus(FileModel):
         return self
 
     def bus_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``can.Bus(**kwargs)``."""
+        """Arguments for the CAN BMS client (``instruments.can_bms.CanBms``): ``can.Bus``'s
+        (interface, channel, bitrate, host, port) and, when one is named, the ``profile`` the
+        client reads the pack in (the client keeps it; python-can never sees it)."""
         kwargs: dict[str, Any] = {"interface": self.interface, "channel": self.channel,
                                   "bitrate": self.bitrate}
         if self.interface == "socketcand":
             kwargs.update(host=self.host, port=self.port)
+        if self.profile is not None:
+            kwargs["profile"] = self.profile
         return kwargs
+
+
+def can_profile(station: "StationFile") -> str | None:
+    """The BMS profile named for the station's CAN pack: the bus entry's ``profile``, or, for
+    an emulated ``can: auto``, the one a run asked for (:func:`with_bms_profile`); None for the
+    full default."""
+    can = station.bms.can
+    if isinstance(can, CanBus) and can.profile is not None:
+        return can.profile
+    return station._can_profile
+
+
+def with_bms_profile(station: "StationFile", profile: str | None) -> "StationFile":
+    """The station with its CAN pack in ``profile`` (``hil run --bms-profile``): the bus entry's
+    ``profile`` replaced, or for an emulated ``can: auto`` remembered until the emulator starts
+    in it (:func:`resolve_emulated` checks that it did). None: the station as it is. A profile
+    that does not load, or a station without CAN, is a FileError."""
+    if profile is None:
+        return station
+    from bankmodel.bms_profile import load_bms_profile
+
+    load_bms_profile(profile)  # a bad profile: its own located error
+    can = station.bms.can
+    if can is None:
+        raise station.error(("bms",), f"--bms-profile {profile} on a station without a CAN bus",
+                            "a station with bms.can (a BMS profile describes a CAN pack)")
+    if isinstance(can, CanBus):
+        bms = station.bms.model_copy(update={"can": can.model_copy(update={"profile": profile})})
+        return station.model_copy(update={"bms": bms})
+    copy = station.model_copy()  # can: auto -- filled in by resolve_emulated from the emulator
+    copy._can_profile = profile
+    return copy
 
 
 class ModbusBus(FileModel):
@@ -293,6 +352,8 @@ class StationFile(SourcedFile):
     channels: AutoChannels = Field(default_factory=ChannelMap)
 
     _label: ClassVar[str] = "<station>"
+    # the BMS profile a run asked for while bms.can is still 'auto' (with_bms_profile)
+    _can_profile: str | None = PrivateAttr(default=None)
 
     def where(self, *loc: Any) -> str:
         """``'stations/lab.yaml:12'``: for messages about another file that point here."""
@@ -310,19 +371,22 @@ class StationFile(SourcedFile):
 
     def protocols(self) -> dict[str, set[str]]:
         """Role protocol -> what provides it here (instrument roles; ``bms.can``/``bms.modbus``),
-        from the driver classes the station names (nothing is connected)."""
+        from the driver classes the station names (nothing is connected). The CAN pack's share
+        is its BMS profile's (``CanBms.protocols_for``): ``bms_service`` only with the profile's
+        service DBC, ``capacity_report`` only when it sends 0x379."""
         from instruments.roles import protocols_of
 
-        providers: dict[str, type] = {role: get_driver(inst.driver) for role, inst in self.instruments.items()}
+        provided: dict[str, set[str]] = {role: protocols_of(get_driver(inst.driver))
+                                         for role, inst in self.instruments.items()}
         if self.bms.can is not None:
             from instruments.can_bms import CanBms
-            providers["bms.can"] = CanBms
+            provided["bms.can"] = CanBms.protocols_for(can_profile(self))
         if self.bms.modbus is not None:
             from instruments.sunspec_bms import SunSpecBms
-            providers["bms.modbus"] = SunSpecBms
+            provided["bms.modbus"] = protocols_of(SunSpecBms)
         offered: dict[str, set[str]] = {}
-        for who, cls in providers.items():
-            for protocol in protocols_of(cls):
+        for who, protocols in provided.items():
+            for protocol in protocols:
                 offered.setdefault(protocol, set()).add(who)
         return offered
 
@@ -599,8 +663,19 @@ def resolve_emulated(station: StationFile, described: dict[str, Any]) -> Station
     bms = described.get("bms", {})
     can, modbus = station.bms.can, station.bms.modbus
     if can == AUTO:
-        can = CanBus.model_validate({k: v for k, v in bms["can"].items()
-                                     if k in ("interface", "channel", "bitrate", "host", "port")})
+        # the pack runs the profile the emulator says it runs; a run that asked for another one
+        # (with_bms_profile) must not be served a different pack without a word
+        wanted, running = station._can_profile, bms["can"].get("profile")
+        if wanted is not None and running is not None:
+            from bankmodel.bms_profile import load_bms_profile
+            if load_bms_profile(wanted).name != load_bms_profile(running).name:
+                raise station.error(("bms", "can"), f"an emulated BMS in profile '{running}'",
+                                    f"the emulated BMS in profile '{wanted}', the one this run "
+                                    "asked for (start the emulator with its bms_profile)")
+        profile = wanted if wanted is not None else running
+        can = CanBus.model_validate({**{k: v for k, v in bms["can"].items()
+                                        if k in ("interface", "channel", "bitrate", "host", "port")},
+                                     **({"profile": str(profile)} if profile is not None else {})})
     if modbus == AUTO:
         modbus = ModbusBus.model_validate(bms["modbus"])
     update["bms"] = BmsBuses(can=can, modbus=modbus)
@@ -613,5 +688,5 @@ def resolve_emulated(station: StationFile, described: dict[str, Any]) -> Station
 __all__ = ["AUTO", "ActuatorChannel", "BmsBuses", "CanBus", "Card", "ChannelMap", "InstrumentEntry",
            "ModbusBus", "Rating", "ScannerChannel", "ShuntChannel", "ShuntInput", "StationFile",
            "ThermocoupleChannel", "ThermocoupleInput", "VoltageChannel", "VoltageInput",
-           "cards_of", "check_station", "input_of", "load_station",
-           "resolve_emulated", "role_interface"]
+           "can_profile", "cards_of", "check_station", "input_of", "load_station",
+           "resolve_emulated", "role_interface", "with_bms_profile"]

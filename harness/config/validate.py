@@ -114,14 +114,22 @@ def check_protocols(plan: PlanFile, station: StationFile) -> None:
     """
     offered = station.protocols()
     have = ", ".join(f"{name} ({'/'.join(sorted(by))})" for name, by in sorted(offered.items())) or "none"
+    withheld = _withheld_by_bms_profile(station)
     for s, step in enumerate(plan.steps):
         for protocol in sorted(step.needs):
             if protocol not in offered:
+                what = f"step '{step.name}': check '{step.check}' needs protocol '{protocol}' " \
+                       f"({PROTOCOL_WORDS.get(protocol, protocol)})"
+                if protocol in withheld:  # the CAN client could, the pack as deployed cannot
+                    profile, why = withheld[protocol]
+                    raise plan.error(("steps", s, "check"),
+                                     f"{what}, which BMS profile '{profile}' of the CAN bus of "
+                                     f"{station.path or 'the station'} does not provide ({why})",
+                                     f"a BMS profile with it, or a station providing it; this one "
+                                     f"provides: {have}")
                 raise plan.error(("steps", s, "check"),
-                                 f"step '{step.name}': check '{step.check}' needs protocol '{protocol}' "
-                                 f"({PROTOCOL_WORDS.get(protocol, protocol)}), which no instrument or "
-                                 f"bus of {station.path or 'the station'} provides",
-                                 f"a station providing it; this one provides: {have}")
+                                 f"{what}, which no instrument or bus of {station.path or 'the station'} "
+                                 "provides", f"a station providing it; this one provides: {have}")
         for role, (protocol, where) in step.instrument_roles.items():
             loc = ("steps", s, *where) if where[0] == "parameters" else where
             if role not in station.instruments:
@@ -130,6 +138,18 @@ def check_protocols(plan: PlanFile, station: StationFile) -> None:
             if role not in offered.get(protocol, set()):
                 raise plan.error(loc, f"step '{step.name}': instrument '{role}', which does not provide "
                                  f"protocol '{protocol}'", f"one of: {', '.join(sorted(offered.get(protocol, ()))) or 'none'}")
+
+
+def _withheld_by_bms_profile(station: StationFile) -> dict[str, tuple[str, str]]:
+    """Protocol -> (profile, why) for what the station's CAN pack lacks by its BMS profile."""
+    if station.bms.can is None:
+        return {}
+    from bankmodel.bms_profile import FULL_PROFILE
+    from harness.config.station import can_profile
+    from instruments.can_bms import CanBms
+
+    profile = can_profile(station) or FULL_PROFILE
+    return {protocol: (profile, why) for protocol, why in CanBms.withheld_by(profile).items()}
 
 
 # protocol -> what it is, for a person reading a refusal

@@ -14,6 +14,7 @@ from instruments.roles import Instrument
 _DRIVERS: dict[str, str | type[Instrument]] = {
     "keysight_n5700": "instruments.drivers.keysight_n5700:KeysightN5700",
     "itech_it8500": "instruments.drivers.itech_it8500:ItechIt8500",
+    "itech_it6000c": "instruments.drivers.itech_it6000c:ItechIt6000c",
     "keysight_34465a": "instruments.drivers.keysight_34465a:Keysight34465a",
     "keysight_daq970a": "instruments.drivers.keysight_daq970a:KeysightDaq970a",
     "hioki_bt3562": "instruments.drivers.hioki_bt3562:HiokiBt3562",

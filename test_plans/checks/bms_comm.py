@@ -53,8 +53,8 @@ from bankmodel.positions import natural_key, position
 from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.admission import countable, gate_state, not_admitted, peer_delta_v
 from test_plans.checks.bench_helpers import ah_while, connect_bank, module_order, outputs_off, poll_until
-from test_plans.checks.bms_helpers import (ModuleReport, bms_alarm_note, bms_read, module_reports,
-                                           require_reports, silent_modules)
+from test_plans.checks.bms_helpers import (ModuleReport, bms_alarm_note, bms_firmware, bms_read,
+                                           module_reports, require_reports, silent_modules)
 from test_plans.checks.diagnosis import diagnose
 from test_plans.checks.evidence import names
 from test_plans.checks.traces import TraceRows
@@ -132,16 +132,20 @@ class _BmsState:
 
 # ================================================================== identity and firmware
 @check("bms_identity",
-       measures={"bms_firmware": Measure("", required=True, doc="CAN 0x35F major.minor")},
+       measures={"bms_firmware": Measure("", required=True,
+                                         doc="CAN 0x35F major.minor, else SunSpec model 1 Vr")},
        needs=("bms",))
 def bms_identity(ctx: StepContext) -> None:
     """The BMS answers and reports the firmware the plan expects (000, 004: one firmware,
     confirmed before connecting). A version other than the plan's names the BMS with the
-    version it reported (``firmware_release`` row)."""
-    firmware = ctx.bench.bms.firmware()
+    version it reported (``firmware_release`` row). The version is read where the BMS carries
+    it (:func:`bms_firmware`: CAN 0x35F, else SunSpec model 1); a BMS that reports it on no bus
+    of the station leaves it unknown -- recorded as missing (ERROR), with why."""
+    firmware, source = bms_firmware(ctx.bench)
     expected = ctx.limit("bms_firmware").equals
+    evidence = f"{source} reports firmware {firmware}" if firmware is not None else source
     ctx.measure("bms_firmware", firmware, "", ctx.limit("bms_firmware"),
-                diagnosis=diagnose("firmware_release", "BMS", f"CAN 0x35F reports firmware {firmware}"
+                diagnosis=diagnose("firmware_release", "BMS", evidence
                                    + (f", the plan releases {expected}" if expected is not None else "")))
 
 
@@ -921,7 +925,7 @@ def inverter_recognition(ctx: StepContext) -> None:
        measures={"bms_silence": Measure("s", required=True),
                  "malformed_frames": Measure("", required=True),
                  "manufacturer": Measure(""),
-                 "bms_firmware": Measure("", required=True),
+                 "bms_firmware": Measure("", required=True, doc="CAN 0x35F, else SunSpec model 1 Vr"),
                  "serial": Measure(""),
                  "master_firmware": Measure("", doc="SunSpec model 1 Vr")},
        needs=("bms",), uses=("module_reports",))
@@ -958,10 +962,10 @@ def bms_comm_health(ctx: StepContext) -> None:
         ctx.measure("manufacturer", name, "", ctx.limit("manufacturer"),
                     diagnosis=diagnose("module_mix", "BMS", f"CAN 0x35E names the maker '{name}'"
                                        + _expected(ctx, "manufacturer")))
-    firmware = bms.firmware()
+    firmware, source = bms_firmware(bench)  # CAN 0x35F, else SunSpec model 1 (a pack without 0x35F)
+    evidence = f"{source} reports firmware {firmware}" if firmware is not None else source
     ctx.measure("bms_firmware", firmware, "", ctx.limit("bms_firmware"),
-                diagnosis=diagnose("firmware_release", "BMS", f"CAN 0x35F reports firmware {firmware}"
-                                   + _expected(ctx, "bms_firmware")))
+                diagnosis=diagnose("firmware_release", "BMS", evidence + _expected(ctx, "bms_firmware")))
     if bench.provides("module_reports"):
         identity = bench.module_reports.bank_identity()
         ctx.measure("serial", identity.serial, "")

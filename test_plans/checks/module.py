@@ -19,7 +19,7 @@ from bankmodel.positions import natural_key
 from harness.measure import Limits
 from test_plans.checks import Measure, Param, StepContext, check
 from test_plans.checks.bench_helpers import branches_opened, can_open_modules, outputs_off
-from test_plans.checks.bms_helpers import module_reports
+from test_plans.checks.bms_helpers import bms_cell_range, module_reports
 from test_plans.checks.branches import has_parallel_peer
 from test_plans.checks.diagnosis import diagnose, outlier
 from test_plans.checks.evidence import SOH_EVIDENCE_PCT, ocv_diagnosis
@@ -145,16 +145,15 @@ def cell_balance(ctx: StepContext) -> None:
     bench = ctx.bench
     outputs_off(bench)
     bench.clock.wait(float(ctx.param("rest_s", 1.0)))
-    t = bench.bms.telemetry()
-    spread = (float(t.max_cell_v) - float(t.min_cell_v)) if t.max_cell_v is not None and t.min_cell_v is not None \
-        else math.nan
+    low, high = bms_cell_range(bench)  # CAN 0x373 or SunSpec 802: a strict pack sends no 0x373
+    spread = (float(high) - float(low)) if high is not None and low is not None else math.nan
     cells = module_cell_voltages(bench)
-    ctx.measure("max_cell_voltage", t.max_cell_v, "V")
-    ctx.measure("min_cell_voltage", t.min_cell_v, "V")
+    ctx.measure("max_cell_voltage", high, "V")
+    ctx.measure("min_cell_voltage", low, "V")
     for module, (lo, hi) in cells.items():
         ctx.measure(f"cell_spread_{module}", hi - lo, "V")
     ctx.measure("cell_spread", spread, "V", ctx.limit("cell_spread"),
-                diagnosis=cell_spread_diagnosis(cells, t.min_cell_v, t.max_cell_v))
+                diagnosis=cell_spread_diagnosis(cells, low, high))
     reports = module_reports(bench)
     if reports is None:
         return

@@ -81,8 +81,9 @@ def configuration(ctx: StepContext) -> None:
     ctx.measure("bank_voltage", volts, "V", ctx.limit("bank_voltage"))
     status = bms_read(bench, "status")
     capacity_cause = _capacity_cause(ctx, status)
-    ctx.measure("installed_capacity", status.installed_capacity_ah, "Ah",
-                ctx.limit("installed_capacity"), diagnosis=capacity_cause)
+    if bench.provides("capacity_report"):  # CAN 0x379, an extension a strict pack does not send
+        ctx.measure("installed_capacity", status.installed_capacity_ah, "Ah",
+                    ctx.limit("installed_capacity"), diagnosis=capacity_cause)
     ctx.measure("online_capacity", status.online_capacity_ah, "Ah",
                 ctx.limit("online_capacity"), diagnosis=capacity_cause)
     if ctx.dut is None:
