@@ -182,6 +182,8 @@ def _connect(role: str, entry: dict[str, Any]) -> Instrument:
         extra["options"] = entry["options"]
     if entry.get("timeout_s"):
         extra["timeout_s"] = entry["timeout_s"]
+    if entry.get("visa_library"):
+        extra["visa_library"] = entry["visa_library"]
     return cls(entry["resource"], role, rating=entry.get("rating") or None, **extra)
 
 

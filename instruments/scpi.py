@@ -291,6 +291,12 @@ class ScpiInstrument(Instrument):
         timeout_ms = self.timeout_s * 1000.0
         try:
             manager = pyvisa.ResourceManager(visa_library)
+        except Exception as exc:  # pyvisa: OSError/ValueError, often without a word of detail
+            raise InstrumentError(self.name, self.resource, "open",
+                                  f"VISA backend {visa_library} not available ({exc or type(exc).__name__}): "
+                                  "@ivi needs a vendor VISA (Keysight IO Libraries, NI-VISA) installed; "
+                                  "@py (pyvisa-py) needs nothing more") from exc
+        try:
             session = manager.open_resource(
                 self.resource, open_timeout=int(timeout_ms), timeout=timeout_ms,
                 read_termination=self.options["read_termination"],

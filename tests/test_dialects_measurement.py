@@ -579,3 +579,43 @@ def test_bt3562_driver_after_safe_state_and_reset_over_sockets(endpoints):
         assert meter.measure()[0] == pytest.approx(expected_ohm, abs=2e-5)
     finally:
         meter.close()
+
+
+def test_a_refused_rearm_forgets_the_earlier_capture():
+    """CONF resets the real meter: once a second arm has sent it, the first capture is gone, so
+    a fetch must say nothing is armed even when the second arm is then refused."""
+    from instruments.drivers.keysight_34465a import Keysight34465a
+    from instruments.roles import InstrumentError
+
+    class Session:
+        timeout = 1000.0
+
+        def __init__(self):
+            self.sent: list[str] = []
+            self.replies: list[str] = []
+
+        def write(self, message):
+            self.sent.append(message)
+            if message == "VOLT:DC:APER? MIN":
+                self.replies.append("+2.00000000E-05")
+            elif message == "SAMP:TIM? MIN":
+                self.replies.append("+1.00000000E-03" if len([m for m in self.sent if m == message]) > 1
+                                    else "+2.00000000E-05")
+            elif message == "SYST:ERR?":
+                self.replies.append('+0,"No error"')
+
+        def read(self):
+            return self.replies.pop(0)
+
+        def clear(self):
+            pass
+
+        def close(self):
+            pass
+
+    dmm = Keysight34465a("TCPIP0::127.0.0.1::1::SOCKET", "dmm", session=Session())
+    dmm.arm_digitise(2e-5, 4)
+    with pytest.raises(Exception):
+        dmm.arm_digitise(2e-5, 10)  # the meter's minimum interval is now 1 ms: refused after CONF
+    with pytest.raises((InstrumentError, RuntimeError), match="no capture armed"):
+        dmm.fetch_waveform()

@@ -17,6 +17,7 @@ import can
 import pytest
 import yaml
 
+from emulator.endpoints.scpi.models import model
 from instruments.drivers import get_driver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,14 +55,22 @@ def test_emulate_serves_drivers_and_stops_on_signal(tmp_path, sig):
         assert station["emulated"] is False  # a running bench: real endpoints, wall clock
         for role in ("supply", "load", "scanner", "actuator", "acir", "dmm_vds", "dmm_shunt"):
             assert station["instruments"][role]["resource"].startswith("TCPIP0::127.0.0.1::")
+        # the station's supply and load are IT6000C units, one per role (``mode`` source/sink);
+        # the ratings given the drivers here are within the models the station file names
         supply_cfg = station["instruments"]["supply"]
-        supply = get_driver(supply_cfg["driver"])(supply_cfg["resource"], "supply",
-                                                  rating={"voltage_v": 20, "current_a": 100})
+        supply_rating = {"voltage_v": 20, "current_a": 100}
+        assert model(supply_cfg["model"]).serves(supply_rating["voltage_v"], supply_rating["current_a"])
+        supply = get_driver(supply_cfg["driver"])(supply_cfg["resource"], "supply", rating=supply_rating,
+                                                  options=supply_cfg.get("options"))
         load_cfg = station["instruments"]["load"]
-        load = get_driver(load_cfg["driver"])(load_cfg["resource"], "load",
-                                              rating={"voltage_v": 24, "current_a": 240})
+        load_rating = {"voltage_v": 24, "current_a": 240}
+        assert model(load_cfg["model"]).serves(load_rating["voltage_v"], load_rating["current_a"])
+        load = get_driver(load_cfg["driver"])(load_cfg["resource"], "load", rating=load_rating,
+                                              options=load_cfg.get("options"))
         try:
-            assert "N57" in supply.identity()
+            assert supply.identity().startswith(f"ITECH Ltd.,{supply_cfg['model']},")
+            assert supply_cfg["model"].startswith("IT60") and supply_cfg["options"] == {"mode": "source"}
+            assert load_cfg["options"] == {"mode": "sink"}
             load.set_current(20.0)
             load.input(True)
             time.sleep(1.0)

@@ -19,7 +19,7 @@ import pytest
 
 from emulator.bench import EmulatedBench
 from emulator.endpoints import start_scpi_endpoints, stop_scpi_endpoints
-from emulator.endpoints.scpi_instruments import Endpoints
+from emulator.endpoints.scpi_instruments import Endpoints, select_models
 from emulator.scpi_server import Args, HeaderPattern, ScpiDevice, ScpiServer, scpi
 from emulator.twin import build_twin
 from instruments.drivers import get_driver
@@ -82,7 +82,11 @@ def rig(make_rig: Callable[[str], Rig]) -> Rig:
 
 # ================================================================================== values
 def test_every_endpoint_identifies_itself(rig: Rig):
-    expected = {"supply": "Keysight Technologies,N5767A,", "load": "ITECH Ltd.,IT8516C+,",
+    # the 1s4p bank needs 400 A of charge at up to 18 V (x 1.25): no N5700/N8700 member serves
+    # it, so the supply is the member with the most current rated for the voltage, the N8754A
+    assert {role: m.name for role, m in select_models(rig.twin).items()} == {"supply": "N8754A",
+                                                                             "load": "IT8516C+"}
+    expected = {"supply": "Keysight Technologies,N8754A,", "load": "ITECH Ltd.,IT8516C+,",
                 "dmm_vds": "Keysight Technologies,34465A,", "dmm_shunt": "Keysight Technologies,34465A,",
                 "scanner": "Keysight Technologies,DAQ970A,", "actuator": "Keysight Technologies,DAQ970A,",
                 "acir": "HIOKI,BT3562,"}
@@ -432,11 +436,11 @@ def test_error_queue_order_overflow_and_clear(rig: Rig):
 def test_parameter_errors(rig: Rig):
     with raw_client(rig.server("supply")) as sock:
         for line, code in [(b"VOLT", "-109"), (b"VOLT 1,2", "-108"), (b"VOLT abc", "-104"),
-                           (b"OUTP MAYBE", "-224"), (b"VOLT 1e9", "-222"), (b"VOLT::LEV 1", "-102"),
-                           (b"\x00\x01\xff", "-101")]:
+                           (b"OUTP MAYBE", "-224"), (b"VOLT 1e9", "-222"), (b"VOLT 20.5", "-222"),
+                           (b"VOLT::LEV 1", "-102"), (b"\x00\x01\xff", "-101")]:
             sock.sendall(line + b"\n")
             assert ask(sock, b"SYST:ERR?").startswith(code), line
-        assert ask(sock, b"VOLT MAX;VOLT?") == "+1.00000000E+03"  # the twin's supply rating
+        assert ask(sock, b"VOLT MAX;VOLT?") == "+2.00000000E+01"  # the N8754A's rated 20 V
 
 
 def test_rst_puts_the_instruments_in_their_power_on_state(rig: Rig):
@@ -487,3 +491,32 @@ def test_server_listens_on_loopback_only_and_closes_promptly():
     sock.close()
     with pytest.raises(OSError):
         raw_client(server)
+
+
+# ------------------------------------------------------------------ VISA backend per station
+def test_visa_backend_is_chosen_per_station_and_instrument(tmp_path):
+    """``visa_library`` at the station (default ``@py``) and per instrument; a backend that is not
+    installed is a clear InstrumentError naming it, and a USB resource on @py reaches PyUSB (no
+    "install PyUSB" error: it is a dependency)."""
+    import yaml as _yaml
+
+    from harness.config.station import load_station
+    from instruments.roles import InstrumentError
+
+    path = tmp_path / "visa.yaml"
+    path.write_text(_yaml.safe_dump({
+        "name": "visa", "visa_library": "@ivi",
+        "instruments": {
+            "supply": {"driver": "keysight_n5700", "resource": "USB0::0x0957::0x0807::US0001::INSTR",
+                       "rating": {"voltage": "60 V", "current": "25 A"}, "calibration_due": __import__("datetime").date(2099, 1, 1),
+                       "visa_library": "@py"},
+            "load": {"driver": "itech_it8500", "resource": "TCPIP0::192.0.2.1::inst0::INSTR",
+                     "rating": {"voltage": "120 V", "current": "240 A"}, "calibration_due": __import__("datetime").date(2099, 1, 1)}}}))
+    runtime = load_station(path).as_runtime()["instruments"]
+    assert "visa_library" not in runtime["supply"] and runtime["load"]["visa_library"] == "@ivi"
+    from harness.bench import _connect
+    with pytest.raises(InstrumentError, match="VISA backend @ivi not available"):
+        _connect("load", runtime["load"])
+    with pytest.raises(InstrumentError) as usb:
+        _connect("supply", {**runtime["supply"], "timeout_s": 0.5})
+    assert "PyUSB" not in str(usb.value) and "pyusb" not in str(usb.value).lower()

@@ -2,8 +2,8 @@
 
 A fake pyvisa-like session replays a list of ``(sent, reply)`` pairs (reply ``None`` for a
 command, an exception to raise it on the read) and fails on the first message that differs.
-This pins the wire protocol of every driver method, including the ``SYST:ERR?`` after every
-command and what is *not* sent when a setpoint is refused.
+This pins the wire protocol of every driver method, including the error check after every
+command (``SYST:ERR?``; ``*ESR?`` on the BT3562) and what is *not* sent when a setpoint is refused.
 """
 
 from __future__ import annotations
@@ -273,10 +273,22 @@ def test_load_reset_forgets_the_mode():
 
 
 # ================================================================================== DMM
+APER_MIN = [("VOLT:DC:APER? MIN", "+2.00000000E-05")]  # asked once per driver (DIG option: 20 us)
+
+
+def capture(count: int, interval: str, aperture: str, tim_min: str, range_v: str = "100") -> Pairs:
+    """What ``arm_digitise(interval, count)`` sends with the defaults (fixed 100 V range,
+    ``TRIG:SOUR IMM``, no delay), from ``CONF`` to ``INIT``; the meter's ``SAMP:TIM? MIN`` is
+    asked (and answered ``tim_min``) before the interval is set."""
+    return (ok(f"CONF:VOLT:DC {range_v}") + ok("VOLT:DC:ZERO:AUTO OFF") + ok(f"VOLT:DC:APER {aperture}")
+            + ok("TRIG:SOUR IMM") + ok("TRIG:DEL 0") + ok("SAMP:SOUR TIM") + ok(f"SAMP:COUN {count}")
+            + [("SAMP:TIM? MIN", tim_min)] + ok(f"SAMP:TIM {interval}") + ok("INIT"))
+
+
 def test_dmm_reads_and_digitises():
     samples = ",".join(f"{0.001 * k:+.8E}" for k in range(4))
-    pairs = (OPEN + [("MEAS:VOLT:DC?", "+1.30600000E+01")] + ok("CONF:VOLT:DC") + ok("SAMP:SOUR TIM")
-             + ok("SAMP:COUN 4") + ok("SAMP:TIM 2e-05") + ok("TRIG:SOUR IMM") + ok("INIT")
+    pairs = (OPEN + [("MEAS:VOLT:DC?", "+1.30600000E+01")] + APER_MIN
+             + capture(4, "2e-05", aperture="2e-05", tim_min="+2.00000000E-05")
              + [("FETC?", samples)] + ok("ABOR"))
     with expected_protocol(Keysight34465a, pairs) as dmm:
         assert dmm.measure_voltage() == pytest.approx(13.06)
@@ -289,26 +301,27 @@ def test_dmm_reads_and_digitises():
 
 
 def test_dmm_fetch_waits_as_long_as_the_capture_takes():
-    pairs = (OPEN + ok("CONF:VOLT:DC") + ok("SAMP:SOUR TIM") + ok("SAMP:COUN 10") + ok("SAMP:TIM 0.5")
-             + ok("TRIG:SOUR IMM") + ok("INIT") + [("FETC?", ",".join(["1"] * 10)), ("MEAS:VOLT:DC?", "1")])
+    pairs = (OPEN + APER_MIN + capture(10, "0.5", aperture="0.45", tim_min="+4.50000000E-01")
+             + [("FETC?", ",".join(["1"] * 10)), ("MEAS:VOLT:DC?", "1")])
     with expected_protocol(Keysight34465a, pairs) as dmm:
         dmm.arm_digitise(0.5, 10)
         dmm.fetch_waveform()
         dmm.measure_voltage()
-        assert dmm.fake.read_timeouts == [1000.0] * 7 + [6000.0, 1000.0]  # *CLS, 6 settings
+        # *CLS, APER? MIN, 7 settings, SAMP:TIM? MIN, SAMP:TIM, INIT at the normal timeout; FETC?
+        # with the 5 s capture added; the timeout is back to normal for the next reading
+        assert dmm.fake.read_timeouts == [1000.0] * 12 + [6000.0, 1000.0]
 
 
 def test_dmm_accepts_numpy_numbers():
     np = pytest.importorskip("numpy")
-    pairs = (OPEN + ok("CONF:VOLT:DC") + ok("SAMP:SOUR TIM") + ok("SAMP:COUN 5") + ok("SAMP:TIM 0.001")
-             + ok("TRIG:SOUR IMM") + ok("INIT"))
+    pairs = OPEN + APER_MIN + capture(5, "0.001", aperture="0.0009", tim_min="+9.00000000E-04")
     with expected_protocol(Keysight34465a, pairs) as dmm:
         dmm.arm_digitise(np.float64(1e-3), np.int64(5))
 
 
 def test_dmm_wrong_sample_count_is_an_error():
-    pairs = (OPEN + ok("CONF:VOLT:DC") + ok("SAMP:SOUR TIM") + ok("SAMP:COUN 3") + ok("SAMP:TIM 0.001")
-             + ok("TRIG:SOUR IMM") + ok("INIT") + [("FETC?", "1,2"), ("SYST:ERR?", NO_ERROR)])
+    pairs = (OPEN + APER_MIN + capture(3, "0.001", aperture="0.0009", tim_min="+9.00000000E-04")
+             + [("FETC?", "1,2"), ("SYST:ERR?", NO_ERROR)])
     with expected_protocol(Keysight34465a, pairs) as dmm:
         dmm.arm_digitise(1e-3, 3)
         with pytest.raises(InstrumentError, match="expected 3 value"):
@@ -321,14 +334,15 @@ def test_dmm_fetch_without_arming_sends_nothing():
             dmm.fetch_waveform()
 
 
-@pytest.mark.parametrize("interval, count", [(1e-3, 0), (1e-3, 2_000_000), (0.0, 10), (1e-3, 2.5)])
-def test_dmm_refuses_impossible_captures(interval, count):
-    pairs = OPEN + ok("CONF:VOLT:DC") + ok("SAMP:SOUR TIM")
-    if isinstance(count, int) and 1 <= count <= 1_000_000:
-        pairs += ok(f"SAMP:COUN {count}")
-    with expected_protocol(Keysight34465a, pairs) as dmm:
-        with pytest.raises(SetpointRefused):
+@pytest.mark.parametrize("interval, count, why", [(1e-3, 0, "count"), (1e-3, 2_000_000, "count"),
+                                                  (0.0, 10, "interval_s"), (1e-3, 2.5, "count")])
+def test_dmm_refuses_impossible_captures(interval, count, why):
+    # every argument is checked before anything is sent: the session expects nothing after *CLS
+    with expected_protocol(Keysight34465a, OPEN) as dmm:
+        with pytest.raises(SetpointRefused, match=why):
             dmm.arm_digitise(interval, count)
+        with pytest.raises(InstrumentError, match="no capture armed"):
+            dmm.fetch_waveform()
 
 
 # ================================================================================== DAQ970A
@@ -396,10 +410,22 @@ def test_actuator_rejects_channels_that_cannot_exist(channel):
 
 
 # ================================================================================== AC-IR
+def esr_ok(command: str) -> Pairs:
+    """A BT3562 command and its error check: the Standard Event Status Register, not SYST:ERR?."""
+    return [(command, None), ("*ESR?", "0")]
+
+
+ACIR_OPEN = esr_ok("*CLS")
+ACIR_CONFIGURE = (esr_ok(":SYST:HEAD OFF") + esr_ok(":FUNC RV") + esr_ok(":TRIG:SOUR IMM")
+                  + esr_ok(":INIT:CONT OFF") + esr_ok(":AUT ON"))
+
+
 def test_acir_configures_once_then_fetches():
-    pairs = (OPEN + ok(":FUNC RV") + ok(":INIT:CONT ON") + [(":FETC?", "3.0012E-03,+1.306000E+01"),
-                                                             (":FETC?", "3.0010E-03,+1.306100E+01")]
-             + ok(":INIT:CONT OFF") + ok(":FUNC RV") + ok(":INIT:CONT ON") + [(":FETC?", "3E-03,13")])
+    # configured before the first reading only; each reading is a new :READ?; after a safe state
+    # (free-run off) the next reading configures the meter again
+    pairs = (ACIR_OPEN + ACIR_CONFIGURE + [(":READ?", " 3.0012E-3, 13.0600E+0"),
+                                           (":READ?", " 3.0010E-3, 13.0610E+0")]
+             + esr_ok(":INIT:CONT OFF") + ACIR_CONFIGURE + [(":READ?", "3E-03,13")])
     with expected_protocol(HiokiBt3562, pairs) as meter:
         assert meter.measure() == pytest.approx((3.0012e-3, 13.06))
         assert meter.measure() == pytest.approx((3.0010e-3, 13.061))
@@ -408,10 +434,11 @@ def test_acir_configures_once_then_fetches():
 
 
 def test_acir_single_value_reply_is_an_error():
-    pairs = OPEN + ok(":FUNC RV") + ok(":INIT:CONT ON") + [(":FETC?", "3.0012E-03"), ("SYST:ERR?", NO_ERROR)]
+    pairs = ACIR_OPEN + ACIR_CONFIGURE + [(":READ?", " 3.0012E-3"), ("*ESR?", "0")]
     with expected_protocol(HiokiBt3562, pairs) as meter:
-        with pytest.raises(InstrumentError, match="expected 2 value"):
+        with pytest.raises(InstrumentError, match="expected 2 value") as info:
             meter.measure()
+    assert info.value.command == ":READ?"
 
 
 # ================================================================================== registry

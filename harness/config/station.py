@@ -154,6 +154,17 @@ CalibrationDate = Annotated[dt.date, BeforeValidator(_date)]
 OptionValue = Union[bool, int, float, str, list[int], list[str]]
 
 
+def _visa_library(value: str) -> str:
+    if value in ("@py", "@ivi") or (value.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", value)):
+        return value
+    raise PydanticCustomError("visa_library", "a VISA backend: @py (pyvisa-py, the default), @ivi "
+                              "(the vendor VISA installed on this machine: Keysight IO Libraries, NI-VISA) "
+                              "or the absolute path of a VISA library file")
+
+
+VisaLibrary = Annotated[str, AfterValidator(_visa_library)]
+
+
 class InstrumentEntry(FileModel):
     """One bench instrument in one role."""
 
@@ -166,6 +177,7 @@ class InstrumentEntry(FileModel):
     timeout: InstrumentTimeout | None = None
     cards: list[Card] = Field(default_factory=list)
     options: dict[str, OptionValue] = Field(default_factory=dict)
+    visa_library: VisaLibrary | None = None  # this instrument's VISA backend (default: the station's)
 
     @field_validator("cards")
     @classmethod
@@ -345,6 +357,7 @@ class StationFile(SourcedFile):
     name: Annotated[str, Field(min_length=1)]
     description: str = ""
     emulated: bool = False
+    visa_library: VisaLibrary = "@py"  # VISA backend of every instrument (an entry may override it)
     dut: str | None = Field(default=None, description="the DUT this bench is wired for: the "
                             "default when a run names none (a file or a stem in fixtures/duts/)")
     instruments: Annotated[dict[Role, InstrumentEntry], Field(min_length=1)]
@@ -411,6 +424,9 @@ class StationFile(SourcedFile):
                 entry["options"] = dict(inst.options)
             if inst.timeout is not None:
                 entry["timeout_s"] = inst.timeout.value
+            visa = inst.visa_library or self.visa_library
+            if visa != "@py":
+                entry["visa_library"] = visa
             if inst.calibration_due is not None:
                 entry["calibration_due"] = inst.calibration_due.isoformat()
             instruments[role] = entry

@@ -196,6 +196,7 @@ class Keysight34465a(ScpiInstrument, Dmm):
                                   f"level_v applies to TRIG:SOUR INT only, not {source}")
         aperture = self._aperture_for(interval, command)
 
+        self._armed = None  # CONF resets the meter: an earlier capture is gone even if this one fails
         self.write(f"CONF:VOLT:DC {format_number(full_scale)}")
         self.write("VOLT:DC:ZERO:AUTO OFF")
         self.aperture = aperture
