@@ -120,20 +120,31 @@ class EmulatedStation:
 
 def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, seed: int = 0,
                            host: str = "127.0.0.1",
-                           bms_profile: str | Path | None = None) -> EmulatedStation:
+                           bms_profile: str | Path | None = None,
+                           unit_serial: str | None = None) -> EmulatedStation:
     """Build the twin, start its SCPI, CAN (virtual + socketcand) and SunSpec endpoints.
 
     ``bms_profile`` (a name in fixtures/bms_profiles/ or a path; None: ``bankhil_full``) is the
     pack the CAN endpoint plays: the frames it sends, the service commands it takes. The
     description names it (``bms.can.profile``) so the harness reads the bus the same way. It is
-    loaded first: a bad profile is a FileError before anything starts."""
+    loaded first: a bad profile is a FileError before anything starts.
+
+    ``unit_serial``: on a one-module DUT (an end-of-line unit), the serial its BMS reports --
+    the label it was scanned with -- unless the scenario's ``bms_serial`` fault says otherwise."""
     profile = load_bms_profile(bms_profile if bms_profile is not None else FULL_PROFILE)
     spec = load_bank(dut, scenario)
     twin = Twin(spec, seed=seed)
     bench = EmulatedBench(twin)
+    if unit_serial and len(twin.modules) == 1 and twin.modules[0] not in twin.serial_faulted:
+        twin.serials[twin.modules[0]] = unit_serial  # the unit on the fixture carries its label's serial
     channel = f"bankhil-{uuid.uuid4().hex[:8]}"
     models = _models(twin)
     scpi = start_scpi_endpoints(bench, models)
+    for role, at_s in twin.instrument_hangs.items():
+        if role not in scpi:
+            raise ValueError(f"scenario: hung_instrument names role '{role}'; the emulated bench has "
+                             f"{', '.join(sorted(scpi))}")
+        twin.schedule(at_s, scpi[role][0].freeze, f"{role} stops answering")
     bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
     can_bms = EmulatedCanBms(bench, bus, profile=profile).start()
     socketcand = SocketcandServer(interface="virtual", channels={channel})

@@ -118,6 +118,12 @@ def _apply(twin: "Twin", fault: object, resolve: _Resolver) -> None:  # noqa: C9
         twin.extra_heat_w[k] += fault.extra_heat_w
         if fault.initial_temperature_c is not None:
             twin.thermal.temperature[twin.thermal.index[twin.modules[k]]] = fault.initial_temperature_c
+    elif isinstance(fault, sc.BmsSerial):
+        module = resolve.module(fault.module)
+        twin.serials[module] = fault.serial
+        twin.serial_faulted.add(module)
+    elif isinstance(fault, sc.HungInstrument):
+        twin.instrument_hangs[fault.role] = fault.at_s  # the endpoints freeze it (emulator/emulate.py)
     else:  # pragma: no cover - the scenario model admits no other kinds
         raise TypeError(f"unknown fault {fault!r}")
 

@@ -149,6 +149,8 @@ class Twin:
         self._flags[kn.I_FETS_ALL_ON] = 1
         # identities
         self.serials: dict[str, str] = {}
+        self.serial_faulted: set[str] = set()            # a bms_serial fault set these
+        self.instrument_hangs: dict[str, float] = {}     # role -> bench time it stops answering
         self.firmware: dict[str, str] = {}
         for k, m in enumerate(self.modules):
             entry = spec.dut.modules.get(m)

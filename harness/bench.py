@@ -191,9 +191,9 @@ def _sunspec_from(cfg: dict[str, Any], clock: BenchClock, name: str, keepalive: 
     """The SunSpec client; its CtrlHb keep-alive is the inverter's (driven by the bench clock)
     when it is the Bms role, off when CAN carries the keep-alive."""
     from instruments.sunspec_bms import SunSpecBms
-    extra = {k: cfg[k] for k in ("timeout_s", "heartbeat_period_s") if cfg.get(k) is not None}
-    client = SunSpecBms(cfg["host"], int(cfg["port"]), int(cfg.get("device_id", 1)), clock=clock.now,
-                        name=name, driven=True, **extra)
+    # TCP {host, port, ...} or RTU {transport: rtu, serial_port, baudrate, parity, stopbits, ...}
+    # (harness.config.station.ModbusBus.runtime)
+    client = SunSpecBms.from_settings(cfg, clock=clock.now, name=name, driven=True)
     client.heartbeat(keepalive)
     return client
 
@@ -266,16 +266,19 @@ class AssembledBench:
 
 
 def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
-             seed: int = 0, log_dir: Path | None = None) -> AssembledBench:
+             seed: int = 0, log_dir: Path | None = None, *, bms_profile: str | None = None,
+             unit_serial: str | None = None) -> AssembledBench:
     """Connect every instrument of a validated station (starting the emulated bench first if it
-    is one, and filling its ``auto`` entries from the running emulator)."""
+    is one, and filling its ``auto`` entries from the running emulator; that pack plays
+    ``bms_profile`` and an end-of-line unit reports ``unit_serial``)."""
     from harness.config.station import resolve_emulated
 
     emulated_station = None
     clock: BenchClock
     if station.emulated:
         from harness.emulated import start_station
-        emulated_station = start_station(dut or station.dut, scenario, seed=seed)
+        emulated_station = start_station(dut or station.dut, scenario, seed=seed, bms_profile=bms_profile,
+                                         unit_serial=unit_serial)
         try:
             station = resolve_emulated(station, emulated_station.station)
         except BaseException:

@@ -9,29 +9,9 @@ station starts, or ``hil emulate`` / ``hil simulate`` runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import contextvars
 import os
 from pathlib import Path
-from typing import Any, Iterator
-
-# The BMS profile an emulated station's CAN pack plays when the caller names none: set by the
-# plugin around bench assembly (bms_profile_for_emulation), because harness.bench.assemble
-# starts the emulator without passing one. resolve_emulated checks the emulator ran it.
-_BMS_PROFILE: contextvars.ContextVar[str | None] = contextvars.ContextVar("bankhil_bms_profile",
-                                                                          default=None)
-
-
-@contextlib.contextmanager
-def bms_profile_for_emulation(profile: str | None) -> Iterator[None]:
-    """While inside, :func:`start_station` starts the emulated BMS in ``profile`` unless told
-    otherwise (None: the full default)."""
-    token = _BMS_PROFILE.set(profile)
-    try:
-        yield
-    finally:
-        _BMS_PROFILE.reset(token)
-
+from typing import Any
 
 def single_threaded_blas() -> None:
     """The twin solves many small systems; a multithreaded BLAS makes each one ~4x slower
@@ -42,14 +22,13 @@ def single_threaded_blas() -> None:
 
 
 def start_station(dut: str | Path, scenario: str | Path | None = None, seed: int = 0,
-                  bms_profile: str | Path | None = None) -> Any:
+                  bms_profile: str | Path | None = None, unit_serial: str | None = None) -> Any:
     """Build the twin of ``dut`` (with a fault ``scenario``) and serve it on loopback: the
     running :class:`emulator.emulate.EmulatedStation`, whose ``station`` describes it in the
-    shape of a station file. Its CAN pack plays ``bms_profile`` (else the one set with
-    :func:`bms_profile_for_emulation`, else the full default)."""
+    shape of a station file. Its CAN pack plays ``bms_profile`` (None: the full default); a
+    one-module DUT's BMS reports ``unit_serial`` (the scanned label)."""
     from emulator.emulate import start_emulated_station
-    profile = bms_profile if bms_profile is not None else _BMS_PROFILE.get()
-    return start_emulated_station(dut, scenario, seed=seed, bms_profile=profile)
+    return start_emulated_station(dut, scenario, seed=seed, bms_profile=bms_profile, unit_serial=unit_serial)
 
 
 def check_scenario(spec: Any) -> None:

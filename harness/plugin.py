@@ -96,6 +96,7 @@ class RunContext:
     aborted: str | None = None  # why the run was interrupted (Ctrl-C, SIGTERM)
     run_verdict: str | None = None
     measurements: list[tuple[str, Measurement]] = field(default_factory=list)
+    serial_given: str | None = None  # --serial as scanned (None: the DUT's default serial)
 
     @classmethod
     def load(cls, config: pytest.Config) -> "RunContext":
@@ -119,7 +120,7 @@ class RunContext:
         if scenario:
             from harness.emulated import check_scenario
             check_scenario(dut_spec)
-        serial = config.getoption("--serial") or f"{dut_spec.dut.serial_prefix}{dut_spec.dut.batch}"
+        serial = config.getoption("--serial") or _default_serial(dut_spec.dut)
         validate_run(plan, station, dut_spec, checks, scenario=scenario, serial=serial)
         run_uuid = config.getoption("--run-uuid") or str(uuid.uuid4())
         allure_dir = getattr(config.option, "allure_report_dir", None)
@@ -128,7 +129,16 @@ class RunContext:
                    config.getoption("--operator"),
                    config.getoption("--results") or DEFAULT_RESULTS, config.getoption("--seed"),
                    run_uuid, _run_dir(config.getoption("--run-dir"), allure_dir, run_uuid),
-                   Path(allure_dir) if allure_dir else None)
+                   Path(allure_dir) if allure_dir else None, serial_given=config.getoption("--serial"))
+
+
+def _default_serial(dut: Any) -> str:
+    """The serial a run records when none was scanned: a one-module DUT is its module (the
+    module's own serial, as its BMS reports it); a bank is ``serial_prefix`` + ``batch``."""
+    if dut.series * dut.parallel == 1:
+        entry = dut.modules.get("s1p1")
+        return entry.serial if entry is not None and entry.serial else f"{dut.serial_prefix}{dut.batch}-001"
+    return f"{dut.serial_prefix}{dut.batch}"
 
 
 def _default_dut(plan: Any, station: Any) -> str:
@@ -250,10 +260,7 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
                              plan_hash=ctx.plan_hash, harness_version=_version(),
                              emulated=bool(ctx.station.emulated), uuid=ctx.run_uuid,
                              extra={**_run_extra(ctx), "host": HOST, "pid": os.getpid()})
-    from harness.config.station import can_profile
-    from harness.emulated import bms_profile_for_emulation
-    with bms_profile_for_emulation(can_profile(ctx.station)):  # the emulated pack plays the run's profile
-        assembled = _assemble_or_close(ctx, store, run_id, assemble)
+    assembled = _assemble_or_close(ctx, store, run_id, assemble)
     bench = assembled.bench
     modules = [{"position": pos, "serial": entry.serial, "firmware": entry.firmware}
                for pos, entry in ctx.dut_spec.dut.modules.items()]
@@ -327,7 +334,9 @@ def _assemble_or_close(ctx: RunContext, store: Any, run_id: int, assemble: Any) 
     bad file: one line and exit status 2, as at validation -- nothing was energised.
     """
     try:
-        return assemble(ctx.station, ctx.dut_arg, ctx.scenario, seed=ctx.seed, log_dir=ctx.run_dir)
+        from harness.config.station import can_profile
+        return assemble(ctx.station, ctx.dut_arg, ctx.scenario, seed=ctx.seed, log_dir=ctx.run_dir,
+                        bms_profile=can_profile(ctx.station), unit_serial=ctx.serial_given)
     except FileError as err:
         store.record_event(run_id, "error", f"bad file: {err}")
         store.finish_run(run_id, "error")

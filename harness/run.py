@@ -20,7 +20,7 @@ STEPS_MODULE = REPO / "test_plans" / "test_plan_steps.py"
 
 
 OUR_VALUE_OPTIONS = {"--station", "--dut", "--serial", "--operator", "--scenario", "--results",
-                     "--seed", "--reports", "--bms-profile"}
+                     "--seed", "--reports", "--bms-profile", "--run-uuid"}
 OUR_FLAGS = {"--debug", "-h", "--help"}
 
 
@@ -69,6 +69,13 @@ def split_argv(tokens: list[str]) -> tuple[list[str], list[str]]:
     return ours, rest
 
 
+def _uuid_text(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a UUID") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("plan", nargs="?", default="bank_smoke",
                         help="plan file or stem in test_plans/ (default: bank_smoke)")
@@ -80,16 +87,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=None, help="result store URL")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--reports", default=str(REPORTS), help="output folder (default: reports/)")
+    parser.add_argument("--run-uuid", default=None, metavar="UUID", type=_uuid_text,
+                        help="the run's id in the store (default: a new one); the end-of-line station "
+                             "chooses it to follow the run as it goes")
     parser.add_argument("--bms-profile", default=None, metavar="NAME",
                         help="BMS profile of the station's CAN pack: a name in fixtures/bms_profiles/ or a "
                              "path (default: the station's bms.can.profile, else bankhil_full); an "
                              "emulated BMS plays it")
 
 
-def new_run_dir(reports: Path) -> tuple[str, Path]:
-    """A fresh run id and its folder, reports/runs/<UTC time>-<id[:8]>/: each run's Allure
-    results stay apart, so a report shows one run and history links runs together."""
-    run_uuid = str(uuid.uuid4())
+def new_run_dir(reports: Path, run_uuid: str | None = None) -> tuple[str, Path]:
+    """A run id (fresh unless the caller chose one) and its folder, reports/runs/<UTC
+    time>-<id[:8]>/: each run's Allure results stay apart, so a report shows one run and
+    history links runs together."""
+    run_uuid = str(uuid.UUID(run_uuid)) if run_uuid else str(uuid.uuid4())
     return run_uuid, reports / "runs" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{run_uuid[:8]}"
 
 
@@ -103,7 +114,7 @@ NOT_IN_A_RUN = [arg for name in ("randomly", "hypothesispytest", "benchmark", "x
 
 def pytest_args(args: argparse.Namespace, extra: list[str]) -> list[str]:
     reports = Path(args.reports).resolve()
-    run_uuid, run_dir = new_run_dir(reports)
+    run_uuid, run_dir = new_run_dir(reports, getattr(args, "run_uuid", None))
     # split_argv imported the plugins to read pytest's options: they cannot be rewritten again
     out = [str(STEPS_MODULE), "--plan", args.plan, *NOT_IN_A_RUN,
            "-W", "ignore::pytest.PytestAssertRewriteWarning",

@@ -13,6 +13,9 @@ writing into one database. The schema follows TestStand's UUT_RESULT / STEP_RESU
     measurement  one measured value: name, value, unit, limits (low/high/nominal/kind), verdict,
                  diagnosis, time
     event        what the safety supervisor (or the harness) did: kind, text, time
+    station_event  what happened at a station outside any run (its lock engaging or lifted, a
+                 serial refused, a label or MES delivery problem): station, kind, text, operator,
+                 serial, run UUID (no foreign key), time
     store_meta   the schema version that builds before migrations check (still written, so such
                  a station sharing a database keeps working, or is locked out by a later revision)
 
@@ -72,7 +75,7 @@ __all__ = [
     "StoreError", "UnknownRecord",
     "ResultStore",
     "RunRecord", "DutRecord", "ModuleRecord", "InstrumentRecord", "StepRecord",
-    "MeasurementRecord", "EventRecord", "SerialHit",
+    "MeasurementRecord", "EventRecord", "StationEventRecord", "SerialHit",
     "mask_url", "alembic_config",
 ]
 
@@ -251,6 +254,23 @@ event_table = sa.Table(
     sa.Index("ix_event_run", "run_id"),
 )
 
+# station-wide events that belong to no run (revision 0002): the end-of-line station's lock
+# ("3 consecutive FAIL at discharge_ocp_trip"), its lifting with the operator's reason, serials
+# refused, label/MES delivery problems. run_uuid is plain text, not a foreign key: the run it
+# names may be in another store, or not recorded at all
+station_event_table = sa.Table(
+    "station_event", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("station", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("operator", sa.Text),
+    sa.Column("serial", sa.Text),
+    sa.Column("run_uuid", sa.String(36)),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_station_event_station_at", "station", "at"),
+)
+
 
 # --------------------------------------------------------------------------------------------
 # What the queries give back
@@ -367,6 +387,21 @@ class EventRecord:
     text: str
     at: datetime
     clock_s: float | None = None
+
+
+@dataclass(frozen=True)
+class StationEventRecord:
+    """Something that happened at a station outside any run (kind e.g. ``locked``,
+    ``unlocked``, ``serial_refused``, ``label``, ``mes``)."""
+
+    id: int
+    station: str
+    kind: str
+    text: str
+    operator: str | None
+    serial: str | None
+    run_uuid: str | None
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -1104,6 +1139,39 @@ class ResultStore:
         return self._write(f"record event {values['kind']!r}",
                            event_table.insert().values(**values))
 
+    def record_station_event(self, station: str, kind: str, text: str, *,
+                             operator: str | None = None, serial: str | None = None,
+                             run_uuid: str | None = None, at: datetime | None = None) -> int:
+        """Record something that happened at ``station`` outside any run (kind e.g. ``locked``:
+        "3 consecutive FAIL at discharge_ocp_trip", ``unlocked`` with the operator's reason,
+        ``serial_refused``, ``label``, ``mes``); committed before this returns; its id.
+
+        ``kind``: at most 32 characters. ``run_uuid``: the UUID of the run it concerns, if any
+        (stable across databases; not checked against this store's runs, as
+        :meth:`run_by_uuid` would find it). ``at``: default now; a naive time is local time.
+        """
+        kind_text = _text(kind, "station event kind", required=True)
+        if len(kind_text) > 32:
+            raise ValueError(f"station event kind must be at most 32 characters, got "
+                             f"{kind_text!r}")
+        if isinstance(run_uuid, uuid_module.UUID):
+            run_uuid = str(run_uuid)
+        uuid_text = _text(run_uuid, "station event run_uuid")
+        if uuid_text is not None and len(uuid_text) > 36:  # SQLite would not enforce String(36)
+            raise ValueError(f"station event run_uuid must be a run's UUID (at most 36 "
+                             f"characters), got {run_uuid!r}")
+        values = {
+            "station": _text(station, "station", required=True),
+            "kind": kind_text,
+            "text": _text(text, "station event text") or "",
+            "operator": _text(operator, "station event operator"),
+            "serial": _text(serial, "station event serial"),
+            "run_uuid": uuid_text,
+            "at": _utc(at, "at") if at is not None else _now(),
+        }
+        return self._write(f"record station event {kind_text!r}",
+                           station_event_table.insert().values(**values))
+
     # ---- reading
 
     def _read(self, fn: Any) -> Any:
@@ -1238,6 +1306,25 @@ class ResultStore:
         query = sa.select(event_table).where(event_table.c.run_id == run_id) \
             .order_by(event_table.c.id)
         return self._read(lambda conn: [EventRecord(**dict(row))
+                                        for row in conn.execute(query).mappings()])
+
+    def station_events(self, station: str, *, kind: str | None = None,
+                       since: datetime | None = None,
+                       limit: int | None = 100) -> list[StationEventRecord]:
+        """The events of a station outside runs, newest first: all kinds or one, those at or
+        after ``since`` (a naive time is local time), at most ``limit`` (None: all)."""
+        t = station_event_table
+        query = sa.select(t).where(t.c.station == _text(station, "station", required=True))
+        if kind is not None:
+            query = query.where(t.c.kind == _text(kind, "station event kind"))
+        if since is not None:
+            query = query.where(t.c.at >= _utc(since, "since"))
+        query = query.order_by(t.c.at.desc(), t.c.id.desc())
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+            query = query.limit(limit)
+        return self._read(lambda conn: [StationEventRecord(**dict(row))
                                         for row in conn.execute(query).mappings()])
 
     def find_by_serial(self, serial: str) -> list[SerialHit]:

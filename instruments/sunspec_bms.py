@@ -9,8 +9,19 @@ model found and fed again on every read of it.
 
 Why the transport is pymodbus and not pysunspec2's client: the harness needs one connection
 shared by the keep-alive thread and the checks, bounded time-outs, and every failure as an
-:class:`~instruments.roles.InstrumentError` naming ``host:port`` and the register or model --
-a bad reply must fail the measurement, never crash the run.
+:class:`~instruments.roles.InstrumentError` naming ``host:port`` (or the serial port) and the
+register or model -- a bad reply must fail the measurement, never crash the run.
+
+Two transports, one code path above them: Modbus/TCP (``SunSpecBms(host, port)``), or Modbus
+RTU on an RS485 serial line (:meth:`SunSpecBms.rtu`, a :class:`SerialLine`: pymodbus's
+``ModbusSerialClient`` with the RTU framer, port opened by pyserial). Both clients answer the same
+``read_holding_registers``/``write_register(s)`` calls, so discovery, decoding and the role
+are the same code; only the failure texts differ. On RTU a reply that arrived but failed its
+CRC check is named as such (the client keeps the bytes of the last exchange), as is a port
+that cannot be opened (no such device, no permission, settings the port refuses). The serial
+defaults are the Modbus over Serial Line specification's (V1.02: 19200 bit/s is the default
+rate, even parity the default parity, 8 data bits, 1 stop bit); many batteries ship at 9600 8N1,
+so a station names what its battery is set to.
 
 What the role's answers are made of:
 
@@ -55,9 +66,11 @@ from pathlib import Path
 from typing import Any
 
 import sunspec2
-from pymodbus.client import ModbusTcpClient
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.framer.rtu import FramerRTU
 from sunspec2 import device as sunspec_device
 from sunspec2 import mb as sunspec_mb
 from sunspec2 import mdef as sunspec_mdef
@@ -382,6 +395,63 @@ def _transport_problem(exc: Exception, device_id: int) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class SerialLine:
+    """A serial line as Modbus RTU uses it (RS485, through a USB adapter or a built-in port).
+
+    Defaults are the Modbus over Serial Line specification's (V1.02): 19200 bit/s, even parity,
+    8 data bits (RTU always uses 8), 1 stop bit. ``port`` is what pyserial opens:
+    ``/dev/ttyUSB0``, ``/dev/serial/by-id/...``, ``COM3``."""
+
+    port: str
+    baudrate: int = 19200
+    parity: str = "E"        # N, E or O
+    stopbits: int = 1
+    bytesize: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            raise ValueError("a serial port is needed for Modbus RTU, e.g. /dev/ttyUSB0")
+        if self.parity not in ("N", "E", "O"):
+            raise ValueError(f"parity {self.parity!r}: N, E or O")
+        if self.stopbits not in (1, 2):
+            raise ValueError(f"stopbits {self.stopbits!r}: 1 or 2")
+        if self.bytesize not in (7, 8):
+            raise ValueError(f"bytesize {self.bytesize!r}: 8 (Modbus RTU), or 7")
+        if not isinstance(self.baudrate, int) or self.baudrate <= 0:
+            raise ValueError(f"baudrate {self.baudrate!r}: a rate in bit/s, e.g. 9600 or 19200")
+
+    @property
+    def settings(self) -> str:
+        """``"19200 8E1"``."""
+        return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+    def __str__(self) -> str:
+        return f"{self.port} (Modbus RTU {self.settings})"
+
+
+def _crc_ok(frame: bytes) -> bool:
+    """Whether an RTU frame (address, PDU, CRC low byte first) carries a good CRC."""
+    return len(frame) >= 4 and FramerRTU.compute_CRC(frame[:-2]) == int.from_bytes(frame[-2:], "big")
+
+
+def _serial_open_problem(line: SerialLine) -> str:
+    """Why pyserial cannot open the line as configured ("" if it can, now)."""
+    import serial   # pyserial, pymodbus's serial dependency
+
+    try:
+        port = serial.serial_for_url(line.port, baudrate=line.baudrate, parity=line.parity,
+                                     stopbits=line.stopbits, bytesize=line.bytesize, timeout=0,
+                                     exclusive=True)
+    except Exception as exc:  # pyserial raises SerialException, termios.error, ValueError
+        text = str(exc)
+        if "Invalid argument" in text:   # termios EINVAL: the device refuses these settings
+            text += f" (the port refuses the settings {line.settings})"
+        return text
+    port.close()
+    return ""
+
+
 # =============================================================================== the role
 @dataclass(frozen=True)
 class ModelRef:
@@ -393,22 +463,42 @@ class ModelRef:
 
 
 class SunSpecBms(Bms, ModuleReports):
-    """The Bms role over Modbus/TCP + SunSpec (see the module doc)."""
+    """The Bms role over Modbus (TCP, or RTU on a serial line) + SunSpec (see the module doc).
+
+    ``SunSpecBms(host, port, device_id)`` is Modbus/TCP; ``serial_line=SerialLine(...)`` (or
+    :meth:`rtu`) is Modbus RTU on that serial line, ``host``/``port`` then unused."""
 
     soc_resolution_pct = 0.1  # 802 SoC with SoC_SF -1
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 502, device_id: int = 1, *,
+    def __init__(self, host: str | None = "127.0.0.1", port: int | None = 502, device_id: int = 1, *,
+                 serial_line: SerialLine | None = None,
                  name: str = "bms", timeout_s: float = 1.0, heartbeat_period_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  base_addresses: tuple[int, ...] = BASE_ADDRESSES, driven: bool = False):
         self.name = name
-        self.host, self.port, self.device_id = host, int(port), int(device_id)
-        self.resource = f"{host}:{self.port}"
+        self.device_id = int(device_id)
+        self.serial_line = serial_line
+        self.timeout_s = float(timeout_s)
         self.heartbeat_period_s = heartbeat_period_s
         self.base_addresses = base_addresses
         self._clock = clock
-        self._client = ModbusTcpClient(host, port=self.port, timeout=timeout_s, retries=0,
-                                       reconnect_delay=0)
+        self._received = bytearray()   # RTU: the bytes of the last exchange's reply, as they came
+        self._client: ModbusTcpClient | ModbusSerialClient
+        if serial_line is None:
+            if not host or port is None:
+                raise ValueError("Modbus/TCP needs a host and a port (or serial_line for Modbus RTU)")
+            self.host, self.port = host, int(port)
+            self.resource = f"{host}:{self.port}"
+            self._client = ModbusTcpClient(host, port=self.port, timeout=timeout_s, retries=0,
+                                           reconnect_delay=0)
+        else:
+            self.host, self.port = None, None
+            self.resource = str(serial_line)
+            self._client = ModbusSerialClient(serial_line.port, framer=FramerType.RTU,
+                                              baudrate=serial_line.baudrate, parity=serial_line.parity,
+                                              stopbits=serial_line.stopbits, bytesize=serial_line.bytesize,
+                                              timeout=timeout_s, retries=0, reconnect_delay=0,
+                                              trace_packet=self._trace_packet)
         self._io = threading.RLock()
         self._models: list[ModelRef] | None = None
         self._decoded: dict[ModelRef, Block] = {}   # the model objects, fed again on each read
@@ -434,9 +524,68 @@ class SunSpecBms(Bms, ModuleReports):
             raise ValueError(f"SunSpec BMS resource '{resource}' is not host:port")
         return cls(host, int(port), device_id, **kwargs)
 
+    @classmethod
+    def rtu(cls, serial_port: str, device_id: int = 1, *, baudrate: int = 19200, parity: str = "E",
+            stopbits: int = 1, bytesize: int = 8, **kwargs: Any) -> "SunSpecBms":
+        """A client on a Modbus RTU serial line (defaults: the Modbus serial line spec's 19200 8E1)."""
+        line = SerialLine(serial_port, int(baudrate), str(parity), int(stopbits), int(bytesize))
+        return cls(None, None, device_id, serial_line=line, **kwargs)
+
+    @classmethod
+    def from_settings(cls, cfg: Mapping[str, Any], **kwargs: Any) -> "SunSpecBms":
+        """A client from a station's bus entry in runtime form (``ModbusBus.runtime()``):
+        ``{host, port, device_id, ...}`` for TCP, ``{transport: rtu, serial_port, baudrate,
+        parity, stopbits, device_id, ...}`` for RTU; ``timeout_s``/``heartbeat_period_s`` if set."""
+        extra = {k: cfg[k] for k in ("timeout_s", "heartbeat_period_s") if cfg.get(k) is not None}
+        device_id = int(cfg.get("device_id") or 1)
+        if cfg.get("transport", "tcp") == "rtu":
+            if not cfg.get("serial_port"):
+                raise ValueError("Modbus RTU bus without a serial_port (e.g. /dev/ttyUSB0)")
+            serial = {k: cfg[k] for k in ("baudrate", "parity", "stopbits", "bytesize") if cfg.get(k) is not None}
+            return cls.rtu(str(cfg["serial_port"]), device_id, **serial, **extra, **kwargs)
+        if not cfg.get("host") or cfg.get("port") is None:
+            raise ValueError(f"Modbus/TCP bus without host and port: {dict(cfg)}")
+        return cls(str(cfg["host"]), int(cfg["port"]), device_id, **extra, **kwargs)
+
+    @property
+    def transport(self) -> str:
+        """``"tcp"`` or ``"rtu"``."""
+        return "tcp" if self.serial_line is None else "rtu"
+
     # -- transport ------------------------------------------------------------------------------
     def _error(self, command: str, problem: str) -> InstrumentError:
         return InstrumentError(self.name, self.resource, command, problem)
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """RTU: keep the raw bytes of each reply (a reply that failed its CRC check never
+        reaches the caller, but its bytes tell that it came)."""
+        if sending:
+            self._received.clear()
+        else:
+            self._received.extend(data)
+        return data
+
+    def _problem(self, exc: Exception) -> str:
+        """A failed exchange as text: what pymodbus said, and what it means on this transport."""
+        line = self.serial_line
+        if line is None:
+            return _transport_problem(exc, self.device_id)
+        if isinstance(exc, ConnectionException):
+            reason = _serial_open_problem(line)
+            return f"cannot open serial port {line.port}" + (f": {reason}" if reason else "")
+        if isinstance(exc, ModbusIOException):
+            got = bytes(self._received)
+            if got and not _crc_ok(got):
+                return (f"a reply came ({len(got)} bytes) but failed its CRC check: noise on the RS485 "
+                        f"line, missing termination, or a baud rate/parity other than {line.settings}")
+            if got and got[0] != self.device_id:
+                return (f"a reply from unit {got[0]}, not unit {self.device_id}: another device "
+                        "answers on this line")
+            if got:
+                return f"{type(exc).__name__}: {exc} (reply of {len(got)} bytes not understood)"
+            return (f"no reply within {self.timeout_s:g} s on {line.port}: battery silent, not unit "
+                    f"{self.device_id}, another baud rate/parity than {line.settings}, or A/B swapped")
+        return f"{type(exc).__name__}: {exc}"
 
     def _read(self, address: int, count: int, what: str) -> list[int]:
         """``count`` holding registers from ``address``, in requests of at most 125."""
@@ -448,8 +597,9 @@ class SunSpecBms(Bms, ModuleReports):
                 try:
                     reply = self._client.read_holding_registers(start, count=size, device_id=self.device_id)
                 except Exception as exc:  # pymodbus raises several kinds; all are a failed read
+                    problem = self._problem(exc)
                     self._client.close()  # a late answer must not pair with the next request
-                    raise self._error(command, _transport_problem(exc, self.device_id)) from exc
+                    raise self._error(command, problem) from exc
             if reply.isError():
                 raise self._error(command, _exception_text(reply))
             got = list(getattr(reply, "registers", []) or [])
@@ -467,8 +617,9 @@ class SunSpecBms(Bms, ModuleReports):
                 else:
                     reply = self._client.write_registers(address, values, device_id=self.device_id)
             except Exception as exc:
+                problem = self._problem(exc)
                 self._client.close()
-                raise self._error(command, _transport_problem(exc, self.device_id)) from exc
+                raise self._error(command, problem) from exc
         if reply.isError():
             raise self._error(command, _exception_text(reply))
 
@@ -481,6 +632,8 @@ class SunSpecBms(Bms, ModuleReports):
                 try:
                     marker = self._read(candidate, 2, "SunS marker")
                 except InstrumentError as exc:
+                    if self.serial_line is not None and isinstance(exc.__cause__, ConnectionException):
+                        raise self._error("discover", exc.problem) from exc   # the port: no use trying on
                     problems.append(f"{candidate}: {exc.problem}")
                     continue
                 if tuple(marker) == SUNS_MARKER:

@@ -33,7 +33,7 @@ def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-d
     label_step(plan_step, session.ctx.plan, session.ctx.dut_spec, session.ctx.serial)
     ctx = StepContext(session.bench, step_params(plan_step, session.ctx.plan, SPECS.get(plan_step.check)),
                       step_limits(plan_step), measure, plan_step.name, session.ctx.dut_spec,
-                      extras={"supervisor": session.supervisor}, spec=SPECS.get(plan_step.check))
+                      extras={"supervisor": session.supervisor, "serial": session.ctx.serial}, spec=SPECS.get(plan_step.check))
     with step_deadline(session, plan_step):
         try:
             session.prepare(session.ctx.running[1] if session.ctx.running else None)

@@ -245,7 +245,7 @@ def test_eol_module_on_a_strict_pack(tmp_path: Path) -> None:
     output = result.stdout[-4000:] + result.stderr[-2000:]
     assert "Traceback" not in output and "AttributeError" not in output
     assert step_verdicts(tmp_path) == {
-        "bms_comm": "pass", "identity": "pass", "ocv": "pass", "balance": "pass", "acir": "pass",
+        "bms_comm": "pass", "unit_serial": "pass", "identity": "pass", "ocv": "pass", "balance": "pass", "acir": "pass",
         "discharge_ocp_trip": "pass"}, output
     assert result.returncode == 0, output
 

@@ -429,11 +429,14 @@ def test_lab_example_loads_and_fits_its_dut(tmp_path: Path) -> None:
     station = load_station(STATIONS / "lab_example.yaml")
     assert not station.emulated and station.resolved and station.dut == "1s4p_diagonal"
     supply = station.instruments["supply"]
-    assert supply.resource == "TCPIP0::192.0.2.10::inst0::INSTR" and supply.model == "N5767A"
-    assert supply.driver_kwargs() == {"resource": supply.resource, "options": {}, "timeout_s": 2.0,
-                                      "rating": {"voltage_v": 60.0, "current_a": 25.0, "power_w": 1500.0}}
+    assert supply.resource == "TCPIP0::192.0.2.13::30000::SOCKET" and supply.model == "IT6006C-80-150"
+    assert supply.driver_kwargs() == {"resource": supply.resource, "options": {"mode": "source"},
+                                      "timeout_s": 2.0,
+                                      "rating": {"voltage_v": 80.0, "current_a": 150.0, "power_w": 6000.0}}
     assert station.instruments["acir"].resource.startswith("ASRL")
-    assert station.instruments["load"].resource.startswith("USB")
+    assert station.instruments["load"].resource.endswith("::SOCKET")
+    assert station.instruments["load"].options == {"mode": "sink"}
+    assert station.instruments["dmm_shunt"].options == {"digitise_range_v": 0.1}
     assert station.bms.can.bus_kwargs() == {"interface": "pcan", "channel": "PCAN_USBBUS1",
                                             "bitrate": 500000}
     assert station.bms.modbus.host == "192.0.2.20" and station.bms.modbus.port == 502
@@ -448,7 +451,8 @@ def test_lab_example_loads_and_fits_its_dut(tmp_path: Path) -> None:
     validate_run(tmp_path / "plan.yaml", station, "1s4p_diagonal", CHECKS, on=ON)
     runtime = station.as_runtime()
     assert runtime["channels"].shunt_channels()["s1p1"] == (105, pytest.approx(50e-6))
-    assert runtime["instruments"]["load"]["rating"]["current_a"] == 240.0
+    assert runtime["instruments"]["load"]["rating"]["current_a"] == 300.0
+    assert runtime["channels"].dmm["dmm_shunt"].branch == "s1p4"
 
 
 def test_lab_example_has_comments_for_a_person() -> None:

@@ -8,6 +8,7 @@ instead when BANKHIL_REQUIRE_POSTGRES=1, as in CI. Each PostgreSQL test gets a s
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import os
@@ -625,3 +626,93 @@ def test_postgres_urls_use_psycopg(pg_url):
             assert store.url.drivername == "postgresql+psycopg"
             assert store.dialect == "postgresql"
             assert "***" in repr(store) and store.url.password not in repr(store)
+
+
+# ---------------------------------------------------------------------------------------------
+# Station events: what happens at a station outside any run (revision 0002)
+
+
+def test_station_events_read_back_newest_first_with_filters(store):
+    from harness.store import StationEventRecord
+
+    run_uuid = store.run(_run(store)).uuid
+    locked = store.record_station_event(
+        "eol-1", "locked", "3 consecutive FAIL at discharge_ocp_trip", run_uuid=run_uuid,
+        serial="BANK-0003", at=T0)
+    refused = store.record_station_event(
+        "eol-1", "serial_refused", "serial 'bank 7' does not match ^BANK-\\d{4}$ (attempt 2 of 3)",
+        operator="ana", at=T0 + timedelta(minutes=1))
+    store.record_station_event("eol-2", "mes", "MES timed out after 10 s", at=T0 + timedelta(
+        minutes=2))
+    unlocked = store.record_station_event(
+        "eol-1", "unlocked", "fixture contact cleaned, OCP trip re-verified", operator="bo",
+        at=T0 + timedelta(minutes=3))
+    assert len({locked, refused, unlocked}) == 3
+
+    events = store.station_events("eol-1")
+    assert [e.id for e in events] == [unlocked, refused, locked]  # newest first
+    assert all(isinstance(e, StationEventRecord) for e in events)
+    assert events[2] == StationEventRecord(
+        id=locked, station="eol-1", kind="locked", text="3 consecutive FAIL at discharge_ocp_trip",
+        operator=None, serial="BANK-0003", run_uuid=run_uuid, at=T0)
+    assert (events[0].operator, events[0].serial, events[0].run_uuid) == ("bo", None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        events[0].kind = "x"
+
+    assert [e.id for e in store.station_events("eol-1", kind="locked")] == [locked]
+    assert [e.id for e in store.station_events("eol-1", since=T0 + timedelta(minutes=1))] == \
+        [unlocked, refused]  # since is inclusive
+    assert [e.id for e in store.station_events("eol-1", kind="unlocked",
+                                               since=T0 + timedelta(minutes=4))] == []
+    assert [e.id for e in store.station_events("eol-1", limit=2)] == [unlocked, refused]
+    assert len(store.station_events("eol-1", limit=None)) == 3
+    assert [e.kind for e in store.station_events("eol-2")] == ["mes"]
+    assert store.station_events("eol-9") == []
+
+
+def test_station_event_times_are_utc(store):
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=timezone(timedelta(hours=2)))  # = T0
+    store.record_station_event("eol-1", "label", "printer out of labels", at=at)
+    naive = datetime(2026, 3, 1, 9, 30, 15, 250000)  # local time
+    store.record_station_event("eol-1", "label", "label printed late", at=naive)
+    before = datetime.now(timezone.utc)
+    store.record_station_event("eol-1", "mes", "no answer")  # at: now
+    after = datetime.now(timezone.utc)
+    newest, *rest = store.station_events("eol-1")
+    assert newest.kind == "mes" and before - timedelta(seconds=1) <= newest.at <= after
+    assert sorted(e.at for e in rest) == sorted([T0, naive.astimezone(timezone.utc)])
+    assert all(e.at.tzinfo == timezone.utc for e in [newest, *rest])
+    # since: an aware time in another zone means the same instant as in UTC
+    assert [e.text for e in store.station_events("eol-1", kind="label", since=at)] == \
+        [e.text for e in store.station_events("eol-1", kind="label", since=T0)]
+
+
+def test_station_events_are_committed_and_seen_by_another_store(url):
+    with ResultStore(url) as writer, ResultStore(url) as reader:
+        event_id = writer.record_station_event("eol-1", "locked", "calibration overdue: dmm",
+                                               at=T0)
+        (seen,) = reader.station_events("eol-1")
+        assert seen.id == event_id and seen.text == "calibration overdue: dmm"
+
+
+def test_station_event_bad_arguments_are_refused_clearly(store):
+    with pytest.raises(ValueError, match="station is required"):
+        store.record_station_event(None, "locked", "x")
+    with pytest.raises(ValueError, match="station must not be empty"):
+        store.record_station_event(" ", "locked", "x")
+    with pytest.raises(ValueError, match="station event kind must not be empty"):
+        store.record_station_event("eol-1", "", "x")
+    with pytest.raises(ValueError, match="at most 32 characters"):
+        store.record_station_event("eol-1", "k" * 33, "x")
+    with pytest.raises(ValueError, match="at most 36 characters"):
+        store.record_station_event("eol-1", "locked", "x", run_uuid="u" * 37)
+    with pytest.raises(TypeError, match="at must be a datetime"):
+        store.record_station_event("eol-1", "locked", "x", at="2026-03-01")
+    with pytest.raises(ValueError, match="limit must be"):
+        store.station_events("eol-1", limit=-1)
+    assert store.station_events("eol-1") == []
+    event_id = store.record_station_event("eol-1", "k" * 32, None,
+                                          run_uuid=uuid.UUID(int=7))  # text None: empty
+    (event,) = store.station_events("eol-1")
+    assert (event.id, event.kind, event.text, event.run_uuid) == \
+        (event_id, "k" * 32, "", "00000000-0000-0000-0000-000000000007")

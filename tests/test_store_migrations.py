@@ -364,3 +364,99 @@ def test_processes_opening_one_new_database_together_all_succeed(url, tmp_path):
     assert _versions(url) == [HEAD]
     with ResultStore(url) as store:
         assert sorted(r.station for r in store.runs()) == [f"st-{n}" for n in range(4)]
+
+
+# ---------------------------------------------------------------------------------------------
+# (5) revision 0002: station_event, a table of events at a station outside any run
+
+
+def _make_store_at(db_url: str, revision: str) -> int:
+    """A database brought to ``revision`` by the shipped migrations (as a harness of that
+    revision made it), with one run, step and measurement written into 0001's tables; the
+    run's id."""
+    tables = ScriptDirectory.from_config(alembic_config()).get_revision(
+        BASELINE_REVISION).module.schema().tables
+    engine = _engine(db_url)
+    try:
+        with engine.connect() as conn:
+            command.upgrade(alembic_config(conn), revision)
+            run_id = conn.execute(tables["run"].insert().values(
+                uuid="00000000-0000-4000-8000-000000000002", station="eol-1", operator="ana",
+                plan_name="module_eol", plan_version="3", emulated=False, started_at=T0,
+                verdict="fail", extra={"seed": 5})).inserted_primary_key[0]
+            step_id = conn.execute(tables["step"].insert().values(
+                run_id=run_id, name="discharge_ocp_trip", started_at=T0)).inserted_primary_key[0]
+            conn.execute(tables["measurement"].insert().values(
+                run_id=run_id, step_id=step_id, name="ocp_trip_a", value=151.0,
+                value_type="float", unit="A", verdict="fail", at=T0))
+            conn.commit()
+        return int(run_id)
+    finally:
+        engine.dispose()
+
+
+def test_a_store_at_0001_is_upgraded_to_0002_with_its_runs_intact(url):
+    old_run = _make_store_at(url, "0001")
+    assert _versions(url) == ["0001"] and "station_event" not in _tables(url)
+    with ResultStore(url) as store:
+        assert _versions(url) == [HEAD]  # 0002, or whatever is newest
+        run = store.run(old_run)
+        assert (run.uuid, run.station, run.verdict, run.extra, run.started_at) == \
+            ("00000000-0000-4000-8000-000000000002", "eol-1", "fail", {"seed": 5}, T0)
+        (m,) = store.measurements(old_run)
+        assert (m.step_name, m.name, m.value, m.unit, m.verdict) == \
+            ("discharge_ocp_trip", "ocp_trip_a", 151.0, "A", "fail")
+        event_id = store.record_station_event(
+            "eol-1", "locked", "3 consecutive FAIL at discharge_ocp_trip", run_uuid=run.uuid,
+            at=T0)
+        (event,) = store.station_events("eol-1")
+        assert (event.id, event.kind, event.run_uuid, event.at) == \
+            (event_id, "locked", run.uuid, T0)
+        with store.engine.connect() as conn:  # builds before migrations can still share it
+            assert conn.execute(sa.text(
+                "SELECT value FROM store_meta WHERE key = 'schema_version'")).scalar() == "1"
+    assert _schema_differences(url, metadata) == []
+    with ResultStore(url) as again:
+        assert [e.id for e in again.station_events("eol-1")] == [event_id]
+
+
+def test_a_store_made_before_migrations_gets_station_event(url):
+    old_run = _make_pre_alembic_store(url)
+    with ResultStore(url) as store:
+        assert "station_event" in _tables(url) and _versions(url) == [HEAD]
+        assert store.run(old_run).station == "eol-old"
+        store.record_station_event("eol-old", "mes", "MES refused the result: HTTP 503",
+                                   serial="BANK-0001", at=T0)
+        assert [e.serial for e in store.station_events("eol-old")] == ["BANK-0001"]
+
+
+def test_a_fresh_store_has_station_event(url):
+    with ResultStore(url) as store:
+        assert store.station_events("eol-1") == []
+        with store.engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            columns = {c["name"]: c for c in inspector.get_columns("station_event")}
+            indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("station_event")}
+    assert list(columns) == ["id", "station", "kind", "text", "operator", "serial", "run_uuid",
+                             "at"]
+    assert [name for name, c in columns.items() if c["nullable"]] == \
+        ["operator", "serial", "run_uuid"]
+    assert indexes == {"ix_station_event_station_at": ["station", "at"]}
+
+
+def test_downgrade_to_0001_drops_only_station_event(url):
+    old_run = _make_store_at(url, "head")
+    with ResultStore(url) as store:
+        store.record_station_event("eol-1", "unlocked", "reason: fixture cleaned", operator="bo")
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            command.downgrade(alembic_config(conn), "0001")
+            conn.commit()
+    finally:
+        engine.dispose()
+    assert _versions(url) == ["0001"] and "station_event" not in _tables(url)
+    baseline = ScriptDirectory.from_config(alembic_config()).get_revision(BASELINE_REVISION)
+    assert _schema_differences(url, baseline.module.schema()) == []
+    with ResultStore(url) as store:  # and up again, the run kept, the table new and empty
+        assert store.run(old_run).verdict == "fail" and store.station_events("eol-1") == []

@@ -109,9 +109,27 @@ class HotModule(FileModel):
     initial_temperature_c: Celsius | None = None
 
 
+class BmsSerial(FileModel):
+    """The module's BMS reports another serial than the unit's label (a swapped label, a board
+    programmed with another unit's serial)."""
+
+    kind: Literal["bms_serial"]
+    module: Target
+    serial: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class HungInstrument(FileModel):
+    """A bench instrument stops answering (firmware hang, a pulled cable): a harness fault, not
+    the DUT's -- the unit's attempt ends ERROR and may be retested."""
+
+    kind: Literal["hung_instrument"]
+    role: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    at_s: At = 0.0
+
+
 Fault = Annotated[
     Union[SocOffset, AgedModule, LooseLug, UnequalCable, WeakFet, FirmwareMismatch, SilentModule,
-          HeartbeatLoss, SilentBms, StuckContactor, BlownFuse, HotModule],
+          HeartbeatLoss, SilentBms, StuckContactor, BlownFuse, HotModule, BmsSerial, HungInstrument],
     Field(discriminator="kind"),
 ]
 

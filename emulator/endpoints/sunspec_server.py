@@ -63,8 +63,20 @@ Writes: a change of ``CtrlHb`` is an inverter heartbeat (``twin.inverter_heartbe
 be exercised; :meth:`SunSpecServer.override` forces raw register values for malformed-data
 tests.
 
+Modbus RTU: ``SunSpecServer(bench, rtu_port="/dev/ttyUSB1")`` serves the same map on a serial
+line instead (pymodbus ``ModbusSerialServer``, RTU framer, CRC; ``baudrate``/``parity``/
+``stopbits`` as the battery would be set, default the Modbus serial line spec's 19200 8E1).
+Without RS485 hardware, :class:`NullModem` is a null-modem cable made of two pseudo-terminals
+(``/dev/pts/N`` each end, bytes copied between them): the server opens one end, the harness's
+client the other, and every frame crosses a real serial device with RTU framing. A Linux
+pseudo-terminal refuses parity bits, so a line over a NullModem runs with parity N.
+``corrupt_crc = True`` flips the CRC of every reply (RTU only) for the client's error path.
+
 Run as a process (``python -m emulator.endpoints.sunspec_server --dut 1s4p_diagonal``) it
-serves the twin on loopback following wall time and prints ``{"host", "port", "device_id"}``.
+serves the twin on loopback following wall time and prints ``{"host", "port", "device_id"}``;
+with ``--rtu PATH`` on that serial port instead (``--rtu pty``: on a NullModem, whose client end
+it prints) and prints ``{"transport": "rtu", "serial_port", "baudrate", "parity", "stopbits",
+"device_id"}``.
 """
 
 from __future__ import annotations
@@ -73,7 +85,9 @@ import asyncio
 import ipaddress
 import json
 import math
+import os
 import re
+import select
 import struct
 import threading
 from collections.abc import Iterable
@@ -86,7 +100,8 @@ import numpy as np
 import sunspec2
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from sunspec2 import device as sunspec_device
 from sunspec2 import mdef as sunspec_mdef
@@ -596,8 +611,62 @@ class _Served:
     overrides: dict[int, int] = field(default_factory=dict)
 
 
+class NullModem:
+    """Two pseudo-terminals joined like a null-modem cable: what one end writes, the other reads.
+
+    For Modbus RTU without RS485 hardware (POSIX only): :attr:`server_port` and
+    :attr:`client_port` are ``/dev/pts/N`` paths that pyserial opens like any serial port; a
+    thread copies the bytes between the two masters. Use as a context manager, or :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        import pty
+        import tty
+
+        self._fds: list[int] = []
+        ends = []
+        for _ in range(2):
+            master, slave = pty.openpty()
+            self._fds += [master, slave]
+            tty.setraw(slave)   # no echo, no line editing: bytes pass as they are
+            ends.append((master, os.ttyname(slave)))
+        (self._a, self.server_port), (self._b, self.client_port) = ends
+        self.bytes_copied = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._copy, daemon=True, name="sunspec-null-modem")
+        self._thread.start()
+
+    def _copy(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._a, self._b], [], [], 0.05)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:   # no one has that end open right now: nothing to carry
+                    continue
+                os.write(self._b if fd == self._a else self._a, data)
+                self.bytes_copied += len(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+
+    def __enter__(self) -> "NullModem":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class SunSpecServer:
-    """A Modbus/TCP server on loopback serving one twin's SunSpec map (see the module doc).
+    """A Modbus/TCP server on loopback serving one twin's SunSpec map (see the module doc), or,
+    with ``rtu_port``, a Modbus RTU server on that serial port.
 
     ``port=0`` binds a free port; :attr:`port` is the bound one once :meth:`start` returns.
     The server runs its own asyncio loop on a daemon thread, so callers stay synchronous.
@@ -606,13 +675,19 @@ class SunSpecServer:
     WRITE_CODES = frozenset({5, 6, 15, 16, 22, 23})
 
     def __init__(self, bench: EmulatedBench, host: str = "127.0.0.1", port: int = 0, device_id: int = 1,
-                 thresholds: EventThresholds | None = None, lock_timeout_s: float = 0.5):
+                 thresholds: EventThresholds | None = None, lock_timeout_s: float = 0.5, *,
+                 rtu_port: str | None = None, baudrate: int = 19200, parity: str = "E", stopbits: int = 1):
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"the emulated SunSpec server binds loopback only, not {host}")
+        if parity not in ("N", "E", "O") or stopbits not in (1, 2):
+            raise ValueError(f"serial settings {parity!r}/{stopbits!r}: parity N, E or O; stopbits 1 or 2")
         self.bench = bench
         self.host = host
         self.port = port
         self.device_id = device_id
+        self.rtu_port = rtu_port
+        self.baudrate, self.parity, self.stopbits = int(baudrate), parity, int(stopbits)
+        self.corrupt_crc = False
         self.lock_timeout_s = lock_timeout_s
         self.map = BankMap(bench.twin, thresholds)
         self.map.common.set("DA", device_id)
@@ -637,17 +712,32 @@ class SunSpecServer:
         """CtrlHb writes that changed its value (each one an inverter heartbeat)."""
         return self.state.heartbeats
 
+    @property
+    def where(self) -> str:
+        """``127.0.0.1:15020``, or ``/dev/pts/3 (RTU 19200 8E1)``."""
+        if self.rtu_port is None:
+            return f"{self.host}:{self.port}"
+        return f"{self.rtu_port} (RTU {self.baudrate} 8{self.parity}{self.stopbits})"
+
+    def described(self) -> dict[str, Any]:
+        """Where a client finds it, as a station's ``bms.modbus`` entry says it."""
+        if self.rtu_port is None:
+            return {"host": self.host, "port": self.port, "device_id": self.device_id}
+        return {"transport": "rtu", "serial_port": self.rtu_port, "baudrate": self.baudrate,
+                "parity": self.parity, "stopbits": self.stopbits, "device_id": self.device_id}
+
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> "SunSpecServer":
         self._ready.clear()
-        self._thread = threading.Thread(target=self._run, name=f"sunspec-server-{self.host}:{self.port}",
-                                        daemon=True)
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name=f"sunspec-server-{self.where}", daemon=True)
         self._thread.start()
         self._ready.wait(timeout=10.0)
         if self._error is not None:
-            raise RuntimeError(f"SunSpec server on {self.host}:{self.port} failed to start: {self._error}")
+            self._thread.join(timeout=2.0)
+            raise RuntimeError(f"SunSpec server on {self.where} failed to start: {self._error}")
         if not self._ready.is_set():
-            raise RuntimeError(f"SunSpec server on {self.host}:{self.port} did not start within 10 s")
+            raise RuntimeError(f"SunSpec server on {self.where} did not start within 10 s")
         return self
 
     def stop(self) -> None:
@@ -687,11 +777,18 @@ class SunSpecServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         device = SimDevice(self.device_id, simdata=self._simdata(), action=self._action)
-        server = ModbusTcpServer(device, address=(self.host, self.port), trace_packet=self._trace_packet,
-                                 trace_pdu=self._trace_pdu)
+        server: ModbusTcpServer | ModbusSerialServer
+        if self.rtu_port is None:
+            server = ModbusTcpServer(device, address=(self.host, self.port), trace_packet=self._trace_packet,
+                                     trace_pdu=self._trace_pdu)
+        else:
+            server = ModbusSerialServer(device, framer=FramerType.RTU, port=self.rtu_port,
+                                        baudrate=self.baudrate, parity=self.parity, stopbits=self.stopbits,
+                                        bytesize=8, trace_packet=self._trace_packet, trace_pdu=self._trace_pdu)
         await server.serve_forever(background=True)
-        sockets = getattr(server.transport, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else self.port
+        if self.rtu_port is None:
+            sockets = getattr(server.transport, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1]) if sockets else self.port
         self._ready.set()
         try:
             await self._stop.wait()
@@ -700,8 +797,13 @@ class SunSpecServer:
 
     # -- requests -------------------------------------------------------------------------------
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """Drop every reply while silent: the request was read, nothing comes back."""
-        return b"" if sending and self.silent else data
+        """Drop every reply while silent: the request was read, nothing comes back. With
+        ``corrupt_crc`` (RTU), every reply goes out with its CRC's last byte inverted."""
+        if sending and self.silent:
+            return b""
+        if sending and self.corrupt_crc and self.rtu_port is not None and data:
+            return data[:-1] + bytes([data[-1] ^ 0xFF])
+        return data
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
         """Ignore requests for another unit ID, as a device on a shared line does.
@@ -795,9 +897,11 @@ class SunSpecServer:
         self._served.overrides.clear()
 
 
-def serve(bench: EmulatedBench, host: str = "127.0.0.1", port: int = 0, device_id: int = 1) -> SunSpecServer:
-    """Start a SunSpec server for ``bench`` (the one function the harness's emulated station uses)."""
-    return SunSpecServer(bench, host=host, port=port, device_id=device_id).start()
+def serve(bench: EmulatedBench, host: str = "127.0.0.1", port: int = 0, device_id: int = 1,
+          **serial: Any) -> SunSpecServer:
+    """Start a SunSpec server for ``bench`` (the one function the harness's emulated station uses);
+    ``rtu_port=...`` (and ``baudrate``, ``parity``, ``stopbits``) for Modbus RTU on that port."""
+    return SunSpecServer(bench, host=host, port=port, device_id=device_id, **serial).start()
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -814,10 +918,25 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--device-id", type=int, default=1)
     parser.add_argument("--speed", type=float, default=1.0, help="bench seconds per wall second")
+    parser.add_argument("--rtu", default=None, metavar="PATH",
+                        help="serve Modbus RTU on this serial port instead of TCP ('pty': on a "
+                             "pseudo-terminal null modem, whose client end is printed)")
+    parser.add_argument("--baudrate", type=int, default=19200)
+    parser.add_argument("--parity", choices=("N", "E", "O"), default=None,
+                        help="default E (N on a pty: a pseudo-terminal takes no parity)")
+    parser.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
     args = parser.parse_args(list(argv) if argv is not None else None)
     bench = EmulatedBench(build_twin(args.dut, args.scenario))
-    server = serve(bench, port=args.port, device_id=args.device_id)
-    print(json.dumps({"host": server.host, "port": server.port, "device_id": server.device_id}), flush=True)
+    modem = NullModem() if args.rtu == "pty" else None
+    serial: dict[str, Any] = {}
+    if args.rtu is not None:
+        serial = {"rtu_port": modem.server_port if modem else args.rtu, "baudrate": args.baudrate,
+                  "parity": args.parity or ("N" if modem else "E"), "stopbits": args.stopbits}
+    server = serve(bench, port=args.port, device_id=args.device_id, **serial)
+    described = server.described()
+    if modem is not None:
+        described["serial_port"] = modem.client_port
+    print(json.dumps(described), flush=True)
     runner = threading.Thread(target=bench.run_realtime, kwargs={"speed": args.speed}, daemon=True)
     runner.start()
     try:
@@ -826,6 +945,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         bench.stop()
         runner.join(timeout=2.0)
         server.stop()
+        if modem is not None:
+            modem.close()
     return 0
 
 

@@ -60,6 +60,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
 from harness.config import FileModel, SourcedFile, load_document, validate_document
+from harness.config.production import LineSection
 from bankmodel.channels import (ActuatorChannel, ChannelMap, Rating, Role, ScannerChannel, ShuntChannel,
                                 ShuntInput, ThermocoupleChannel, ThermocoupleInput, VoltageChannel,
                                 VoltageInput, input_of, quantity_between)
@@ -322,13 +323,118 @@ def with_bms_profile(station: "StationFile", profile: str | None) -> "StationFil
 
 
 class ModbusBus(FileModel):
-    """A SunSpec battery over Modbus/TCP."""
+    """A SunSpec battery over Modbus: TCP (the default), or RTU on an RS485 serial line.
 
-    host: Host
-    port: Port = 502
+    TCP, as every station file before RTU wrote it (``transport: tcp`` may be written)::
+
+        modbus: {host: 192.0.2.20, port: 502, device_id: 1}
+
+    RTU (``serial_port`` is what pyserial opens: ``/dev/ttyUSB0``, ``/dev/serial/by-id/...``,
+    ``COM3``; never ``port``, which is a TCP port number)::
+
+        modbus: {transport: rtu, serial_port: /dev/ttyUSB0, baudrate: 9600, parity: N,
+                 stopbits: 1, device_id: 1}
+
+    Unset serial settings are the Modbus over Serial Line specification's defaults (V1.02:
+    19200 bit/s, even parity, 1 stop bit; RTU always uses 8 data bits). Many batteries ship
+    at 9600 8N1: write what the battery is set to. ``host``/``port`` with ``transport: rtu``,
+    or a serial setting with TCP, is an error at its own line.
+    """
+
+    SERIAL_FIELDS: ClassVar[tuple[str, ...]] = ("serial_port", "baudrate", "parity", "stopbits")
+    SERIAL_DEFAULTS: ClassVar[dict[str, Any]] = {"baudrate": 19200, "parity": "E", "stopbits": 1}
+    BAUDRATES: ClassVar[tuple[int, ...]] = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+    SERIAL_PORT_FORMS: ClassVar[tuple[re.Pattern[str], ...]] = (
+        re.compile(r"^/dev/(?!(.*/)?\.\.(/|$))[A-Za-z0-9._+:/-]{1,200}$"),
+        re.compile(r"^(\\\\\.\\)?COM[1-9][0-9]{0,2}$", re.I),
+    )
+
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: Host | None = None
+    port: Port | None = None                # filled in (502) for TCP
+    serial_port: str | None = None
+    baudrate: int | None = None             # filled in for RTU (SERIAL_DEFAULTS)
+    parity: Literal["N", "E", "O"] | None = None
+    stopbits: Literal[1, 2] | None = None
     device_id: int = Field(default=1, ge=1, le=247)
     timeout: BusTimeout = Quantity.parse("1 s")
     heartbeat_period: BusPeriod = Quantity.parse("1 s")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transport_defaults(cls, data: Any) -> Any:
+        """TCP's port 502, RTU's serial defaults, where the file leaves them out."""
+        if not isinstance(data, dict):
+            return data
+        transport = data.get("transport", "tcp")
+        if transport == "tcp" and data.get("port") is None:
+            return {**data, "port": 502}
+        if transport == "rtu":
+            return {**data, **{k: v for k, v in cls.SERIAL_DEFAULTS.items() if data.get(k) is None}}
+        return data
+
+    @field_validator("host", "port")
+    @classmethod
+    def _tcp_only(cls, value: Any, info: Any) -> Any:
+        if value is not None and info.data.get("transport") == "rtu":
+            raise PydanticCustomError(
+                "modbus_rtu_no_tcp", "no {field} with transport rtu: the serial line is serial_port "
+                "(e.g. /dev/ttyUSB0), baudrate, parity, stopbits", {"field": info.field_name})
+        return value
+
+    @field_validator(*SERIAL_FIELDS)
+    @classmethod
+    def _rtu_only(cls, value: Any, info: Any) -> Any:
+        if value is not None and info.data.get("transport", "tcp") == "tcp" and "transport" in info.data:
+            raise PydanticCustomError(
+                "modbus_tcp_no_serial", "no {field} with transport tcp (the default): write "
+                "transport: rtu for a serial line, or host and port for TCP", {"field": info.field_name})
+        return value
+
+    @field_validator("serial_port")
+    @classmethod
+    def _serial_port_form(cls, value: str | None) -> str | None:
+        if value is not None and not any(p.match(value) for p in cls.SERIAL_PORT_FORMS):
+            raise PydanticCustomError("serial_port", "a serial device: /dev/ttyUSB0, /dev/ttyS1, "
+                                      "/dev/serial/by-id/..., or COM3")
+        return value
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baudrate(cls, value: int | None) -> int | None:
+        if value is not None and value not in cls.BAUDRATES:
+            raise PydanticCustomError("baudrate", "a serial baud rate in bit/s: "
+                                      + ", ".join(str(b) for b in cls.BAUDRATES))
+        return value
+
+    @model_validator(mode="after")
+    def _transport_complete(self) -> "ModbusBus":
+        if self.transport == "tcp" and self.host is None:
+            raise PydanticCustomError(
+                "modbus_tcp_host", "host (an IP address or host name, e.g. 192.0.2.20) with transport "
+                "tcp (the default); or transport: rtu and serial_port: /dev/ttyUSB0 for a serial line")
+        if self.transport == "rtu" and self.serial_port is None:
+            raise PydanticCustomError(
+                "modbus_rtu_port", "serial_port (e.g. /dev/ttyUSB0) with transport rtu")
+        return self
+
+    @property
+    def resource(self) -> str:
+        """``192.0.2.20:502``, or ``/dev/ttyUSB0 (Modbus RTU 19200 8E1)``: as the client names it."""
+        if self.transport == "rtu":
+            return f"{self.serial_port} (Modbus RTU {self.baudrate} 8{self.parity}{self.stopbits})"
+        return f"{self.host}:{self.port}"
+
+    def runtime(self) -> dict[str, Any]:
+        """Plain data for the SunSpec client (``SunSpecBms.from_settings``): TCP as
+        ``{host, port, device_id, timeout_s, heartbeat_period_s}``; RTU as ``{transport: rtu,
+        serial_port, baudrate, parity, stopbits, device_id, timeout_s, heartbeat_period_s}``."""
+        common = {"device_id": self.device_id, "timeout_s": self.timeout.value,
+                  "heartbeat_period_s": self.heartbeat_period.value}
+        if self.transport == "rtu":
+            return {"transport": "rtu", "serial_port": self.serial_port, "baudrate": self.baudrate,
+                    "parity": self.parity, "stopbits": self.stopbits, **common}
+        return {"host": self.host, "port": self.port, **common}
 
 
 AutoCan = Annotated[CanBus, _auto_or("interface, channel, bitrate",
@@ -363,6 +469,7 @@ class StationFile(SourcedFile):
     instruments: Annotated[dict[Role, InstrumentEntry], Field(min_length=1)]
     bms: BmsBuses = BmsBuses()
     channels: AutoChannels = Field(default_factory=ChannelMap)
+    eol: LineSection | None = None  # end-of-line station: sockets, retest, labels, MES (hil station)
 
     _label: ClassVar[str] = "<station>"
     # the BMS profile a run asked for while bms.can is still 'auto' (with_bms_profile)
@@ -436,9 +543,7 @@ class StationFile(SourcedFile):
                 **self.bms.can.bus_kwargs(), "period_s": self.bms.can.keepalive_period.value}
         if self.bms.modbus is not None:
             bus = self.bms.modbus
-            bms["modbus"] = AUTO if bus == AUTO else {
-                "host": bus.host, "port": bus.port, "device_id": bus.device_id,
-                "timeout_s": bus.timeout.value, "heartbeat_period_s": bus.heartbeat_period.value}
+            bms["modbus"] = AUTO if bus == AUTO else bus.runtime()
         out: dict[str, Any] = {"name": self.name, "emulated": self.emulated}
         if self.dut is not None:
             out["dut"] = self.dut

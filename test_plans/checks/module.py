@@ -87,6 +87,28 @@ def module_identity(ctx: StepContext) -> None:
     measure_counts(ctx, reports)
 
 
+# ================================================================== the unit on the fixture
+@check("unit_serial",
+       measures={"label_serial": Measure("", doc="the serial the unit was scanned with"),
+                 "bms_serial": Measure("", doc="the serial the unit's BMS reports (SunSpec model 805 SN)"),
+                 "serial_match": Measure("", required=True, doc="the two are the same")},
+       needs=("module_reports",))
+def unit_serial(ctx: StepContext) -> None:
+    """End of line: the unit on the fixture is the one whose label was scanned -- a module
+    labelled BH12-B0001-007 whose BMS says BH12-B0001-001 carries another unit's record (a
+    swapped label, or a BMS board programmed with the wrong serial) and must not pass."""
+    label = ctx.extras.get("serial")
+    reports = module_reports(ctx.bench) or {}
+    ctx.measure("label_serial", label, "")
+    first = min(reports, key=natural_key) if reports else None
+    reported = reports[first].serial if first is not None else None
+    ctx.measure("bms_serial", reported, "")
+    where = first or "module"
+    ctx.measure("serial_match", reported is not None and reported == label, "", ctx.limit("serial_match"),
+                diagnosis=diagnose("serial_mismatch", where,
+                                   f"label {label}, BMS reports {reported or 'no serial'}"))
+
+
 # ================================================================== balancing (end of line)
 def module_cell_voltages(bench: Any) -> dict[str, tuple[float, float]]:
     """(lowest, highest) cell voltage of each module as its BMS reports it (SunSpec 805
