@@ -101,6 +101,19 @@ def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.Argume
     parser.set_defaults(handler=compare.command)
 
 
+def _add_station(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from harness.production import command
+
+    parser = subparsers.add_parser(
+        "station", parents=[common],
+        help="the end-of-line loop: scan a unit, test it, label it, store it, next (default: eol_module)",
+        description="Run one plan on one unit after another: serials from standard input (a barcode "
+                    "scanner), the operator panel (--panel) or a scripted shift (--shift); retest "
+                    "policy, station lock, labels and MES hand-off from the station file's eol: section.")
+    command.add_arguments(parser)
+    parser.set_defaults(handler=command.command)
+
+
 # name -> function adding the subcommand
 SUBCOMMANDS: dict[str, Callable[..., None]] = {
     "simulate": _add_simulate,
@@ -108,6 +121,7 @@ SUBCOMMANDS: dict[str, Callable[..., None]] = {
     "run": _add_run,
     "report": _add_report,
     "compare": _add_compare,
+    "station": _add_station,
 }
 
 

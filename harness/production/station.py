@@ -162,6 +162,11 @@ class Station:
         with self._lock:
             return [s.name for s in self._state.sockets if s.phase in (IDLE, DONE)]
 
+    def running_serials(self) -> dict[str, str]:
+        """Socket -> serial of the unit on it now."""
+        with self._lock:
+            return {name: unit.serial for name, unit in self._running.items()}
+
     def wait_idle(self, timeout_s: float | None = None, socket: str | None = None) -> bool:
         """Wait until no unit runs (or none on ``socket``); False on timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -401,15 +406,15 @@ class Station:
     def _socket(self, name: str) -> SocketState:
         return next(s for s in self._state.sockets if s.name == name)
 
-    def _publish(self, kind: str, socket: str | None, **data: Any) -> None:
-        event = StationEvent(kind, socket, data)
+    def _publish(self, _kind: str, _socket: str | None, **data: Any) -> None:
+        event = StationEvent(_kind, _socket, data)
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
             try:
                 listener(event)
             except Exception:  # noqa: BLE001 - a broken view must not stop the line
-                log.exception("station listener failed on %s", kind)
+                log.exception("station listener failed on %s", _kind)
 
 
 def _shown(m: Any) -> str:
