@@ -366,6 +366,10 @@ class Station:
                     self._state.lock = LockState(True, lock_reason)
                 else:
                     lock_reason = None
+        self._record("unit", f"{result.verdict} attempt {result.attempt} of {result.attempts_allowed} on socket "
+                     f"{socket}, takt {result.takt_s:.2f} s (scan to verdict)"
+                     + (f", failed at {result.failed_step}" if result.failed_step else ""),
+                     serial=result.serial, run_uuid=result.run_uuid)
         self._publish("unit_finished", socket, **{k: v for k, v in result.to_json().items() if k != "measurements"})
         if lock_reason:
             self._record("locked", lock_reason, serial=result.serial, run_uuid=result.run_uuid)
