@@ -203,3 +203,24 @@ def test_the_history_of_a_retested_unit_is_what_the_operator_was_told(shift) -> 
     assert [s["attempt"] for s in started] == [1, 2]
     assert started[1]["history"].startswith("ended in error at acir on ") and started[1]["history"].endswith(
         "retest 2 of 3")
+
+
+def test_four_sockets_test_four_units_side_by_side(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """fixtures/stations/eol_emulated_4.yaml: each socket its own twin and instruments; four units
+    at once, each on its own socket, their runs overlapping in time."""
+    from harness.production.setup import open_station
+    from harness.production.shift import ShiftFile, run_shift
+
+    opened = open_station("eol_emulated_4", "eol_module", results=f"sqlite:///{tmp_path / 'r.sqlite'}",
+                          reports=tmp_path / "reports", operator="ci")
+    shift = ShiftFile.model_validate({"scans": [{"serial": f"BH12-B0001-{k:03d}"} for k in range(401, 405)]})
+    try:
+        run_shift(opened.station, shift, timeout_s=600)
+    finally:
+        opened.close()
+    results = opened.station.results
+    assert sorted(r.verdict for r in results) == ["PASS"] * 4
+    assert sorted(r.socket for r in results) == ["1", "2", "3", "4"]
+    latest_start = max(r.started_at for r in results)
+    earliest_end = min(r.finished_at for r in results)
+    assert latest_start < earliest_end  # all four were on their sockets at the same time
