@@ -272,7 +272,7 @@ class Station:
             return
         steps, measured = seen
         for step in self.store.steps(run.id):
-            if step.id not in steps and step.ended_at is None:
+            if step.id not in steps:  # also a step that began and ended between two looks
                 steps.add(step.id)
                 with self._lock:
                     self._socket(socket).current_step = step.name
@@ -357,7 +357,7 @@ class Station:
             state.phase, state.verdict, state.failed_step = DONE, result.verdict, result.failed_step
             state.diagnosis, state.takt_s = result.diagnosis, result.takt_s
             state.current_step = None
-            state.message = "; ".join(notes) if notes else "scan the next unit"
+            state.message = "; ".join(notes + [self._next_action(result)])
             self._state.units_done += 1
             if result.verdict != "ABORTED":
                 self._recent.append((result.serial, None if result.verdict == "PASS" else result.failed_step))
@@ -374,6 +374,19 @@ class Station:
         if lock_reason:
             self._record("locked", lock_reason, serial=result.serial, run_uuid=result.run_uuid)
             self._publish("locked", None, reason=lock_reason)
+
+    def _next_action(self, result: UnitResult) -> str:
+        """Where the unit goes now, as the retest policy says (the operator's next move)."""
+        if result.verdict == "PASS":
+            return "unit to packing; scan the next unit"
+        if result.attempt >= result.attempts_allowed:
+            return f"all {result.attempts_allowed} attempts used: unit to the repair and analysis bench"
+        step = result.failed_step or ""
+        if result.verdict == "FAIL" and (step in self.line.retest.never_retest or self.severity.get(step) == "critical"
+                                         or "fail" not in self.line.retest.retest_on):
+            return f"failed {step}, never retested: unit to the repair and analysis bench"
+        return (f"may be retested (attempt {result.attempt + 1} of {result.attempts_allowed}): scan it again, "
+                "or set it aside")
 
     # ------------------------------------------------------------------ lock and records
     def _restore_lock(self, calibration: dict[str, date]) -> None:
@@ -432,11 +445,13 @@ def _shown(m: Any) -> str:
     low, high = limits.get("low"), limits.get("high")
     bounds = ""
     if low is not None and high is not None:
-        bounds = f" [{low:.4g} .. {high:.4g}]"
+        bounds = f" [{low:.4g}{unit} .. {high:.4g}{unit}]"
     elif high is not None:
-        bounds = f" [<= {high:.4g}]"
+        bounds = f" [<= {high:.4g}{unit}]"
     elif low is not None:
-        bounds = f" [>= {low:.4g}]"
+        bounds = f" [>= {low:.4g}{unit}]"
+    elif limits.get("kind") == "equals" and limits.get("equals") is not None:
+        bounds = f" [== {limits['equals']}]"
     return f"{m.name} = {text}{unit}{bounds} {m.verdict.upper()}"
 
 

@@ -175,9 +175,14 @@
     rows.replaceChildren();
     for (const m of measurements) {
       const tr = document.createElement("tr");
-      const verdict = String(m.verdict || "");
+      // the station stores a measurement's verdict in lower case ("pass", "recorded") and its
+      // "shown" text as the console prints it: "module_ocv = 13.1 V [12.9 .. 13.3] PASS"; the
+      // table has columns for the name and the verdict, so neither is repeated in the reading
+      const verdict = String(m.verdict || "").toUpperCase();
       let shown = String(m.shown || "");
-      if (verdict && shown.endsWith(" " + verdict)) shown = shown.slice(0, -verdict.length - 1);
+      const name = m.name === null || m.name === undefined ? "" : String(m.name);
+      if (name && shown.startsWith(name + " = ")) shown = shown.slice(name.length + 3);
+      if (verdict && shown.toUpperCase().endsWith(" " + verdict)) shown = shown.slice(0, -verdict.length - 1);
       for (const [value, cls] of [[m.step, "m-step"], [m.name, "m-name"], [shown, "m-shown"],
                                   [verdict, "m-verdict"]]) {
         const td = document.createElement("td");
