@@ -22,9 +22,9 @@ def once() -> tuple[float, float]:
     station = start_emulated_station("1s4p_diagonal")
     try:
         res = station.station["instruments"]
-        supply = get_driver("keysight_n5700")(res["supply"]["resource"], "supply",
+        supply = get_driver(res["supply"]["driver"])(res["supply"]["resource"], "supply", options=res["supply"].get("options"),
                                               rating={"voltage_v": 20, "current_a": 100}, timeout_s=60)
-        load = get_driver("itech_it8500")(res["load"]["resource"], "load",
+        load = get_driver(res["load"]["driver"])(res["load"]["resource"], "load", options=res["load"].get("options"),
                                           rating={"voltage_v": 24, "current_a": 240}, timeout_s=60)
         actuator = get_driver(res["actuator"]["driver"])(res["actuator"]["resource"], "actuator", timeout_s=60)
         supply.set_voltage(14.0), supply.set_current(10.0), supply.output(True)

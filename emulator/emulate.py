@@ -184,7 +184,7 @@ def _quantity(value: float, unit: str) -> str:
     return f"{value:g} {unit}"
 
 
-def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
+def station_file_data(station: dict[str, Any], speed: float = 1.0) -> dict[str, Any]:
     """The running bench in the station file format (quantities with units, channel lists).
 
     It is a station like any hardware one (``emulated: false``: its endpoints already exist and
@@ -214,6 +214,7 @@ def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
         "name": station["name"],
         "description": "served by `hil emulate` on loopback",
         "emulated": False,
+        **({"time_scale": speed} if speed != 1.0 else {}),  # the harness's clock runs as fast
         "dut": station["dut"],
         "instruments": instruments,
         "bms": {"can": {"interface": "socketcand", "host": can_bus["host"], "port": can_bus["port"],
@@ -224,12 +225,12 @@ def station_file_data(station: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_station(station: dict[str, Any], path: str | Path) -> Path:
+def write_station(station: dict[str, Any], path: str | Path, speed: float = 1.0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ("# Written by `hil emulate`: a station pointing at an emulated bench on loopback.\n"
               "# Valid only while that process runs.\n")
-    path.write_text(header + yaml.safe_dump(station_file_data(station), sort_keys=False), encoding="utf-8")
+    path.write_text(header + yaml.safe_dump(station_file_data(station, speed), sort_keys=False), encoding="utf-8")
     return path
 
 
@@ -261,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.write_station:
-            path = write_station(station.station, args.write_station)
+            path = write_station(station.station, args.write_station, args.speed)
             print(f"station file: {path}", flush=True)
         print(yaml.safe_dump({"endpoints": {
             "instruments": {role: entry["resource"] for role, entry in station.station["instruments"].items()},

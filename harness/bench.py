@@ -79,6 +79,10 @@ class Bench:
     def _role(self, role: str, kind: type) -> Any:
         self._use(role if role in _ROLE_PROTOCOLS else "digitiser")
         instrument = self.instruments.get(role)
+        if instrument is None and role in _ROLE_PROTOCOLS:
+            # validation accepts a protocol from whichever instrument provides it (the DAQ970A
+            # listed once, as scanner, also drives the relays): the run finds it the same way
+            instrument = next((i for i in self._providers() if isinstance(i, kind)), None)
         if instrument is None:
             raise LookupError(f"the station has no '{role}' instrument")
         if not isinstance(instrument, kind):
@@ -180,6 +184,14 @@ def _connect(role: str, entry: dict[str, Any]) -> Instrument:
     extra: dict[str, Any] = {}
     if entry.get("options"):
         extra["options"] = entry["options"]
+    if entry.get("shared"):  # several sockets' stations name it: lock it per use (instruments.scpi)
+        from instruments.roles import InstrumentError
+        from instruments.scpi import ScpiInstrument
+
+        if not issubclass(cls, ScpiInstrument):
+            raise InstrumentError(role, entry["resource"], "open", f"shared: true needs a SCPI driver "
+                                  f"(an inter-process lock per use); {entry['driver']} is not one")
+        extra["options"] = {**(entry.get("options") or {}), "shared": True}
     if entry.get("timeout_s"):
         extra["timeout_s"] = entry["timeout_s"]
     if entry.get("visa_library"):
@@ -288,7 +300,7 @@ def assemble(station: Any, dut: str | None = None, scenario: str | None = None,
         synchronised = SynchronisedBench(emulated_station)
         clock = VirtualClock(synchronised)
     else:
-        clock = WallClock()
+        clock = WallClock(scale=getattr(station, "time_scale", 1.0))
     runtime = station.as_runtime()
     instruments: dict[str, Instrument] = {}
     try:

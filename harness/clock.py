@@ -82,14 +82,21 @@ class BenchClock(ABC):
 
 
 class WallClock(BenchClock):
-    def __init__(self) -> None:
+    """Bench time is wall time -- times ``scale`` against an emulator running faster than real
+    time (``hil emulate --speed N`` writes ``time_scale: N`` in its station file): a rehearsal
+    of a real bench whose timings still read in bench seconds."""
+
+    def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
+        if scale <= 0:
+            raise ValueError(f"time scale {scale} (bench seconds per wall second) must be > 0")
+        self.scale = float(scale)
         self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def now(self) -> float:
-        return time.monotonic() - self._t0
+        return (time.monotonic() - self._t0) * self.scale
 
     def every(self, period_s: float, action: Callable[[], None]) -> None:
         super().every(period_s, action)
@@ -98,13 +105,13 @@ class WallClock(BenchClock):
             self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(min(self._next_duty_in(), 0.05)):
+        while not self._stop.wait(min(self._next_duty_in() / self.scale, 0.05)):
             self._run_due()
 
     def wait(self, seconds: float, resolution_s: float | None = None) -> None:
         self._check_deadline()
         allowed = self._until_deadline(max(seconds, 0.0))
-        time.sleep(allowed)
+        time.sleep(allowed / self.scale)
         if allowed < seconds:
             self._check_deadline()
 

@@ -16,20 +16,40 @@ as the weakest driver --
 Drivers declare SCPI properties with :func:`control` / :func:`measurement` (a descriptor: get
 command, set command, codec, validator, rating key) instead of hand-written getters/setters.
 
+A *shared* instrument (option ``shared``; a station file's ``shared: true``) is one several
+processes talk to -- two sockets of an end-of-line station on one DAQ970A or one AC-IR meter.
+Every exchange, and every public driver method as a whole, then holds an inter-process lock
+(``fcntl.flock`` on a file named after the resource, see :class:`SharedLock`), so one process's
+command and its ``SYST:ERR?`` (or a capture's arm ... fetch) never interleave with another's.
+An instrument that is not shared takes no file lock at all.
+
 The session is always a pyvisa resource (``visa_library="@py"`` by default, any VISA resource
 string a station names); tests of exact bytes may pass an already-open pyvisa-like ``session``.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
+import logging
 import math
 import numbers
+import os
 import re
 import socket
+import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Protocol
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX platform: shared instruments are refused at construction
+    fcntl = None  # type: ignore[assignment]
 
 import pyvisa
 from pyvisa.constants import StatusCode
@@ -38,6 +58,7 @@ from pyvisa.errors import VisaIOError
 from instruments.roles import Instrument, InstrumentError, SetpointRefused
 
 OVERLOAD = 9.9e37  # SCPI's overload / not-a-number readings are 9.9E37 and 9.91E37
+log = logging.getLogger(__name__)
 
 
 class VisaSession(Protocol):
@@ -246,6 +267,176 @@ def _disable_nagle(session: Any) -> None:
         pass
 
 
+# ================================================================================== shared instruments
+LOCK_DIR_ENV = "BANKHIL_LOCK_DIR"
+_POLL_FIRST_S, _POLL_MAX_S = 0.0005, 0.005  # a waiter polls the lock this often (backing off)
+
+
+def lock_dir() -> Path:
+    """Where the lock files of shared instruments live: ``$BANKHIL_LOCK_DIR``, or
+    ``<tempdir>/bankhil-locks``. Every process sharing an instrument must see the same one."""
+    configured = os.environ.get(LOCK_DIR_ENV, "").strip()
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "bankhil-locks"
+
+
+def canonical_resource(resource: str) -> str:
+    """The resource string two station files may spell differently for one instrument, in one
+    spelling: upper case, board 0 written out (``TCPIP::`` -> ``TCPIP0::``), the default
+    VXI-11 device written out (``TCPIP0::host::INSTR`` -> ``TCPIP0::host::INST0::INSTR``).
+    A host name and its IP address stay different: name the instrument the same way in each."""
+    text = resource.strip().upper()
+    text = re.sub(r"^(TCPIP|GPIB|USB|ASRL|VXI|PXI)::", r"\g<1>0::", text)
+    parts = text.split("::")
+    if parts[0].startswith("TCPIP") and len(parts) == 3 and parts[2] == "INSTR":
+        parts.insert(2, "INST0")
+    return "::".join(parts)
+
+
+def lock_path(resource: str, directory: Path | None = None) -> Path:
+    """The lock file of ``resource``: ``<lock_dir>/<sha1 of the canonical resource>.lock``."""
+    digest = hashlib.sha1(canonical_resource(resource).encode("utf-8")).hexdigest()
+    return (directory or lock_dir()) / f"{digest}.lock"
+
+
+class SharedLock:
+    """The inter-process lock of one shared instrument, one object per lock file per process.
+
+    - ``flock(LOCK_EX)`` on ``<sha1>.lock`` is the lock itself; the kernel drops it when the
+      holding process dies, so a crashed socket never leaves the instrument locked.
+    - a waiter first takes ``<sha1>.gate`` (a turnstile), then the lock: a holder that lets go
+      and wants it back at once must pass the gate too, so it cannot starve a waiting peer.
+    - re-entrant within the process: ``depth`` counts the holders (nested exclusive sections,
+      a transaction inside a driver method, a capture span); the file is locked on 0 -> 1 and
+      unlocked on 1 -> 0. Other threads of the same process join the hold (serialising threads
+      is the driver's own thread lock).
+    - the wait is bounded (polling with ``LOCK_NB``): :meth:`acquire` returns False at the
+      deadline, the caller raises.
+
+    The holder writes ``pid <pid> <who>`` into the lock file, for the error a waiter raises.
+    """
+
+    _registry: ClassVar[dict[str, "SharedLock"]] = {}
+    _registry_guard = threading.Lock()
+
+    def __init__(self, path: Path, resource: str):
+        self.path, self.resource = path, resource
+        self.gate_path = path.with_suffix(".gate")
+        self.depth = 0
+        self._mutex = threading.Lock()
+        self._fd: int | None = None
+        self._gate_fd: int | None = None
+
+    @classmethod
+    def for_resource(cls, resource: str) -> "SharedLock":
+        path = lock_path(resource)
+        with cls._registry_guard:
+            lock = cls._registry.get(str(path))
+            if lock is None:
+                lock = cls._registry[str(path)] = cls(path, resource)
+            return lock
+
+    @classmethod
+    def _after_fork(cls) -> None:
+        """In a forked child: the parent's holds are not ours (flock belongs to the open file,
+        which a fork shares), so forget them without unlocking, and reopen on next use."""
+        cls._registry_guard = threading.Lock()
+        for lock in cls._registry.values():
+            for fd in (lock._fd, lock._gate_fd):
+                if fd is not None:
+                    try:
+                        os.close(fd)  # our copy only: the parent's lock stays with the parent
+                    except OSError:
+                        pass
+            lock._fd = lock._gate_fd = None
+            lock.depth = 0
+            lock._mutex = threading.Lock()
+
+    def _open(self) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._gate_fd = os.open(self.gate_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+    @staticmethod
+    def _try(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    @staticmethod
+    def _poll(fd: int, deadline: float) -> bool:
+        pause = _POLL_FIRST_S
+        while True:
+            if SharedLock._try(fd):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _POLL_MAX_S)
+
+    def acquire(self, wait_s: float, who: str = "") -> bool:
+        """Hold the lock (joining this process's hold if there is one) within ``wait_s``."""
+        deadline = time.monotonic() + max(wait_s, 0.0)
+        if not self._mutex.acquire(timeout=max(wait_s, 0.0)):
+            return False  # another thread of ours is still waiting for the file, as long as we may
+        try:
+            if self.depth > 0:
+                self.depth += 1
+                return True
+            self._open()
+            assert self._fd is not None and self._gate_fd is not None
+            if not self._poll(self._gate_fd, deadline):
+                return False
+            try:
+                if not self._poll(self._fd, deadline):
+                    return False
+            finally:
+                fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
+            self.depth = 1
+            self._note_holder(who)
+            return True
+        finally:
+            self._mutex.release()
+
+    def join(self) -> bool:
+        """One more hold, if this process holds the lock already (never waits); else False."""
+        with self._mutex:
+            if self.depth <= 0:
+                return False
+            self.depth += 1
+            return True
+
+    def release(self) -> None:
+        with self._mutex:
+            if self.depth <= 0:
+                return
+            self.depth -= 1
+            if self.depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _note_holder(self, who: str) -> None:
+        try:
+            text = f"pid {os.getpid()} {who}".strip()[:200].encode("utf-8", "replace")
+            os.ftruncate(self._fd, 0)  # type: ignore[arg-type]
+            os.pwrite(self._fd, text, 0)  # type: ignore[arg-type]
+        except OSError:  # only a diagnostic
+            pass
+
+    def holder(self) -> str:
+        """Who holds (or last held) the lock, as the holder wrote it ('' if unknown)."""
+        try:
+            return self.path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=SharedLock._after_fork)
+
+
 _ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
 MAX_DRAINED_ERRORS = 20
 
@@ -256,6 +447,22 @@ class ScpiInstrument(Instrument):
     ``options`` (all optional): ``read_termination`` / ``write_termination`` (``"\\n"``),
     ``error_query`` (``"SYST:ERR?"``), ``clear_on_open`` (send ``*CLS`` when connecting, so an
     old error is not blamed on our first command; default True); drivers add their own.
+
+    ``shared`` (an option, or the keyword; not in :attr:`OPTIONS` because a station file says
+    it as the instrument's ``shared: true``): other processes use the same instrument. Then
+
+    - every transaction holds the instrument's :class:`SharedLock` (``fcntl.flock``) for the
+      command and its error check; every public method of the driver (``measure``,
+      ``arm_digitise``, ``reset``, ...) holds it for all its commands; a driver or a check may
+      hold it over more with :meth:`exclusive`;
+    - a capture (:attr:`EXCLUSIVE_SPANS`: ``arm_digitise``) holds it until the method that
+      ends it (``fetch_waveform``, ``safe_state``, ``reset`` or ``close``) has run, so no peer
+      reconfigures the meter between arm and fetch;
+    - a wait longer than ``timeout_s * LOCK_WAIT_FACTOR`` raises InstrumentError ("held by
+      another socket"); ``safe_state`` waits at most :attr:`SAFE_STATE_LOCK_WAIT_S` and then
+      goes safe without the lock (logged): a hung peer must not keep this socket energised.
+
+    Not shared, none of this happens: no lock file, no wrapper, not one extra system call.
     """
 
     OPTIONS: ClassVar[dict[str, Any]] = {
@@ -264,13 +471,28 @@ class ScpiInstrument(Instrument):
         "error_query": "SYST:ERR?",
         "clear_on_open": True,
     }
+    #: a shared instrument waits at most timeout_s x this for a peer to let go of it
+    LOCK_WAIT_FACTOR: ClassVar[float] = 10.0
+    #: ... and at most this long in safe_state, which then goes ahead without the lock
+    SAFE_STATE_LOCK_WAIT_S: ClassVar[float] = 0.5
+    #: a method that starts a sequence spanning calls -> the methods that end it (and close)
+    EXCLUSIVE_SPANS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "arm_digitise": ("fetch_waveform", "safe_state", "reset"),  # a Dmm capture (roles.Dmm)
+    }
+
+    _shared: "SharedLock | None" = None
 
     def __init__(self, resource: str, name: str, rating: dict[str, float] | None = None,
                  timeout_s: float = 2.0, visa_library: str = "@py",
-                 options: dict[str, Any] | None = None, *, session: VisaSession | None = None):
+                 options: dict[str, Any] | None = None, *, session: VisaSession | None = None,
+                 shared: bool | None = None):
         self.resource, self.name = resource, name
         self.rating = dict(rating or {})
         self.timeout_s = float(timeout_s)
+        options = dict(options or {})
+        shared = options.pop("shared", False) if shared is None else shared
+        if not isinstance(shared, bool):
+            raise ValueError(f"{name}: shared must be true or false, not {shared!r}")
         unknown = set(options or {}) - set(self.OPTIONS)
         if unknown:
             raise ValueError(f"{name}: unknown option(s) {', '.join(sorted(unknown))} for "
@@ -279,6 +501,8 @@ class ScpiInstrument(Instrument):
         self._lock = threading.RLock()
         self._dirty = False
         self._step = ""
+        if shared:
+            self._share()
         self._session = session if session is not None else self._open(visa_library)
         if self.options["clear_on_open"]:
             try:
@@ -313,28 +537,141 @@ class ScpiInstrument(Instrument):
         """One exchange under the driver lock; I/O failures become InstrumentError."""
         if self.before_io is not None:
             self.before_io()
-        with self._lock:
-            if self._dirty:
-                self._resync()
-            clean = False
+        held = self._shared is not None and self._hold(command)  # shared: the file lock first
+        try:
+            with self._lock:
+                if self._dirty:
+                    self._resync()
+                clean = False
+                try:
+                    yield
+                    clean = True
+                except InstrumentError:
+                    clean = True  # the instrument answered: the session is in step
+                    raise
+                except VisaIOError as exc:
+                    raise self._error(command, self._describe_io(exc)) from exc
+                except pyvisa.errors.Error as exc:  # e.g. InvalidSession: used after close()
+                    raise self._error(command, f"VISA error during '{self._step}': {exc}") from exc
+                except UnicodeDecodeError as exc:
+                    raise self._error(command, f"reply to '{self._step}' is not text: "
+                                               f"{exc.object[:40]!r}") from exc
+                except OSError as exc:
+                    raise self._error(command, f"connection failed during '{self._step}': {exc}") from exc
+                finally:
+                    if not clean:
+                        self._dirty = True
+        finally:
+            if held:
+                self._shared.release()  # type: ignore[union-attr]
+
+    # -- shared instruments ------------------------------------------------------------------
+    def _share(self) -> None:
+        """Make this driver take the instrument's inter-process lock per use (see the class)."""
+        if fcntl is None:
+            raise InstrumentError(self.name, self.resource, "open",
+                                  "shared: true needs fcntl.flock (Linux or another POSIX system); "
+                                  "this platform has none, so sockets cannot share an instrument here")
+        self._shared = SharedLock.for_resource(self.resource)
+        self._bypass = threading.local()  # set while safe_state goes ahead without the lock
+        self._span = False
+        self._span_guard = threading.Lock()
+        stop = ScpiInstrument
+        seen: set[str] = set()
+        for klass in type(self).__mro__:
+            if klass is stop:
+                break
+            for attr, value in vars(klass).items():
+                if attr in seen:
+                    continue
+                seen.add(attr)
+                if not attr.startswith("_") and inspect.isfunction(value) and attr != "close":
+                    setattr(self, attr, self._exclusive_method(attr, getattr(self, attr)))
+        for attr in ("reset", "safe_state"):  # inherited from here (reset) or the role: wrap anyway
+            if attr not in seen and callable(getattr(self, attr, None)):
+                setattr(self, attr, self._exclusive_method(attr, getattr(self, attr)))
+
+    def _exclusive_method(self, attr: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        enders = {a for a, ends in self.EXCLUSIVE_SPANS.items() if attr in ends}
+        starts = attr in self.EXCLUSIVE_SPANS
+
+        @functools.wraps(method)
+        def exclusive_call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                if attr == "safe_state":
+                    with self._safe_hold():
+                        return method(*args, **kwargs)
+                with self.exclusive(attr):
+                    result = method(*args, **kwargs)
+                    if starts:
+                        self._begin_span()
+                    return result
+            finally:
+                if enders:
+                    self._end_span()
+
+        return exclusive_call
+
+    def _hold(self, what: str, wait_s: float | None = None) -> bool:
+        """Take the shared lock (True), or join a safe_state going ahead without it (False)."""
+        assert self._shared is not None
+        if getattr(self._bypass, "on", 0):
+            return False
+        wait = self.timeout_s * self.LOCK_WAIT_FACTOR if wait_s is None else wait_s
+        if not self._shared.acquire(wait, f"{self.name} {self.resource}"):
+            holder = self._shared.holder()
+            raise self._error(what, f"shared instrument held by another socket for more than {wait:g} s "
+                                    f"(holder: {holder or 'unknown'}; lock file {self._shared.path})")
+        return True
+
+    @contextmanager
+    def exclusive(self, what: str = "exclusive use") -> Iterator[None]:
+        """Commands inside run as one unit: on a shared instrument no other process's command
+        comes in between (and no other thread of this one's). Nests; not shared, it does nothing."""
+        if self._shared is None:
+            yield
+            return
+        held = self._hold(what)
+        try:
+            with self._lock:
+                yield
+        finally:
+            if held:
+                self._shared.release()
+
+    @contextmanager
+    def _safe_hold(self) -> Iterator[None]:
+        """safe_state's hold: a short wait, then on without the lock rather than not safe."""
+        assert self._shared is not None
+        if getattr(self._bypass, "on", 0):
+            yield
+            return
+        if self._shared.acquire(self.SAFE_STATE_LOCK_WAIT_S, f"{self.name} {self.resource} safe_state"):
             try:
                 yield
-                clean = True
-            except InstrumentError:
-                clean = True  # the instrument answered: the session is in step
-                raise
-            except VisaIOError as exc:
-                raise self._error(command, self._describe_io(exc)) from exc
-            except pyvisa.errors.Error as exc:  # e.g. InvalidSession: used after close()
-                raise self._error(command, f"VISA error during '{self._step}': {exc}") from exc
-            except UnicodeDecodeError as exc:
-                raise self._error(command, f"reply to '{self._step}' is not text: "
-                                           f"{exc.object[:40]!r}") from exc
-            except OSError as exc:
-                raise self._error(command, f"connection failed during '{self._step}': {exc}") from exc
             finally:
-                if not clean:
-                    self._dirty = True
+                self._shared.release()
+            return
+        log.warning("%s at %s: shared instrument held by another socket (%s) for more than %g s; "
+                    "going safe without the lock", self.name, self.resource,
+                    self._shared.holder() or "holder unknown", self.SAFE_STATE_LOCK_WAIT_S)
+        self._bypass.on = getattr(self._bypass, "on", 0) + 1
+        try:
+            yield
+        finally:
+            self._bypass.on -= 1
+
+    def _begin_span(self) -> None:
+        """Keep holding the lock after this call (a capture armed: until it is fetched)."""
+        with self._span_guard:
+            if not self._span and self._shared is not None and self._shared.join():
+                self._span = True  # joins the hold of the call that started it: never waits
+
+    def _end_span(self) -> None:
+        with self._span_guard:
+            if self._span and self._shared is not None:
+                self._span = False
+                self._shared.release()
 
     def _describe_io(self, exc: VisaIOError) -> str:
         if exc.error_code == StatusCode.error_timeout:
@@ -426,8 +763,9 @@ class ScpiInstrument(Instrument):
 
     def reset(self) -> None:
         """``*RST`` then ``*CLS``: the instrument's power-on settings, an empty error queue."""
-        self.write("*RST")
-        self.write("*CLS")
+        with self.exclusive("*RST"):
+            self.write("*RST")
+            self.write("*CLS")
 
     def close(self) -> None:
         with self._lock:
@@ -435,6 +773,8 @@ class ScpiInstrument(Instrument):
                 self._session.close()
             except Exception:  # closing a dead link must not mask the error that killed it
                 pass
+        if self._shared is not None:
+            self._end_span()  # a capture left armed: let the other sockets have the instrument
 
     def __enter__(self) -> "ScpiInstrument":
         return self

@@ -147,7 +147,7 @@ CASES = [
     station_case("station-unknown-key", sub(S, "    calibration_due: 2027-06-30",
                                             "    calibraton_due: 2027-06-30"),
                  "calibraton_due", "instruments.supply.calibraton_due", "unknown key 'calibraton_due'",
-                 "keys: calibration_due, cards, driver, model, options, rating, resource, serial, timeout"),
+                 "keys: calibration_due, cards, driver, model, options, rating, resource, serial, shared, timeout, visa_library"),
     station_case("station-wrong-type", sub(S, "emulated: false", "emulated: sometimes"),
                  "emulated:", "emulated", "'sometimes'", "boolean"),
     station_case("station-missing-field", sub(S, "    driver: itech_it8500\n", ""),

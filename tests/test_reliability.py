@@ -127,9 +127,9 @@ def test_frozen_load_with_a_60_s_timeout_on_the_emulated_bench() -> None:
     station = start_emulated_station("1s4p_diagonal")
     try:
         res = station.station["instruments"]
-        supply = get_driver("keysight_n5700")(res["supply"]["resource"], "supply",
+        supply = get_driver(res["supply"]["driver"])(res["supply"]["resource"], "supply", options=res["supply"].get("options"),
                                               rating={"voltage_v": 20, "current_a": 100}, timeout_s=60)
-        load = get_driver("itech_it8500")(res["load"]["resource"], "load",
+        load = get_driver(res["load"]["driver"])(res["load"]["resource"], "load", options=res["load"].get("options"),
                                           rating={"voltage_v": 24, "current_a": 240}, timeout_s=60)
         actuator = get_driver(res["actuator"]["driver"])(res["actuator"]["resource"], "actuator", timeout_s=60)
         twin = station.bench.twin

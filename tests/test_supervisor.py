@@ -21,12 +21,14 @@ def station():  # type: ignore[no-untyped-def]
 
 
 def _drivers(station):  # type: ignore[no-untyped-def]
-    res = station.station["instruments"]
-    supply = get_driver("keysight_n5700")(res["supply"]["resource"], "supply",
-                                          rating={"voltage_v": 20, "current_a": 100}, timeout_s=0.5)
-    load = get_driver("itech_it8500")(res["load"]["resource"], "load",
-                                      rating={"voltage_v": 24, "current_a": 240}, timeout_s=0.5)
-    return supply, load
+    res = station.station["instruments"]  # the drivers and options the emulated station names
+
+    def connect(role: str, rating: dict) -> object:
+        entry = res[role]
+        return get_driver(entry["driver"])(entry["resource"], role, rating=rating, timeout_s=0.5,
+                                           options=entry.get("options"))
+    return (connect("supply", {"voltage_v": 20, "current_a": 100}),
+            connect("load", {"voltage_v": 24, "current_a": 240}))
 
 
 def test_safe_state_turns_everything_off_and_records_it(station):

@@ -126,3 +126,25 @@ def test_plan_runs_again_and_again_on_a_wall_clock_bench(tmp_path, plan, dut):
     for name, value in virt.items():
         # wall-clock polls are coarser (a socket round trip per reading): 50 ms or 5 %
         assert wall[name] == pytest.approx(value, abs=0.05, rel=0.05), name
+
+
+def test_a_rehearsal_at_ten_times_real_time_measures_in_bench_seconds(tmp_path):
+    """``hil emulate --speed 10`` writes ``time_scale: 10`` into its station file; the harness's
+    wall clock runs as fast, so the over-current trip still reads its ~1 s (bench seconds)."""
+    station = tmp_path / "station.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "emulate", "--dut", "1s1p", "--speed", "10",
+                             "--write-station", str(station)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (station.exists() and station.stat().st_size and yaml.safe_load(station.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, "hil emulate wrote no station file"
+            time.sleep(0.2)
+        assert yaml.safe_load(station.read_text())["time_scale"] == 10
+        result = _run(tmp_path, "eol_module", station=str(station))
+        assert result.returncode == 0, result.stdout[-4000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    delay = _timings(tmp_path / "results.sqlite", 0)["discharge_ocp_trip.trip_delay"]
+    assert delay == pytest.approx(1.0, abs=0.15)

@@ -179,6 +179,12 @@ class InstrumentEntry(FileModel):
     cards: list[Card] = Field(default_factory=list)
     options: dict[str, OptionValue] = Field(default_factory=dict)
     visa_library: VisaLibrary | None = None  # this instrument's VISA backend (default: the station's)
+    # One physical instrument reached from several sockets of an end-of-line station (one
+    # DAQ970A or AC-IR meter for two fixtures): every station file that names it (same resource)
+    # must say ``shared: true``, so each socket's driver takes an inter-process lock per use
+    # (instruments.scpi.ScpiInstrument, option ``shared``); a socket that leaves it out talks
+    # to the instrument unlocked, in between the others' commands.
+    shared: bool = False
 
     @field_validator("cards")
     @classmethod
@@ -464,6 +470,9 @@ class StationFile(SourcedFile):
     description: str = ""
     emulated: bool = False
     visa_library: VisaLibrary = "@py"  # VISA backend of every instrument (an entry may override it)
+    # bench seconds per wall second: 1 on hardware; `hil emulate --speed N --write-station` writes N,
+    # so a rehearsal against a faster-than-real-time emulator still measures in bench seconds
+    time_scale: Annotated[float, Field(gt=0, le=1000)] = 1.0
     dut: str | None = Field(default=None, description="the DUT this bench is wired for: the "
                             "default when a run names none (a file or a stem in fixtures/duts/)")
     instruments: Annotated[dict[Role, InstrumentEntry], Field(min_length=1)]
@@ -536,6 +545,8 @@ class StationFile(SourcedFile):
                 entry["visa_library"] = visa
             if inst.calibration_due is not None:
                 entry["calibration_due"] = inst.calibration_due.isoformat()
+            if inst.shared:
+                entry["shared"] = True
             instruments[role] = entry
         bms: dict[str, Any] = {}
         if self.bms.can is not None:
