@@ -35,6 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 PLANS = [("eol_module", "1s1p"), ("series_string_4s1p", "4s1p"), ("bank_smoke", "1s4p_diagonal")]
 # measurements that are times a check measured on the bench clock (not parameters it chose)
 TIMING = re.compile(r"(delay|reaction|detect|settle|_time)(_s)?$")
+# timings seen through the BMS's own reports (once a second, on the BMS's schedule, not the
+# harness's): on a wall clock the phase between the harness's action and the next report is
+# whatever it happens to be, as on a real bench -- they agree to one report period
+REPORT_QUANTISED = {name: 1.05 for name in ("reaction_time", "recovery_time", "offline_detect_time",
+                                            "totals_drop_time")}
 
 
 def _start_emulator(folder: Path, dut: str) -> subprocess.Popen:
@@ -124,8 +129,10 @@ def test_plan_runs_again_and_again_on_a_wall_clock_bench(tmp_path, plan, dut):
     wall, virt = _timings(db, 0), _timings(db, -1)
     assert wall.keys() == virt.keys()
     for name, value in virt.items():
-        # wall-clock polls are coarser (a socket round trip per reading): 50 ms or 5 %
-        assert wall[name] == pytest.approx(value, abs=0.05, rel=0.05), name
+        # wall-clock polls are coarser (a socket round trip per reading): 50 ms or 5 %; a
+        # reaction the BMS can only show in its next report is known to its report period
+        tolerance = REPORT_QUANTISED.get(name.rsplit(".", 1)[-1], 0.05)
+        assert wall[name] == pytest.approx(value, abs=tolerance, rel=0.05), name
 
 
 def test_a_rehearsal_at_ten_times_real_time_measures_in_bench_seconds(tmp_path):
