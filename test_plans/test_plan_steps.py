@@ -34,6 +34,24 @@ def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-d
     ctx = StepContext(session.bench, step_params(plan_step, session.ctx.plan, SPECS.get(plan_step.check)),
                       step_limits(plan_step), measure, plan_step.name, session.ctx.dut_spec,
                       extras={"supervisor": session.supervisor, "serial": session.ctx.serial}, spec=SPECS.get(plan_step.check))
+    try:
+        _run_step(plan_step, session, measure, check, ctx)
+    except BaseException as exc:
+        # interrupted: attach what is drawn, wait for nothing (the bench goes safe first)
+        _finish_plots(measure, 0.0 if isinstance(exc, KeyboardInterrupt) else None)
+        raise
+    _finish_plots(measure)
+
+
+def _finish_plots(measure, wait_s=None):  # type: ignore[no-untyped-def]
+    """The step's plots, drawn while it ran, attached to it."""
+    for sink in measure.trace_sinks:
+        finish = getattr(sink, "finish", None)
+        if finish is not None:
+            finish(wait_s)
+
+
+def _run_step(plan_step, session, measure, check, ctx):  # type: ignore[no-untyped-def]
     with step_deadline(session, plan_step):
         try:
             session.prepare(session.ctx.running[1] if session.ctx.running else None)

@@ -48,16 +48,21 @@ def attach_json(data: Any, name: str) -> None:
 
 
 class TraceArtifacts:
-    """The trace sink of one step: draw, write the CSV, attach both, tell the store."""
+    """The trace sink of one step: write the CSV at once, draw the plot in the plot worker
+    (harness/reporting/plot_worker.py), attach both and tell the store when the step ends
+    (:meth:`finish`)."""
 
-    def __init__(self, folder: Path, step_name: str, note: Callable[[str], None] | None = None):
+    def __init__(self, folder: Path, step_name: str, note: Callable[[str], None] | None = None,
+                 wait_s: float = 120.0):
         self.folder = folder / "plots" / safe_name(step_name)
         self.step_name = step_name
         self.note = note or (lambda text: None)
+        self.wait_s = wait_s
         self.written: list[Path] = []
+        self._pending: list[tuple[Trace, str, Path, Any]] = []
 
     def __call__(self, trace: Trace) -> None:
-        from harness.reporting import plots
+        from harness.reporting import plot_worker, plots
 
         trace.step = trace.step or self.step_name
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -65,14 +70,21 @@ class TraceArtifacts:
         csv_path = plots.write_csv(trace, stem.with_suffix(".csv"))
         self.written.append(csv_path)
         title = trace.title or trace.name.replace("_", " ")
-        try:
-            png_path = plots.render(trace, stem.with_suffix(".png"))
-        except Exception as exc:  # noqa: BLE001 - a picture is not worth a run
-            self.note(f"plot {trace.name} of step {self.step_name} not drawn: {exc}")
-            png_path = None
-        if png_path is not None:
-            self.written.append(png_path)
-            attach_file(png_path, f"{title} (plot)", "png")
-            self.note(f"plot {self.step_name} {png_path}")
-        attach_file(csv_path, f"{title} (CSV)", "csv")
-        self.note(f"csv {self.step_name} {csv_path}")
+        self._pending.append((trace, title, csv_path, plot_worker.draw(trace, stem.with_suffix(".png"))))
+
+    def finish(self, wait_s: float | None = None) -> None:
+        """Collect the step's pictures: attach each plot and its CSV, note both in the store
+        (waiting up to ``wait_s`` for each, default the sink's ``wait_s``)."""
+        pending, self._pending = self._pending, []
+        for trace, title, csv_path, future in pending:
+            try:
+                png_path: Path | None = Path(future.result(timeout=self.wait_s if wait_s is None else wait_s))
+            except Exception as exc:  # noqa: BLE001 - a picture is not worth a run
+                self.note(f"plot {trace.name} of step {self.step_name} not drawn: {exc}")
+                png_path = None
+            if png_path is not None:
+                self.written.append(png_path)
+                attach_file(png_path, f"{title} (plot)", "png")
+                self.note(f"plot {self.step_name} {png_path}")
+            attach_file(csv_path, f"{title} (CSV)", "csv")
+            self.note(f"csv {self.step_name} {csv_path}")
