@@ -308,3 +308,27 @@ def test_serial_off_the_pattern_is_refused(station, browser, tmp_path: Path) -> 
     assert after.sockets[0].message == sentence
     assert not browser.find_element(By.CSS_SELECTOR, f"{CARD} .message").is_displayed()  # said once
     _shot(browser, tmp_path, "station_refused", publish=False)
+
+
+def test_end_shift_from_the_panel_stops_the_station(tmp_path):  # type: ignore[no-untyped-def]
+    """The panel's End shift: the station stops (as on Ctrl-C) and says so; no serial is taken after."""
+    from fastapi.testclient import TestClient
+
+    from harness.production.panel import create_app
+    from harness.production.setup import open_station
+
+    opened = open_station("eol_emulated", "eol_module", results=f"sqlite:///{tmp_path / 'r.sqlite'}",
+                          reports=tmp_path / "reports", operator="ci")
+    try:
+        events = []
+        opened.station.subscribe(events.append)
+        client = TestClient(create_app(opened.station), base_url="http://127.0.0.1")
+        assert client.post("/api/stop", json={"reason": "end of shift"}).status_code == 202
+        deadline = time.monotonic() + 30
+        while not opened.station.stopped and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert opened.station.stopped
+        refused = client.post("/api/sockets/1/serial", json={"serial": "BH12-B0001-900"})
+        assert refused.status_code == 409 and "stopped" in refused.json()["detail"]
+    finally:
+        opened.close()

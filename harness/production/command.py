@@ -64,7 +64,8 @@ def command(args: argparse.Namespace) -> int:
             reader = threading.Thread(target=read_serials, args=(station, sys.stdin, args.operator, view.console),
                                       daemon=True)
             reader.start()
-            while reader.is_alive():
+            # without a panel the input is the loop; with one, the panel's "End shift" (or Ctrl-C)
+            while not station.stopped and (reader.is_alive() or panel is not None):
                 reader.join(0.2)
             station.wait_idle()
         station.stop("end of input" if shift is None else "end of shift")

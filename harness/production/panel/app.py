@@ -28,6 +28,7 @@ import contextlib
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ class SerialIn(BaseModel):
 class UnlockIn(BaseModel):
     reason: str
     operator: str
+
+
+class StopIn(BaseModel):
+    reason: str = ""
 
 
 def _json_safe(value: Any) -> Any:
@@ -155,6 +160,14 @@ def create_app(control: StationControl, *, allowed_hosts: Iterable[str] = LOOPBA
         except ValueError as error:
             return JSONResponse({"detail": str(error) or "a reason is needed to unlock"}, status_code=422)
         return JSONResponse(state_json())
+
+    @app.post("/api/stop")
+    def stop(body: StopIn) -> JSONResponse:
+        # the loop ends as on Ctrl-C: stop() interrupts running units (their runs make the
+        # benches safe) and waits for them -- in a thread, so this request returns at once
+        reason = body.reason.strip() or "closed from the panel"
+        threading.Thread(target=control.stop, args=(reason,), name="panel-stop", daemon=True).start()
+        return JSONResponse({"stopping": True, "reason": reason}, status_code=202)
 
     @app.websocket("/ws")
     async def live(websocket: WebSocket) -> None:

@@ -261,8 +261,16 @@
     }
   }
 
+  async function endShift() {
+    if (!window.confirm("End the shift? Running units are interrupted and their benches made safe.")) return;
+    try {
+      await post("/api/stop", { reason: "shift ended from the panel" });
+    } catch (e) { /* the stopped event, or the lost connection, tells the operator */ }
+  }
+
   async function start() {
     $("unlock-form").addEventListener("submit", submitUnlock);
+    $("end-shift").addEventListener("click", endShift);
     try {
       const response = await fetch("/api/state");
       if (response.ok) render(await response.json());
