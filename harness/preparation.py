@@ -20,12 +20,15 @@ What preparation does, in this order (each part only if the station has the role
    a branch contactor closes, the branch's open-circuit voltage is compared with the bus it joins
    -- the branches already closed, or the first branch to close: 000 asks for a pre-parallel
    difference of at most 0.1 V per unit, so the plan's ``bench.connect_match`` (default 100 mV)
-   is per module in series. A branch outside it is not connected and preparation fails naming
-   it; nothing is closed onto a mismatch. The main contactor closes last, outputs off (004: the
+   is per module in series. A branch outside it is left open and noted, naming it and both
+   voltages; nothing is closed onto a mismatch. The main contactor closes last, outputs off (004: the
    main disconnect only after the BMSs are normal).
 
-A preparation that cannot be done is :class:`BenchNotReady`: the step it precedes ends ERROR
-with that message and the rest of the plan is not run -- nothing about the DUT is concluded.
+A branch left open is noted, not an error: it is the DUT's condition (a module at another
+charge), and the plan's checks find the open branch and say why, as they would on a bench
+set up by hand. :class:`BenchNotReady` is for a bench that cannot be prepared at all (an
+instrument refusing the protection levels): the step it precedes ends ERROR and the rest of
+the plan is not run -- nothing about the DUT is concluded.
 """
 
 from __future__ import annotations
@@ -104,7 +107,11 @@ def _outputs_off(bench: Any, ovp_v: float | None, done: Preparation) -> None:
             done.did("supply output off")
         program = getattr(supply, "program_protection", None)
         if program is not None and ovp_v is not None:
-            program(ovp_v, 0.0)
+            try:
+                program(ovp_v, 0.0)
+            except Exception as exc:  # noqa: BLE001 - InstrumentError / SetpointRefused: a bench fault
+                raise BenchNotReady(f"the supply refused its protection levels (OVP {ovp_v:.4g} V, "
+                                    f"UVL 0 V): {exc}") from exc
             done.did(f"supply OVP {ovp_v:.4g} V, UVL 0 V")
 
 
@@ -138,18 +145,19 @@ def _contactors(bench: Any, start: StartState, modules: list[str], done: Prepara
         joined = [b for b in branches if closed[b]]
         for branch in to_close:
             if branch not in volts:
-                raise BenchNotReady(f"contactor {branch}: no scanner channel measures its modules, so its "
-                                    "voltage cannot be matched to the bus before it closes")
+                done.did(f"contactor {branch} left open: no scanner channel measures its modules, so its "
+                         "voltage cannot be matched to the bus")
+                continue
             if joined:
                 bus_v = sum(volts[b] for b in joined) / len(joined)
                 series = len(modules_of_branch(branch, modules))
                 limit = start.connect_match_v * series
                 if abs(volts[branch] - bus_v) > limit:
-                    raise BenchNotReady(
-                        f"contactor {branch} not closed: branch at {volts[branch]:.3f} V, bus at "
-                        f"{bus_v:.3f} V, difference {abs(volts[branch] - bus_v) * 1000:.0f} mV over the "
-                        f"{limit * 1000:.0f} mV allowed before paralleling (000: 0.1 V per unit) -- "
-                        "bring the branch to the bus voltage, then run again")
+                    # never closed onto a mismatch; the plan's checks find the open branch and say why
+                    done.did(f"contactor {branch} left open: branch at {volts[branch]:.3f} V, bus at "
+                             f"{bus_v:.3f} V, {abs(volts[branch] - bus_v) * 1000:.0f} mV over the "
+                             f"{limit * 1000:.0f} mV allowed before paralleling (000: 0.1 V per unit)")
+                    continue
             bench.set_contactor(branch, True)
             joined.append(branch)
             done.did(f"contactor {branch} closed at {volts[branch]:.3f} V")
