@@ -160,7 +160,7 @@ class Station:
 
     def idle_sockets(self) -> list[str]:
         with self._lock:
-            return [s.name for s in self._state.sockets if s.phase in (IDLE, DONE)]
+            return [s.name for s in self._state.sockets if s.phase in (IDLE, DONE) and s.name not in self._running]
 
     def running_serials(self) -> dict[str, str]:
         """Socket -> serial of the unit on it now."""
@@ -352,7 +352,6 @@ class Station:
         lock_reason = None
         with self._lock:
             self.results.append(result)
-            self._running.pop(socket, None)
             state = self._socket(socket)
             state.phase, state.verdict, state.failed_step = DONE, result.verdict, result.failed_step
             state.diagnosis, state.takt_s = result.diagnosis, result.takt_s
@@ -374,6 +373,8 @@ class Station:
         if lock_reason:
             self._record("locked", lock_reason, serial=result.serial, run_uuid=result.run_uuid)
             self._publish("locked", None, reason=lock_reason)
+        with self._lock:  # last: whoever waits for the socket to be free has seen every event of the unit
+            self._running.pop(socket, None)
 
     def _next_action(self, result: UnitResult) -> str:
         """Where the unit goes now, as the retest policy says (the operator's next move)."""
