@@ -325,6 +325,7 @@ class CanBms(Bms):
             raise InstrumentError(self.name, self.resource, "open", str(exc)) from exc
         self._heartbeat_on = heartbeat_on
         self._next_keepalive = clock()
+        self.last_keepalive_s: float | None = None  # bench time of the last 0x305 sent
         self._driven_at = -float("inf")
         self._send_lock = threading.Lock()
         self._closing = threading.Event()
@@ -445,6 +446,8 @@ class CanBms(Bms):
             with self._state_lock:
                 self.frames_sent += sent
                 self.keepalives_sent += sent
+                if sent:
+                    self.last_keepalive_s = now  # what the battery's comm-loss timer counts from
                 # keep the cadence; after a clock jump (virtual time) restart it from now
                 nxt = self._next_keepalive + self.period_s
                 self._next_keepalive = nxt if nxt > now else now + self.period_s

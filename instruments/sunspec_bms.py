@@ -503,6 +503,7 @@ class SunSpecBms(Bms, ModuleReports):
         self._models: list[ModelRef] | None = None
         self._decoded: dict[ModelRef, Block] = {}   # the model objects, fed again on each read
         self._ctrl_hb = 0
+        self.last_keepalive_s: float | None = None  # clock time of the last CtrlHb written
         self._last_hb: int | None = None
         self._last_heard: float | None = None
         self._hb_stop = threading.Event()
@@ -865,6 +866,7 @@ class SunSpecBms(Bms, ModuleReports):
             self._write(self._point_address("CtrlHb"), [value], "model 802 CtrlHb")
             self._ctrl_hb = value
             self.heartbeats_sent += 1
+            self.last_keepalive_s = self._clock()  # what the battery's comm-loss timer counts from
             return value
 
     @property
