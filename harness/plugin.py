@@ -227,8 +227,7 @@ class Session:
         if self.prepared_after == made_safe:
             return
         plan, station = self.ctx.plan, self.ctx.station
-        start = StartState(plan.bench.contactors, plan.bench.connect_match.value, plan.bench.settle.value,
-                           plan.bench.bms_ready_within.value)
+        start = StartState.of(plan.bench)
         supply_v = max((s.setpoints["supply.voltage"].value for s in plan.steps
                         if "supply.voltage" in s.setpoints), default=None)
         rating = station.rating("supply").get("voltage") if "supply" in station.instruments else None

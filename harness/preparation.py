@@ -48,12 +48,17 @@ class BenchNotReady(RuntimeError):
 
 @dataclass(frozen=True)
 class StartState:
-    """What every step starts from (the plan's ``bench:`` block)."""
+    """What every step starts from, in SI: the plan's ``bench:`` block (harness.config.plan.
+    BenchStart, where the defaults and their sources live)."""
 
-    contactors: str = "closed"          # "closed" or "open"
-    connect_match_v: float = 0.1        # per module in series (000: pre-parallel dV <= 0.1 V)
-    settle_s: float = 1.0               # bench seconds after the last contactor closes
-    bms_ready_within_s: float = 90.0    # longest BMS recovery to wait for (short circuit: 60 s)
+    contactors: str                     # "closed" or "open"
+    connect_match_v: float              # per module in series
+    settle_s: float                     # bench seconds after the last contactor closes
+    bms_ready_within_s: float           # longest BMS recovery to wait for
+
+    @classmethod
+    def of(cls, block: Any) -> "StartState":
+        return cls(block.contactors, block.connect_match.value, block.settle.value, block.bms_ready_within.value)
 
 
 @dataclass

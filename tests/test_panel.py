@@ -22,7 +22,6 @@ skipped -- unless BANKHIL_REQUIRE_REPORT_TOOLS=1 (CI sets it), when a missing to
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from required_tools import required
+from headless_browser import headless_chrome, require_browser
 
 from harness.production.state import (
     CHECKING,
@@ -47,8 +46,6 @@ from harness.production.state import (
     StationState,
 )
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 PATTERN = r"BM-\d{6}"
 STEPS = (
     ("bms_identity", [("firmware", "fw 2.4.1 [== 2.4.1] PASS")]),
@@ -378,41 +375,11 @@ def test_panel_server_binds_loopback_only_and_stops() -> None:
 
 
 # ====================================================================== (b) the page in Chromium
-def _missing_tools() -> list[str]:
-    missing = []
-    if CHROMIUM is None:
-        missing.append("chromium")
-    if CHROMEDRIVER is None:
-        missing.append("chromedriver (chromium-driver)")
-    if importlib.util.find_spec("selenium") is None:
-        missing.append("selenium")
-    return missing
-
-
 @pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
-    missing = _missing_tools()
-    if missing:
-        message = f"browser tools missing: {', '.join(missing)}"
-        if required("BANKHIL_REQUIRE_REPORT_TOOLS"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-default-apps", "--no-first-run", "--disable-extensions",
-                 "--hide-scrollbars", "--window-size=1280,800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    require_browser()
+    with headless_chrome("1280,800", "--hide-scrollbars", page_load_timeout_s=30) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

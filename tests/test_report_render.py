@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from headless_browser import headless_chrome
 from required_tools import required
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,22 +75,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-default-apps", "--no-first-run", "--disable-extensions",
-                 "--window-size=1400,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with headless_chrome("1400,1000") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _wait_for_text(driver, text: str, timeout_s: float = 20.0) -> str:  # type: ignore[no-untyped-def]

@@ -21,7 +21,6 @@ are skipped -- unless BANKHIL_REQUIRE_REPORT_TOOLS=1 (CI sets it), when a missin
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import time
@@ -30,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from required_tools import required
+from headless_browser import headless_chrome, require_browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 SOCKET = "1"                                    # eol_emulated.yaml: one socket, named "1"
 CARD = f'article[data-socket="{SOCKET}"]'
 PLAN_STEPS = ("bms_comm", "unit_serial", "identity", "ocv", "acir", "balance", "discharge_ocp_trip")
@@ -44,42 +41,11 @@ PASS_RGB, FAIL_RGB = "rgb(27, 122, 54)", "rgb(194, 31, 31)"
 
 
 # ====================================================================== tools and fixtures
-def _missing_tools() -> list[str]:
-    missing = []
-    if CHROMIUM is None:
-        missing.append("chromium")
-    if CHROMEDRIVER is None:
-        missing.append("chromedriver (chromium-driver)")
-    if importlib.util.find_spec("selenium") is None:
-        missing.append("selenium")
-    return missing
-
-
 @pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
-    missing = _missing_tools()
-    if missing:
-        message = f"browser tools missing: {', '.join(missing)}"
-        if required("BANKHIL_REQUIRE_REPORT_TOOLS"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-default-apps", "--no-first-run", "--disable-extensions",
-                 "--hide-scrollbars", "--window-size=1280,800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(30)
-    try:
+    require_browser()
+    with headless_chrome("1280,800", "--hide-scrollbars", page_load_timeout_s=60, script_timeout_s=30) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _unit_args(serial: str, attempt: int, socket: str) -> list[str]:

@@ -454,8 +454,9 @@ class BenchStart(FileModel):
     bench there at the start of a run and before any step that follows a safe state."""
 
     contactors: Literal["closed", "open"] = "closed"
-    connect_match: Quantity["V"] = Quantity.parse("100 mV")  # per module in series (000)
+    connect_match: Quantity["V"] = Quantity.parse("100 mV")  # per module in series (000: pre-parallel dV <= 0.1 V)
     settle: Annotated[Quantity["s"], AfterValidator(_positive_time)] = Quantity.parse("1 s")
+    # the longest BMS recovery to wait for before connecting (short circuit: 60 s, DOMAIN.md 3)
     bms_ready_within: Annotated[Quantity["s"], AfterValidator(_positive_time)] = Quantity.parse("90 s")
 
 

@@ -377,17 +377,14 @@ class Station:
             self._running.pop(socket, None)
 
     def _next_action(self, result: UnitResult) -> str:
-        """Where the unit goes now, as the retest policy says (the operator's next move)."""
+        """Where the unit goes now: what the retest policy would say to its next scan."""
         if result.verdict == "PASS":
             return "unit to packing; scan the next unit"
-        if result.attempt >= result.attempts_allowed:
-            return f"all {result.attempts_allowed} attempts used: unit to the repair and analysis bench"
-        step = result.failed_step or ""
-        if result.verdict == "FAIL" and (step in self.line.retest.never_retest or self.severity.get(step) == "critical"
-                                         or "fail" not in self.line.retest.retest_on):
-            return f"failed {step}, never retested: unit to the repair and analysis bench"
-        return (f"may be retested (attempt {result.attempt + 1} of {result.attempts_allowed}): scan it again, "
-                "or set it aside")
+        decision = decide(result.serial, self.history(result.serial), self.line.retest, self.severity)
+        if decision.allowed:
+            return (f"may be retested (attempt {decision.attempt} of {self.line.retest.attempts}): "
+                    "scan it again, or set it aside")
+        return decision.refusal or "to the repair and analysis bench"
 
     # ------------------------------------------------------------------ lock and records
     def _restore_lock(self, calibration: dict[str, date]) -> None:
@@ -436,24 +433,10 @@ class Station:
 
 
 def _shown(m: Any) -> str:
-    value = m.value
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-    else:
-        text = str(value)
-    unit = f" {m.unit}" if m.unit else ""
-    limits = m.limits
-    low, high = limits.get("low"), limits.get("high")
-    bounds = ""
-    if low is not None and high is not None:
-        bounds = f" [{low:.4g}{unit} .. {high:.4g}{unit}]"
-    elif high is not None:
-        bounds = f" [<= {high:.4g}{unit}]"
-    elif low is not None:
-        bounds = f" [>= {low:.4g}{unit}]"
-    elif limits.get("kind") == "equals" and limits.get("equals") is not None:
-        bounds = f" [== {limits['equals']}]"
-    return f"{m.name} = {text}{unit}{bounds} {m.verdict.upper()}"
+    """A stored measurement as the run's console printed it (value, limits, verdict; no diagnosis)."""
+    from harness.measure import Measurement
+    from harness.reporting.summary import record_limits
+    return Measurement(m.name, m.value, m.unit or "", record_limits(m), m.verdict, None, 0.0).line()
 
 
 def _last_lines(path: Path, count: int = 20) -> str:
