@@ -316,7 +316,8 @@ def inrush_figures(amps: list[float], interval_s: float, threshold_a: float) -> 
 
 
 @check("parallel_inrush",
-       params={"dmm": Param(kind="text", doc="digitiser on a branch shunt (channel map)", instrument="digitiser", default="dmm_shunt"),
+       params={"dmm": Param(kind="text", doc="digitiser on a branch shunt (channel map)", instrument="digitiser",
+                            default="dmm_shunt"),
                "rest_s": Param("s"),
                **ISOLATION_PARAMS,
                "close_on_mismatch": Param(kind="flag", doc="close even if delta_v fails"),

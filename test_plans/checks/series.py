@@ -127,7 +127,8 @@ def series_mosfet_rating(ctx: StepContext) -> None:
 
 # ================================================================== MOSFET stress: dynamic
 @check("series_mosfet_stress",
-       params={"dmm": Param(kind="text", doc="digitiser across the switch, default dmm_vds", instrument="digitiser", default="dmm_vds"),
+       params={"dmm": Param(kind="text", doc="digitiser across the switch, default dmm_vds", instrument="digitiser",
+                            default="dmm_vds"),
                "open_group": Param(kind="flag", doc="open every module of the series position"),
                "vds_rating": Param("V", doc="default: the DUT's module data"),
                "load_current": Param("A", setpoint="load.current"),
