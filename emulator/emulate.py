@@ -168,9 +168,13 @@ def start_emulated_station(dut: str | Path, scenario: str | Path | None = None, 
         "scenario": str(spec.scenario_path) if spec.scenario_path else None,
         "instruments": instruments,
         "bms": {
-            "can": {"interface": "socketcand", "host": can_host, "port": can_port,
-                    "channel": channel, "bitrate": 500000,
+            # in this process the harness joins the BMS's own python-can ``virtual`` bus (no
+            # socket, no bridge thread between them); another process reaches the same bus
+            # through the socketcand server (``socketcand`` below, what `hil emulate` publishes)
+            "can": {"interface": "virtual", "channel": channel, "bitrate": 500000,
                     "profile": str(bms_profile) if bms_profile is not None else FULL_PROFILE},
+            "socketcand": {"interface": "socketcand", "host": can_host, "port": can_port,
+                           "channel": channel, "bitrate": 500000},
             # a generous wall-clock timeout: the twin shares the host's cores with the harness
             # (and, in CI, with other runs), where a real battery answers on its own processor
             "modbus": {"host": host, "port": sunspec.port, "device_id": 1, "timeout": "5 s"},
@@ -209,7 +213,7 @@ def station_file_data(station: dict[str, Any], speed: float = 1.0) -> dict[str, 
         elif role == "acir":
             item["rating"] = {"voltage": "60 V"}
         instruments[role] = item
-    can_bus = station["bms"]["can"]
+    can_bus = {**station["bms"]["can"], **station["bms"]["socketcand"]}  # across processes
     return {
         "name": station["name"],
         "description": "served by `hil emulate` on loopback",
@@ -266,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"station file: {path}", flush=True)
         print(yaml.safe_dump({"endpoints": {
             "instruments": {role: entry["resource"] for role, entry in station.station["instruments"].items()},
-            "can": station.station["bms"]["can"], "modbus": station.station["bms"]["modbus"]}},
+            "can": {**station.station["bms"]["can"], **station.station["bms"]["socketcand"]},
+            "modbus": station.station["bms"]["modbus"]}},
             sort_keys=False), flush=True)
         print(f"emulating {station.station['name']} at {args.speed:g}x real time; Ctrl-C to stop",
               flush=True)
