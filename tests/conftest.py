@@ -15,6 +15,11 @@ What parallel workers could share, and how each gets its own:
   one test of such a module would build the fixture again. Their tests are put in one
   ``xdist_group`` per module, so ``--dist loadgroup`` sends them to a single worker while every
   other test is spread one by one.
+- Order: a test module that takes long (the wall-clock bench waits minutes on real time, the
+  scripted shift, the truth tables' hours of bench time) is marked ``long(seconds)`` with
+  about what it takes alone; those start first, longest first, so nothing long begins when the
+  rest is done and a worker that only waits (wall clock) overlaps the workers that compute.
+  xdist's own reordering (by the number of tests in a group) is turned off for this order.
 - The environment: xdist tells a worker who it is in ``PYTEST_XDIST_*`` variables, which every
   ``hil run`` started from a test would inherit -- its own pytest session would then believe it
   is an xdist worker (pytest-benchmark, for one, disables itself and says so in the run's
@@ -40,6 +45,15 @@ CHEAP_SHARED_FIXTURES = {"checks", "workdir", "stations"}
 def pytest_configure(config: pytest.Config) -> None:
     # registered by pytest-xdist; again here so `-p no:xdist` runs without an unknown-marker warning
     config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker")
+    config.addinivalue_line("markers", "long(seconds): about how long the module takes alone; "
+                                       "the longest start first")
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order set below
+        config.option.loadscopereorder = False
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("long")
+    return float(marker.args[0]) if marker is not None and marker.args else 0.0
 
 
 def _shares_a_fixture(item: pytest.Item) -> bool:
@@ -62,6 +76,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _shares_a_fixture(item) and not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    items.sort(key=lambda item: -_expected_seconds(item))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session", autouse=True)

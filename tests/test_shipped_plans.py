@@ -28,6 +28,8 @@ import yaml
 
 from test_truth_table_parallel import PASS, Outcome, Run, run_in_workers
 
+pytestmark = pytest.mark.long(30)  # every shipped plan, whole: starts first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 PLANS_DIR = REPO / "test_plans"
 DUTS_DIR = REPO / "fixtures" / "duts"

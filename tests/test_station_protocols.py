@@ -21,6 +21,8 @@ from test_plans.checks import known_checks
 from test_shipped_plans import HEALTHY, shipped_plans
 from test_truth_table_parallel import Run, run_in_workers
 
+pytestmark = pytest.mark.long(30)  # every plan accepted on a reduced station, run whole: starts first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 EMULATED = REPO / "fixtures" / "stations" / "emulated.yaml"
 BUSES = {"can+modbus": ("can", "modbus"), "can": ("can",), "modbus": ("modbus",)}

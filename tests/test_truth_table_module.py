@@ -60,6 +60,8 @@ from test_truth_table_parallel import NOT_RUN, PASS, Expect, Fail, Outcome, Step
     assert_exit_status, run_in_workers, table_cases, whole_plan
 from test_truth_table_series import TableRun, assert_shipped_limits, loosened_copy, table_step
 
+pytestmark = pytest.mark.long(15)  # one run per module fault: starts first (tests/conftest.py)
+
 EOL, SMOKE, S4P, STR, P1 = "eol_module", "bank_smoke", "series_string_4s1p", "series_strings_4s2p", "parallel_bank_1s4p"
 STEPS: dict[str, StepRef] = {
     # end of line, one module (eol_module)

@@ -304,6 +304,8 @@ class Outcome:
 DRIVER = """
 import contextlib, json, sys
 from harness.cli import main
+
+pytestmark = pytest.mark.long(60)  # hours of bench time in two processes: starts first (tests/conftest.py)
 jobs = json.loads(open(sys.argv[1]).read())
 for job in jobs:
     with open(job["log"], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

@@ -42,6 +42,8 @@ from test_truth_table_parallel import (FAIL, PASS, PLANS_DIR, Expect, Outcome, R
                                        run_in_workers,
                                        table_cases, whole_plan)
 
+pytestmark = pytest.mark.long(40)  # full charges and discharges in two processes: starts first (tests/conftest.py)
+
 
 # what the diagnoses must name
 NOT_SERIES_RATED = "not rated for series-stack operation"          # 000
