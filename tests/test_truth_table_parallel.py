@@ -59,6 +59,7 @@ from harness.store import ResultStore
 REPO = Path(__file__).resolve().parents[1]
 PLANS_DIR = REPO / "test_plans"
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
+pytestmark = pytest.mark.long(60)  # hours of bench time in two processes: starts first (tests/conftest.py)
 
 
 # ----------------------------------------------------------------------- steps of shipped plans
@@ -304,8 +305,6 @@ class Outcome:
 DRIVER = """
 import contextlib, json, sys
 from harness.cli import main
-
-pytestmark = pytest.mark.long(60)  # hours of bench time in two processes: starts first (tests/conftest.py)
 jobs = json.loads(open(sys.argv[1]).read())
 for job in jobs:
     with open(job["log"], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -378,8 +377,9 @@ def run_in_workers(root: Path, runs: list[Run], weight: Callable[[Run], float] =
     for k, share in enumerate(s for s in shares if s):
         jobs = root / f"jobs{k}.json"
         jobs.write_text(json.dumps(share), encoding="utf-8")
-        procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(jobs)], cwd=REPO,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with open(root / f"jobs{k}.err", "w") as err:  # a driver that dies says why (below)
+            procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(jobs)], cwd=REPO,
+                                          stdout=subprocess.DEVNULL, stderr=err))
     try:
         for proc in procs:
             proc.wait(timeout=900)
@@ -387,7 +387,12 @@ def run_in_workers(root: Path, runs: list[Run], weight: Callable[[Run], float] =
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    return {run.name: _outcome(root / run.name) for run in runs}
+    outcomes = {run.name: _outcome(root / run.name) for run in runs}
+    drivers = "".join(path.read_text(errors="replace")[-4000:] for path in sorted(root.glob("jobs*.err")))
+    for outcome in outcomes.values():
+        if outcome.returncode == -1 and drivers:
+            outcome.output += f"\ndriver process: {drivers}"
+    return outcomes
 
 
 def assert_expected(outcome: Outcome, run: Run, expect: Expect) -> None:
