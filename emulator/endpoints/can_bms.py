@@ -205,6 +205,12 @@ class FrameEncoder:
     def __init__(self, db: Database):
         self.messages = {m.frame_id: m for m in db.messages if "BMS" in m.senders}
         self.texts = text_signals(db)
+        # per frame, each signal's (name, lowest, highest, text bytes): read off the DBC once,
+        # not for every signal of every report
+        self._layout = {frame_id: [(sig.name, sig.minimum, sig.maximum,
+                                    self.texts.get((frame_id, sig.name), sig.length // 8))
+                                   for sig in message.signals]
+                        for frame_id, message in self.messages.items()}
         self._last: dict[int, tuple[tuple[float, ...], bytes]] = {}
 
     def encode(self, values: dict[int, dict[str, float | str]], timestamp: float) -> list[can.Message]:
@@ -212,14 +218,16 @@ class FrameEncoder:
         for frame_id, signals in values.items():
             message = self.messages[frame_id]
             clamped = {}
-            for signal in message.signals:
-                value = signals[signal.name]
+            for name, low, high, text_size in self._layout[frame_id]:
+                value = signals[name]
                 if isinstance(value, str):  # an ASCII text signal: its bytes, space padded
-                    size = self.texts.get((frame_id, signal.name), signal.length // 8)
-                    value = int.from_bytes(value.encode("ascii", "replace")[:size].ljust(size, b" "), "little")
-                low = signal.minimum if signal.minimum is not None else value
-                high = signal.maximum if signal.maximum is not None else value
-                clamped[signal.name] = min(max(value, low), high)
+                    value = int.from_bytes(value.encode("ascii", "replace")[:text_size].ljust(text_size, b" "),
+                                           "little")
+                if low is not None and value < low:
+                    value = low
+                elif high is not None and value > high:
+                    value = high
+                clamped[name] = value
             key = tuple(clamped.values())
             last = self._last.get(frame_id)
             if last is not None and last[0] == key:

@@ -54,10 +54,8 @@ import uuid as uuid_module
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import segno
-from PIL import Image, ImageDraw, ImageFont
 from pydantic import AfterValidator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -66,6 +64,10 @@ from bankmodel.specs.base import between
 from bankmodel.units import Quantity
 from harness.config import FileModel
 from harness.production.unit import UnitResult
+
+if TYPE_CHECKING:  # drawing libraries are loaded when a label is drawn, not when a station
+    import segno  # file with an eol: section is validated
+    from PIL import Image, ImageFont
 
 # Zebra print heads: dots per inch -> dots per millimetre (Zebra rounds 203 dpi to 8 dots/mm)
 DOTS_PER_MM: dict[int, int] = {152: 6, 203: 8, 300: 12, 600: 24}
@@ -113,6 +115,7 @@ def uuid8(result: UnitResult) -> str:
 
 def qr_code(result: UnitResult) -> segno.QRCode:
     """The QR code of the run UUID (model 2, error correction M, the smallest version)."""
+    import segno
     return segno.make(qr_payload(result), error=QR_ERROR.lower(), micro=False, boost_error=False)
 
 
@@ -267,6 +270,7 @@ def render_zpl(result: UnitResult, *, width_mm: float = DEFAULT_WIDTH_MM,
 
 # ================================================================================== preview
 def _font(height: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    from PIL import ImageFont
     return ImageFont.load_default(size=max(height, 6))
 
 
@@ -279,6 +283,7 @@ def render_image(result: UnitResult, *, width_mm: float = DEFAULT_WIDTH_MM,
     built-in font has Latin letters only: other characters print on the label (^CI28) but show
     as boxes in the preview."""
     plan = layout(result, width_mm=width_mm, height_mm=height_mm, dpi=dpi)
+    from PIL import Image, ImageDraw
     image = Image.new("1", (plan.width, plan.height), 1)
     draw = ImageDraw.Draw(image)
     draw.fontmode = "1"
