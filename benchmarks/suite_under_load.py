@@ -7,7 +7,7 @@ sockets (harness/emulated.py), so a busy machine may only make the suite slower,
 The burners are separate processes that spin for at most ``--burn-s`` seconds each (they also
 stop themselves with SIGALRM, and are killed in ``finally``): nothing is left running.
 
-    python benchmarks/suite_under_load.py --runs 5 --burners 2 -- -n 2
+    python benchmarks/suite_under_load.py --runs 5 --burners 2 -- -n 3 --dist loadgroup
 
 prints one JSON line per run and a summary: passed runs, wall seconds.
 """
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--burners", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--burn-s", type=float, default=3600.0, help="upper bound of each burner's life")
-    parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments (e.g. -n 2)")
+    parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments (e.g. -n 3 --dist loadgroup)")
     args = parser.parse_args(argv)
     burners = [multiprocessing.Process(target=_burn, args=(args.burn_s,), daemon=True)
                for _ in range(args.burners)]
