@@ -224,7 +224,7 @@ def client(station: FakeStation) -> Iterator[object]:
         yield test_client
 
 
-def _wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+def _wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -378,7 +378,7 @@ def test_panel_server_binds_loopback_only_and_stops() -> None:
 @pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
     require_browser()
-    with headless_chrome("1280,800", "--hide-scrollbars", page_load_timeout_s=30) as driver:
+    with headless_chrome("1280,800", "--hide-scrollbars", page_load_timeout_s=60) as driver:
         yield driver
 
 
@@ -415,7 +415,7 @@ def _text(driver, selector: str) -> str:  # type: ignore[no-untyped-def]
         "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", selector) or ""
 
 
-def _wait_for(driver, text: str, selector: str = "body", timeout_s: float = 15.0) -> str:  # type: ignore[no-untyped-def]
+def _wait_for(driver, text: str, selector: str = "body", timeout_s: float = 60.0) -> str:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     shown = ""
     while time.monotonic() < deadline:
@@ -557,7 +557,7 @@ def test_page_shows_disconnected_and_reconnects(panel, browser) -> None:  # type
     again = PanelServer(fake, port=port)
     again.start()
     try:
-        _wait_for(browser, "connected", "#connection", timeout_s=20)
+        _wait_for(browser, "connected", "#connection", timeout_s=60)
         assert "DISCONNECTED" not in _text(browser, "#connection")
         _wait_for(browser, "bench lost power", "#lock")           # the snapshot on reconnect
     finally:

@@ -79,7 +79,7 @@ def browser():  # type: ignore[no-untyped-def]
         yield driver
 
 
-def _wait_for_text(driver, text: str, timeout_s: float = 20.0) -> str:  # type: ignore[no-untyped-def]
+def _wait_for_text(driver, text: str, timeout_s: float = 60.0) -> str:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout_s

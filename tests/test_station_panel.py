@@ -67,7 +67,7 @@ def station(browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         url = server.start()
         _fit_viewport(browser, 1280, 800)
         browser.get(url)
-        _wait_for(browser, "connected", "#connection", timeout_s=30)
+        _wait_for(browser, "connected", "#connection", timeout_s=60)
         yield opened.station
     finally:
         try:
@@ -111,7 +111,7 @@ def _poll(driver, what: str, predicate: Callable[[], Any], timeout_s: float,  # 
         time.sleep(0.1)
 
 
-def _wait_for(driver, text: str, selector: str = "body", timeout_s: float = 30.0,  # type: ignore[no-untyped-def]
+def _wait_for(driver, text: str, selector: str = "body", timeout_s: float = 60.0,  # type: ignore[no-untyped-def]
               station: Any = None) -> str:
     return _poll(driver, f"'{text}' in {selector}",
                  lambda: (lambda shown: shown if text in shown else "")(_text(driver, selector)),
