@@ -78,9 +78,10 @@ class EmulatedStation:
 
     def take_in(self, sent: int, timeout_s: float = 1.0) -> bool:
         """Virtual-time barrier, inverter to battery: every frame the harness has sent on CAN so
-        far (``sent`` in all: keep-alives, service commands) crosses socketcand asynchronously;
-        take each one in at the current bench time before bench time moves on, so a busy host
-        cannot make a healthy BMS lose its inverter. False if they did not arrive in time."""
+        far (``sent`` in all: keep-alives, service commands) is taken in at the current bench
+        time before bench time moves on, so a busy host cannot make a healthy BMS lose its
+        inverter (on the shared virtual bus a frame is there once sent; through a bridge such as
+        socketcand it arrives asynchronously). False if they did not arrive in time."""
         return self.can_bms.take_in(sent, timeout_s)
 
     def deliver_each_report(self, arrived: Callable[[float, int], bool] | None) -> None:

@@ -55,12 +55,14 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
 class SynchronisedBench:
     """What a virtual clock moves on an emulated bench: the twin, with the transports drained.
 
-    Advancing is a barrier, over the same sockets a hardware bench uses: first the emulated BMS
-    takes in every CAN frame the harness has sent (keep-alives, service commands) at the
-    present bench time; then, while the twin advances, each frame set the emulated BMS publishes
-    is waited for until the harness's CAN client has processed it. No driver or check
-    compensates for lag: what a check reads after a wait is what the bench showed at that time.
-    Modbus and SCPI are request/response and need no barrier.
+    Advancing is a barrier, over the transports a hardware bench uses (SCPI and Modbus over TCP
+    sockets; CAN on python-can's ``virtual`` bus, which the harness's client shares with the
+    emulated BMS in this process): first the emulated BMS takes in every CAN frame the harness
+    has sent (keep-alives, service commands) at the present bench time; then, while the twin
+    advances, each frame set the emulated BMS publishes is waited for until the harness's CAN
+    client (its ``can.Notifier`` thread) has processed it. No driver or check compensates for
+    lag: what a check reads after a wait is what the bench showed at that time. Modbus and
+    SCPI are request/response and need no barrier.
     """
 
     def __init__(self, station: Any, wait_s: float = 2.0):
