@@ -129,8 +129,15 @@ def test_report_is_one_file_and_the_summary_names_the_failure(rendered):  # type
 def test_report_shows_steps_diagnosis_and_plot_in_chromium(rendered, browser):  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 
+    assert "googletagmanager" not in rendered["report"].read_text(encoding="utf-8")  # no call out
     browser.get(rendered["report"].as_uri())
-    body = _wait_for_text(browser, f"{FAILED_STEP} — ")
+    try:
+        body = _wait_for_text(browser, f"{FAILED_STEP} — ", timeout_s=30.0)
+    except AssertionError:
+        # seen twice in 10 suite runs with both cores busy: the page's frame drew, its content
+        # never did (the same file opened afterwards draws at once) -- open it once more
+        browser.refresh()
+        body = _wait_for_text(browser, f"{FAILED_STEP} — ")
     serial = re.search(rf"{FAILED_STEP} — (\S+)", body).group(1)
     _expand_tree(browser)
     for step in STEPS:  # the plan's tests, titled with the DUT serial, under their epics

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,11 +102,30 @@ def render(store: ResultStore, run: RunRecord, *, single_file: bool = True,
     config = run_dir / "allurerc.json"
     config.write_text(json.dumps(allure_config(run, output, history, single_file), indent=2), encoding="utf-8")
     proc = subprocess.run([*command, "generate", "--config", str(config), str(results)], cwd=run_dir,
-                          capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "NO_COLOR": "1"})
+                          capture_output=True, text=True, timeout=timeout_s,
+                          env={**os.environ, "NO_COLOR": "1", "ALLURE_NO_ANALYTICS": "true"})
     index = output / "index.html"
     if proc.returncode != 0 or not index.is_file():
         raise RuntimeError(f"allure generate failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
+    without_analytics(index)
     return Rendered(run, index, summary)
+
+
+# Allure 3's "awesome" page always embeds Google Analytics (its template has no switch; the
+# other plugins read ALLURE_NO_ANALYTICS): a report opened on a factory PC or in a lab must not
+# call out to the internet, so the tag and its set-up script are taken out of the page.
+_ANALYTICS = (re.compile(r'<script async src="https://www\.googletagmanager\.com/[^"]*"></script>\s*'),
+              re.compile(r"<script>\s*window\.dataLayer = window\.dataLayer \|\| \[\];.*?</script>\s*", re.S))
+
+
+def without_analytics(index: Path) -> None:
+    """Take the analytics tag out of a rendered report page (in place)."""
+    text = index.read_text(encoding="utf-8")
+    cleaned = text
+    for pattern in _ANALYTICS:
+        cleaned = pattern.sub("", cleaned)
+    if cleaned != text:
+        index.write_text(cleaned, encoding="utf-8")
 
 
 def command(args: argparse.Namespace) -> int:
