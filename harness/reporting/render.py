@@ -114,8 +114,11 @@ def render(store: ResultStore, run: RunRecord, *, single_file: bool = True,
 # Allure 3's "awesome" page always embeds Google Analytics (its template has no switch; the
 # other plugins read ALLURE_NO_ANALYTICS): a report opened on a factory PC or in a lab must not
 # call out to the internet, so the tag and its set-up script are taken out of the page.
-_ANALYTICS = (re.compile(r'<script async src="https://www\.googletagmanager\.com/[^"]*"></script>\s*'),
-              re.compile(r"<script>\s*window\.dataLayer = window\.dataLayer \|\| \[\];.*?</script>\s*", re.S))
+_ANALYTICS = (
+    re.compile(r'<script async src="https://www\.googletagmanager\.com/[^"]*"></script>\s*'),  # pattern, not markup
+    re.compile(r"<script>\s*window\.dataLayer = window\.dataLayer \|\| \[\];.*?</script>\s*",  # pattern, not markup
+               re.S),
+)
 
 
 def without_analytics(index: Path) -> None:
