@@ -80,6 +80,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _shares_a_fixture(item) and not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")  # after pytest-randomly
+def pytest_collection_modifyitems_long_first(items: list[pytest.Item]) -> None:  # (its shuffle undoes it)
     items.sort(key=lambda item: -_expected_seconds(item))  # stable: the rest keep their order
 
 
