@@ -23,32 +23,23 @@ import time
 from pathlib import Path
 
 import pytest
-from headless_browser import headless_chrome
+from headless_browser import headless_chrome, missing_tools
 from required_tools import required
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "reports"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 STEPS = ("bms_identity", "module_ocv", "configuration", "current_sharing")
 FAILED_STEP, DIAGNOSIS = "current_sharing", "unequal cable resistance"
 
 
 def _missing_tools() -> list[str]:
+    """What drawing (Node.js, the allure package) and opening (tests/headless_browser.py) need."""
     missing = []
     if shutil.which("node") is None:
         missing.append("Node.js")
     if not (REPO / "node_modules" / "allure" / "cli.js").is_file():
         missing.append("the allure npm package (npm ci)")
-    if CHROMIUM is None:
-        missing.append("chromium")
-    if CHROMEDRIVER is None:
-        missing.append("chromedriver (chromium-driver)")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium")
-    return missing
+    return missing + missing_tools()
 
 
 @pytest.fixture(scope="module")
