@@ -85,8 +85,11 @@ class _Drive:
         self.cv = float(ctx.param("charge_voltage", 14.6)) if side == "charge" else None
         self.seen = TraceRows(ctx.bench.clock.now())
         self.moments: dict[str, float | None] = {}
+        self.read_at = self.seen.origin
 
-    def on(self, amps: float) -> None:
+    def on(self, amps: float) -> float:
+        """Drive ``amps``; returns the bench time by which the output is on (each command's
+        error-queue query has been answered, so the instrument has acted on it)."""
         if self.side == "charge":
             self.bench.supply.set_voltage(self.cv)
             self.bench.supply.set_current(amps)
@@ -94,11 +97,20 @@ class _Drive:
         else:
             self.bench.load.set_current(amps)
             self.bench.load.input(True)
+        return self.bench.clock.now()
 
     def amps(self) -> float:
+        """The drive's current, read now; :attr:`read_at` is when its answer arrived.
+
+        The answer's arrival, not the moment the query left, dates a reading: the instrument
+        sampled somewhere between the two, and on a wall-clock bench under load the wait is
+        mostly the far end's (the query sits unread until its process runs). :meth:`on` is dated
+        the same way, so the two lags cancel in a delay rather than add -- dating the query's
+        departure read a 1.05 s over-current delay as 0.99 s with both cores busy."""
         inst = self.bench.supply if self.side == "charge" else self.bench.load
         value = abs(float(inst.measure_current()))
-        self.seen.add(self.bench.clock.now(), current=value)
+        self.read_at = self.bench.clock.now()
+        self.seen.add(self.read_at, current=value)
         return value
 
     def off(self) -> None:
@@ -267,8 +279,8 @@ def _trip_watch(ctx: StepContext, drive: _Drive, cut: float, poll: float, observ
     last = drive.amps()
     conducting = last >= cut
     while True:
-        now = bench.clock.now() - start
         amps = drive.amps()
+        now = drive.read_at - start
         if condition is not None and seen_condition is None and condition():
             seen_condition = now
         if amps >= cut:
@@ -344,9 +356,8 @@ def _current_trip(ctx: StepContext, drive: _Drive, protection: str, cut: float, 
             bench.clock.wait(float(ctx.param("recover_observe_s", 120.0)))
         bench.clock.wait(float(ctx.param("between_s", 2.0)))
     amps = float(ctx.param("trip_current"))
-    step = bench.clock.now()
+    step = drive.on(amps)
     drive.moment("step_s", step)
-    drive.on(amps)
     observe = float(ctx.param("observe_s", 10.0))
     t_cut, _, before = _trip_watch(ctx, drive, cut, poll, observe)
     drive.moment("trip_s", None if t_cut is None else step + t_cut)
@@ -368,10 +379,9 @@ def _temperature_trip(ctx: StepContext, drive: _Drive, cut: float, poll: float) 
     expected = temperature > limit_c
     ctx.measure("module_temperature", temperature, "degC")
     ctx.measure("trip_expected", expected, "")
-    step = bench.clock.now()
-    drive.seen.add(step, temperature=temperature)
+    drive.seen.add(bench.clock.now(), temperature=temperature)
+    step = drive.on(float(ctx.param("charge_current")))
     drive.moment("step_s", step)
-    drive.on(float(ctx.param("charge_current")))
     observe = float(ctx.param("observe_s", 10.0))
     t_cut, _, before = _trip_watch(ctx, drive, cut, poll, observe)
     drive.moment("trip_s", None if t_cut is None else step + t_cut)
