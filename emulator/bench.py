@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from bankmodel.channels import ChannelMap, Input
 from bankmodel.units import Quantity
@@ -89,14 +89,52 @@ class Capture:
         return len(self.samples) >= self.count
 
 
+class BenchLock:
+    """The bench's re-entrant lock; whoever takes it first (not re-entering) calls ``on_entry``
+    with it held -- the bench brings its twin up to the present there (:meth:`EmulatedBench.to_present`).
+
+    ``with lock:``, ``acquire(blocking, timeout)`` and ``release()`` as :class:`threading.RLock`.
+    """
+
+    def __init__(self, on_entry: Callable[[], None]):
+        self._lock = threading.RLock()
+        self._held = threading.local()
+        self._on_entry = on_entry
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        depth = getattr(self._held, "depth", 0)
+        self._held.depth = depth + 1
+        if depth == 0:
+            try:
+                self._on_entry()
+            except BaseException:
+                self.release()
+                raise
+        return True
+
+    def release(self) -> None:
+        self._held.depth -= 1
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class EmulatedBench:
     def __init__(self, twin: Twin, wiring: ChannelMap | None = None, noise: Noise | None = None):
         self.twin = twin
         self.wiring = wiring or default_wiring(twin)
         self.noise = noise or Noise()
-        self.lock = threading.RLock()
+        self.lock = BenchLock(self.to_present)
         self.captures: list[Capture] = []
         self._stop = threading.Event()
+        # (wall time, bench time, speed) while run_realtime follows wall time
+        self._wall_origin: tuple[float, float, float] | None = None
 
     # -- reading inputs -----------------------------------------------------------------------
     def read(self, source: Input, noisy: bool = True) -> float:
@@ -146,17 +184,34 @@ class EmulatedBench:
 
     def run_realtime(self, speed: float = 1.0, tick_s: float = 0.01,
                      on_tick=None) -> None:  # type: ignore[no-untyped-def]
-        """Follow wall time (times ``speed``) until :meth:`stop`; the caller's thread blocks."""
-        start_wall = time.monotonic()
-        start_sim = self.twin.clock.now
-        while not self._stop.is_set():
-            target = start_sim + (time.monotonic() - start_wall) * speed
-            behind = target - self.twin.clock.now
-            if behind > 0:
-                self.advance(behind)
-            if on_tick is not None:
-                on_tick(self)
-            self._stop.wait(tick_s)
+        """Follow wall time (times ``speed``) until :meth:`stop`; the caller's thread blocks.
+
+        Every ``tick_s`` the twin is brought up to the present, and so it is whenever an
+        endpoint takes the bench lock (:meth:`to_present`): on a busy host this thread may not
+        run for a while, and a command taken in meanwhile would otherwise act in the twin's
+        past -- a load switched on 0.5 s back in bench time, so its 1 s over-current debounce
+        ended 0.5 s of wall time after the harness's command."""
+        self._wall_origin = (time.monotonic(), self.twin.clock.now, speed)
+        try:
+            while not self._stop.is_set():
+                with self.lock:  # brings the twin to the present
+                    if on_tick is not None:
+                        on_tick(self)
+                self._stop.wait(tick_s)
+        finally:
+            self._wall_origin = None
+
+    def to_present(self) -> None:
+        """Following wall time: advance the twin to now (called with the bench lock held, by
+        the lock itself for whoever takes it first). On a virtual clock nothing: time moves
+        only when the harness advances it."""
+        origin = self._wall_origin
+        if origin is None:
+            return
+        wall, bench, speed = origin
+        behind = bench + (time.monotonic() - wall) * speed - self.twin.clock.now
+        if behind > 0:
+            self.advance(behind)
 
     def stop(self) -> None:
         self._stop.set()
