@@ -226,10 +226,10 @@ class MasterBms:
         counted_cap = accepted & (online | (not prof.slave.drop_capacity))
         counted_lim = accepted & (online | (not prof.slave.drop_limits))
         r = MasterReport()
-        r.counted = [str(x) for x in names[counted_cap]]
-        r.pending = [str(x) for x in names[~accepted]]
-        r.offline = [str(x) for x in names[~online]]
-        r.excluded = [str(x) for x in names[tick.refused]]
+        r.counted = names[counted_cap].tolist()
+        r.pending = names[~accepted].tolist()
+        r.offline = names[~online].tolist()
+        r.excluded = names[tick.refused].tolist()
         r.modules_online = int(online.sum())
         r.modules_offline = len(self.modules) - r.modules_online
         r.modules_pending = len(r.pending)

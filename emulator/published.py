@@ -48,7 +48,7 @@ ALARM_FAMILIES: dict[str, tuple[str, ...]] = {
     "charge_over_current": ("charge_overcurrent",),
     "discharge_over_current": ("discharge_overcurrent", "short_circuit"),
 }
-_FAMILY_ROWS = {family: np.array([PROTECTIONS.index(name) for name in sources])
+_FAMILY_ROWS = {family: tuple(PROTECTIONS.index(name) for name in sources)
                 for family, sources in ALARM_FAMILIES.items()}
 assert sorted(p for sources in ALARM_FAMILIES.values() for p in sources) == sorted(PROTECTIONS), \
     "every protection belongs to exactly one alarm family"
@@ -200,11 +200,13 @@ class Published:
         """Alarm and warning of every family over ``members`` (a bool mask or module indices;
         default: the reporting modules)."""
         use = self.reporting if members is None else members
-        tripped, pending = self.tripped[:, use], self.pending[:, use]
+        # by protection (two array calls, not two per family: this runs once a report)
+        tripped = self.tripped[:, use].any(axis=1).tolist()
+        pending = self.pending[:, use].any(axis=1).tolist()
         result = {}
         for family, rows in _FAMILY_ROWS.items():
-            alarm = bool(tripped[rows].any())
-            result[family] = Flags(alarm, not alarm and bool(pending[rows].any()))
+            alarm = any(tripped[row] for row in rows)
+            result[family] = Flags(alarm, not alarm and any(pending[row] for row in rows))
         return result
 
     # -- per module and per group ---------------------------------------------------------------

@@ -104,12 +104,13 @@ def new_run_dir(reports: Path, run_uuid: str | None = None) -> tuple[str, Path]:
     return run_uuid, reports / "runs" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{run_uuid[:8]}"
 
 
-# Plugins installed for the project's own test suite that a plan run has no use for: each costs
-# start-up time (hypothesis alone ~1 s of imports, rewritten), and the unraisable-exception
-# plugin collects garbage harder after every test (~5 % of a bank qualification). A random
-# order would shuffle the plan's steps.
+# Plugins installed for the project's own test suite (or by a dependency) that a plan run has no
+# use for: each costs start-up time (hypothesis alone ~1 s of imports, rewritten; anyio's, which
+# the panel's FastAPI brings along, imports trio: ~0.6 s), and the unraisable-exception plugin
+# collects garbage harder after every test (~5 % of a bank qualification). A random order would
+# shuffle the plan's steps.
 NOT_IN_A_RUN = [arg for name in ("randomly", "hypothesispytest", "benchmark", "xdist", "xdist.looponfail",
-                                 "unraisableexception") for arg in ("-p", f"no:{name}")]
+                                 "unraisableexception", "anyio") for arg in ("-p", f"no:{name}")]
 
 
 def pytest_args(args: argparse.Namespace, extra: list[str]) -> list[str]:

@@ -78,6 +78,7 @@ import cantools
 from cantools.database.can import Database
 
 from bankmodel.bms_profile import FULL_PROFILE, BmsProfile, hex_id, load_bms_profile
+from bankmodel.can_frame import Frame
 from instruments.roles import (BankIdentity, Bms, BmsLimits, BmsService, BmsStatus, BmsTelemetry,
                                CapacityReport, InstrumentError, normalise_version, protocols_of)
 
@@ -433,8 +434,7 @@ class CanBms(Bms):
             if not self.keepalive_pending():
                 return False
             now = self._clock()
-            msg = can.Message(arbitration_id=KEEPALIVE_ID, data=bytes(8), is_extended_id=False,
-                              timestamp=now, is_rx=False)
+            msg = Frame.of(KEEPALIVE_ID, bytes(8), now)
             try:
                 self._bus.send(msg)
                 sent = True

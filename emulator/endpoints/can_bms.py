@@ -65,6 +65,7 @@ twin over a socketcand server on loopback and follows wall time: the cross-proce
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -77,6 +78,7 @@ import numpy as np
 from cantools.database.can import Database
 
 from bankmodel.bms_profile import FULL_PROFILE, BmsProfile, load_bms_profile
+from bankmodel.can_frame import Frame
 from emulator import published
 from emulator.bench import EmulatedBench
 from emulator.twin import Twin
@@ -135,6 +137,7 @@ def text_signals(db: Database) -> dict[tuple[int, str], int]:
     return found
 
 
+@functools.lru_cache(maxsize=64)
 def firmware_code(version: str) -> int:
     """``major * 256 + minor`` of a dotted version ("2.2.0-rc1" -> 0x0202); 0 if unparsable."""
     match = re.match(r"\s*v?(\d+)\.(\d+)", version)
@@ -235,8 +238,7 @@ class FrameEncoder:
             else:
                 data = bytes(message.encode(clamped, scaling=True, padding=False, strict=False))
                 self._last[frame_id] = (key, data)
-            frames.append(can.Message(arbitration_id=frame_id, data=data, is_extended_id=False,
-                                      timestamp=timestamp))
+            frames.append(Frame.of(frame_id, data, timestamp))
         return frames
 
 
