@@ -214,32 +214,34 @@ class FrameEncoder:
                                     self.texts.get((frame_id, sig.name), sig.length // 8))
                                    for sig in message.signals]
                         for frame_id, message in self.messages.items()}
-        self._last: dict[int, tuple[tuple[float, ...], bytes]] = {}
+        self._last: dict[int, tuple[tuple[tuple[str, float | str], ...], bytes]] = {}
 
     def encode(self, values: dict[int, dict[str, float | str]], timestamp: float) -> list[can.Message]:
         frames = []
         for frame_id, signals in values.items():
-            message = self.messages[frame_id]
-            clamped = {}
-            for name, low, high, text_size in self._layout[frame_id]:
-                value = signals[name]
-                if isinstance(value, str):  # an ASCII text signal: its bytes, space padded
-                    value = int.from_bytes(value.encode("ascii", "replace")[:text_size].ljust(text_size, b" "),
-                                           "little")
-                if low is not None and value < low:
-                    value = low
-                elif high is not None and value > high:
-                    value = high
-                clamped[name] = value
-            key = tuple(clamped.values())
+            key = tuple(signals.items())
             last = self._last.get(frame_id)
             if last is not None and last[0] == key:
                 data = last[1]
             else:
-                data = bytes(message.encode(clamped, scaling=True, padding=False, strict=False))
+                data = self._encode(frame_id, signals)
                 self._last[frame_id] = (key, data)
             frames.append(Frame.of(frame_id, data, timestamp))
         return frames
+
+    def _encode(self, frame_id: int, signals: dict[str, float | str]) -> bytes:
+        clamped = {}
+        for name, low, high, text_size in self._layout[frame_id]:
+            value = signals[name]
+            if isinstance(value, str):  # an ASCII text signal: its bytes, space padded
+                value = int.from_bytes(value.encode("ascii", "replace")[:text_size].ljust(text_size, b" "),
+                                       "little")
+            if low is not None and value < low:
+                value = low
+            elif high is not None and value > high:
+                value = high
+            clamped[name] = value
+        return bytes(self.messages[frame_id].encode(clamped, scaling=True, padding=False, strict=False))
 
 
 class EmulatedCanBms:
