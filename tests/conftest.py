@@ -34,9 +34,14 @@ What parallel workers could share, and how each gets its own:
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 XDIST_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 SHARED_SCOPES = ("module", "class", "package")
@@ -46,7 +51,29 @@ SHARED_SCOPES = ("module", "class", "package")
 CHEAP_SHARED_FIXTURES = {"checks", "workdir", "stations"}
 
 
+def _twin_kernels_compiled() -> bool:
+    """Whether numba's on-disk cache holds machine code of the twin's kernels as they are now."""
+    kernels = REPO / "emulator" / "kernels.py"
+    index = list((REPO / "emulator" / "__pycache__").glob("kernels.*.nbi"))
+    return bool(index) and min(p.stat().st_mtime for p in index) >= kernels.stat().st_mtime
+
+
+def _compile_twin_kernels() -> None:
+    """Fill numba's cache once, before any worker starts: on a fresh clone every process that
+    builds a twin first would compile the kernels itself (~6.5 CPU-s each), and at the start of
+    a parallel run a dozen do at once -- the workers, ``hil emulate``, ``hil run`` and truth-table
+    processes. A series-parallel bank run for two seconds compiles every kernel. If it fails, the
+    tests that build a twin say why; the suite is not stopped here."""
+    code = ("from harness.emulated import single_threaded_blas; single_threaded_blas()\n"
+            "from emulator.twin import build_twin\n"
+            "twin = build_twin('4s4p'); twin.set_load(10.0); twin.load_input(True); twin.advance(2.0)\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False, timeout=600,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and not _twin_kernels_compiled():  # the main process only
+        _compile_twin_kernels()
     # registered by pytest-xdist; again here so `-p no:xdist` runs without an unknown-marker warning
     config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker")
     config.addinivalue_line("markers", "long(seconds): about how long the module takes alone; "
