@@ -186,9 +186,23 @@ class _Decoder:
                 if low > full[0] + 1e-9 or high < full[1] - 1e-9:
                     checks.append((s.name, low, high))
             self.ranges[m.frame_id] = checks
+        # per frame ID, the last payload and what it decoded to: a BMS repeats most of its frames
+        # unchanged from one report to the next (limits, enables, counts, identity)
+        self._last: dict[int, tuple[bytes, tuple[str | None, dict[str, Any] | None]]] = {}
 
     def decode(self, msg: can.Message) -> tuple[str | None, dict[str, Any] | None]:
         """(malformed reason or None, decoded signals or None)."""
+        last = self._last.get(msg.arbitration_id)
+        if last is not None and last[0] == msg.data and not (msg.is_error_frame or msg.is_remote_frame
+                                                              or msg.is_extended_id):
+            reason, values = last[1]
+            return reason, None if values is None else dict(values)
+        result = self._decode(msg)
+        if not (msg.is_error_frame or msg.is_remote_frame or msg.is_extended_id):
+            self._last[msg.arbitration_id] = (bytes(msg.data), result)
+        return result[0], None if result[1] is None else dict(result[1])
+
+    def _decode(self, msg: can.Message) -> tuple[str | None, dict[str, Any] | None]:
         if msg.is_error_frame:
             return "error_frame", None
         if msg.is_remote_frame:
