@@ -37,13 +37,19 @@ def make_bench(dut: str = "1s4p_diagonal", firmware: str = "good",
     return EmulatedBench(Twin(replace(spec, firmware=profile)))
 
 
+# A healthy exchange's time-out. The server is a thread of the test's own process: on a host with
+# both cores busy (4 xdist workers) it answered a discovery read later than 0.3 s. A silence
+# test waits this long for each request it expects to go unanswered.
+REPLY_TIMEOUT_S = 1.5
+
+
 @pytest.fixture
 def rig(request: pytest.FixtureRequest) -> Iterator[SimpleNamespace]:
     """A bench, its SunSpec server and a harness client; ``request.param`` = (dut, firmware)."""
     dut, firmware = getattr(request, "param", ("1s4p_diagonal", "good"))
     bench = make_bench(dut, firmware)
     server = SunSpecServer(bench).start()
-    client = SunSpecBms("127.0.0.1", server.port, 1, clock=lambda: bench.now, timeout_s=0.3)
+    client = SunSpecBms("127.0.0.1", server.port, 1, clock=lambda: bench.now, timeout_s=REPLY_TIMEOUT_S)
     try:
         yield SimpleNamespace(bench=bench, twin=bench.twin, server=server, client=client)
     finally:
