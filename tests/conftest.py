@@ -4,7 +4,8 @@
 
 Three workers on two cores: part of the suite waits on real time (the wall-clock bench against
 ``hil emulate``, the kill tests, the shift's processes), and the third worker computes meanwhile
-(measured: 4 min 44 s with 3 workers, 5 min 28 s with 2, the same tests, 2 cores).
+(measured: 4 min 44 s with 3 workers, 5 min 28 s with 2, the same tests, 2 cores; on a
+slower day 5 min 14-31 s with 3 and 5 min 33 s with 4: the two cores are the limit).
 
 What parallel workers could share, and how each gets its own:
 
