@@ -59,10 +59,13 @@ class SynchronisedBench:
     sockets; CAN on python-can's ``virtual`` bus, which the harness's client shares with the
     emulated BMS in this process): first the emulated BMS takes in every CAN frame the harness
     has sent (keep-alives, service commands) at the present bench time; then, while the twin
-    advances, each frame set the emulated BMS publishes is waited for until the harness's CAN
-    client (its ``can.Notifier`` thread) has processed it. No driver or check compensates for
-    lag: what a check reads after a wait is what the bench showed at that time. Modbus and
-    SCPI are request/response and need no barrier.
+    advances, each frame set the emulated BMS publishes is taken off the bus and processed by
+    the harness's CAN client before the twin moves on. The client does this in the advancing
+    thread (:meth:`CanBms.receive_on_the_caller`: its ``can.Notifier`` thread is stopped), since
+    on a virtual clock nothing is sent between steps and a hand-off per report to another
+    thread and back only cost time. No driver or check compensates for lag: what a check reads
+    after a wait is what the bench showed at that time. Modbus and SCPI are request/response
+    and need no barrier.
     """
 
     def __init__(self, station: Any, wait_s: float = 2.0):
@@ -76,8 +79,10 @@ class SynchronisedBench:
         return float(self.station.bench.now)
 
     def attach_can(self, client: Any) -> None:
-        """Hold the twin at each published frame set until ``client`` has it."""
+        """Hold the twin at each published frame set until ``client`` has processed it (in the
+        advancing thread)."""
         self.can_clients.append(client)
+        client.receive_on_the_caller()
         self.station.deliver_each_report(
             lambda stamp, frames: client.wait_for_stamp(stamp, frames, self.wait_s))
 
