@@ -182,8 +182,7 @@ class EmulatedBench:
                                        if not (hasattr(o, "__self__") and isinstance(o.__self__, Capture)
                                                and o.__self__.done)]
 
-    def run_realtime(self, speed: float = 1.0, tick_s: float = 0.01,
-                     on_tick=None) -> None:  # type: ignore[no-untyped-def]
+    def run_realtime(self, speed: float = 1.0, tick_s: float = 0.01) -> None:
         """Follow wall time (times ``speed``) until :meth:`stop`; the caller's thread blocks.
 
         Every ``tick_s`` the twin is brought up to the present, and so it is whenever an
@@ -194,9 +193,8 @@ class EmulatedBench:
         self._wall_origin = (time.monotonic(), self.twin.clock.now, speed)
         try:
             while not self._stop.is_set():
-                with self.lock:  # brings the twin to the present
-                    if on_tick is not None:
-                        on_tick(self)
+                with self.lock:  # taking it brings the twin to the present
+                    pass
                 self._stop.wait(tick_s)
         finally:
             self._wall_origin = None

@@ -192,15 +192,15 @@ class _Decoder:
 
     def decode(self, msg: can.Message) -> tuple[str | None, dict[str, Any] | None]:
         """(malformed reason or None, decoded signals or None)."""
-        last = self._last.get(msg.arbitration_id)
-        if last is not None and last[0] == msg.data and not (msg.is_error_frame or msg.is_remote_frame
-                                                              or msg.is_extended_id):
+        plain = not (msg.is_error_frame or msg.is_remote_frame or msg.is_extended_id)
+        last = self._last.get(msg.arbitration_id) if plain else None
+        if last is not None and last[0] == msg.data:
             reason, values = last[1]
-            return reason, None if values is None else dict(values)
-        result = self._decode(msg)
-        if not (msg.is_error_frame or msg.is_remote_frame or msg.is_extended_id):
-            self._last[msg.arbitration_id] = (bytes(msg.data), result)
-        return result[0], None if result[1] is None else dict(result[1])
+        else:
+            reason, values = self._decode(msg)
+            if plain:
+                self._last[msg.arbitration_id] = (bytes(msg.data), (reason, values))
+        return reason, None if values is None else dict(values)  # a copy: the caller keeps it
 
     def _decode(self, msg: can.Message) -> tuple[str | None, dict[str, Any] | None]:
         if msg.is_error_frame:
