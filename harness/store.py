@@ -49,7 +49,9 @@ import functools
 import math
 import numbers
 import os
+import sqlite3
 import threading
+import time
 import uuid as uuid_module
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -1356,11 +1358,34 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")  # readers never block the station's writes
+        _switch_to_wal(cursor)  # readers never block the station's writes
         cursor.execute("PRAGMA synchronous = FULL")  # a commit survives a power cut too
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database in WAL mode, waiting out other openers as long as ``busy_timeout``.
+
+    SQLite does not call its busy handler here: the switch reads the file header, then needs
+    the exclusive lock, and a connection that already reads is refused at once when another
+    holds the write lock (so that the two cannot deadlock). That happens when stations open
+    one new database at the same moment: two convert it together, one is told "database is
+    locked" in no time at all. WAL is a property of the file, so after a refusal another
+    opener may already have switched it; trying again is enough.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 _VERSION: list[str | None] = []

@@ -9,9 +9,11 @@ test on SQLite and on PostgreSQL, the latter skipped without BANKHIL_PG_URL as t
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -364,6 +366,26 @@ def test_processes_opening_one_new_database_together_all_succeed(url, tmp_path):
     assert _versions(url) == [HEAD]
     with ResultStore(url) as store:
         assert sorted(r.station for r in store.runs()) == [f"st-{n}" for n in range(4)]
+
+
+def test_a_new_sqlite_file_another_opener_is_writing_is_waited_for_not_refused(tmp_path):
+    """The race behind the test above, made certain: another connection holds the write lock of
+    a new file (in its old journal mode) while this store opens it. SQLite refuses the switch to
+    WAL at once, without its busy handler; the store waits the lock out instead."""
+    path = tmp_path / "results.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, other.execute, ("COMMIT",))
+        release.start()
+        started = time.monotonic()
+        with ResultStore(f"sqlite:///{path}") as store:
+            store.start_run(station="st", operator="ci", plan_name="p", emulated=True)
+        assert time.monotonic() - started >= 0.25  # it did wait for the other writer
+        release.join()
+    finally:
+        other.close()
+    assert _versions(f"sqlite:///{path}") == [HEAD]
 
 
 # ---------------------------------------------------------------------------------------------
