@@ -21,6 +21,20 @@ def single_threaded_blas() -> None:
         os.environ.setdefault(var, "1")
 
 
+def warm_twin() -> None:
+    """Import the emulated bench and load numba's kernels (from its cache) by running a small
+    twin for a moment: for a process that forks emulated runs (the station's warm process,
+    harness/production/launcher.py), so no unit pays for it."""
+    import emulator.emulate
+    from emulator.twin import build_twin
+    assert emulator.emulate.start_emulated_station  # the endpoints: imported once, here
+    for dut in ("1s1p", "4s4p"):  # a module and a series-parallel bank: every kernel
+        twin = build_twin(dut)
+        twin.set_load(10.0)
+        twin.load_input(True)
+        twin.advance(2.0)
+
+
 def start_station(dut: str | Path, scenario: str | Path | None = None, seed: int = 0,
                   bms_profile: str | Path | None = None, unit_serial: str | None = None) -> Any:
     """Build the twin of ``dut`` (with a fault ``scenario``) and serve it on loopback: the

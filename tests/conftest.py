@@ -72,9 +72,25 @@ def _compile_twin_kernels() -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+PROJECT_PACKAGES = ("bankmodel", "emulator", "harness", "instruments", "test_plans")
+
+
+def _compile_project_bytecode() -> None:
+    """Write the project's ``.pyc`` files once, before any worker starts. A machine that sets
+    ``PYTHONDONTWRITEBYTECODE`` (this one does) never caches them, so each of the suite's few
+    hundred processes (``hil run``, ``hil emulate``, the truth tables' drivers) compiled the
+    harness from source again: ~0.25 CPU-s each. :mod:`compileall` writes them regardless, and
+    Python reads them as usual; a file changed later is compiled again from source, as always."""
+    import compileall
+    for package in PROJECT_PACKAGES:
+        compileall.compile_dir(REPO / package, quiet=1, workers=1)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput") and not _twin_kernels_compiled():  # the main process only
-        _compile_twin_kernels()
+    if not hasattr(config, "workerinput"):  # the main process only
+        _compile_project_bytecode()
+        if not _twin_kernels_compiled():
+            _compile_twin_kernels()
     # registered by pytest-xdist; again here so `-p no:xdist` runs without an unknown-marker warning
     config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker")
     config.addinivalue_line("markers", "long(seconds): about how long the module takes alone; "

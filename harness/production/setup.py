@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.production import LineSection
+from harness.production.launcher import WarmLauncher, launcher_for
 from harness.production.station import Station, UnitArgs
 
 
@@ -40,8 +41,10 @@ def open_station(station_file: str | Path, plan_arg: str, *, results: str, repor
     base = station_path.parent
     files = {s.name: (base / s.station if s.station else station_path) for s in line.sockets}
     calibration = {}
+    emulated = True
     for path in set(files.values()):
         socket_station = station if path == station_path else load_station(path)
+        emulated = emulated and bool(socket_station.emulated)
         if not socket_station.emulated:
             for role, inst in socket_station.instruments.items():
                 if inst.calibration_due is not None:
@@ -57,7 +60,11 @@ def open_station(station_file: str | Path, plan_arg: str, *, results: str, repor
         mes = MesHandoff(line.mes, reports / "mes-spool", folder_base=base)
         mes.start()
     store = ResultStore(results)
+    launcher = launcher_for(emulated)
+    if isinstance(launcher, WarmLauncher):
+        launcher.warm_up()  # the imports now, not at the first scan
     built = Station(name=station.name, plan=plan, plan_arg=plan_arg, station_files=files, line=line,
                     store=store, results_url=results, reports=reports, operator=operator,
-                    labels=labels, mes=mes, unit_args=unit_args, calibration=calibration)
+                    labels=labels, mes=mes, unit_args=unit_args, calibration=calibration,
+                    launcher=launcher)
     return OpenedStation(built, mes)

@@ -10,7 +10,9 @@ How a unit goes through it (:meth:`Station.submit_serial`):
    serial and a run UUID chosen here -- the same command a person would type, so the unit gets
    the whole harness (validation before energising, its own safety supervisor, bench
    preparation, the store, Allure results) and a socket's failure cannot touch another socket;
-   on an emulated station each unit gets a fresh twin, as each unit on a fixture is a new one;
+   on an emulated station each unit gets a fresh twin, as each unit on a fixture is a new one.
+   The process is forked from a warm one that imported the harness when the station opened
+   (harness/production/launcher.py), so a unit does not spend its first seconds importing;
 3. while it runs, its steps and measurements are followed in the store (committed as taken) and
    published as events to the console and the panel;
 4. when it ends: the verdict, failed step and diagnosis from the store, the label, the MES
@@ -25,10 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.config.production import LineSection
+from harness.production.launcher import ColdLauncher, Launcher, UnitProcess
 from harness.production.policy import Attempt, decide, streak_lock
 from harness.production.state import (CHECKING, DONE, IDLE, RUNNING, LiveMeasurement, LockState,
                                       SerialRefused, SocketState, StationEvent, StationState)
@@ -45,7 +45,6 @@ from harness.production.unit import MeasuredValue, UnitResult
 
 log = logging.getLogger("bankhil.station")
 
-REPO = Path(__file__).resolve().parents[2]
 POLL_S = 0.2
 VERDICT_WORD = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "aborted": "ABORTED", "recorded": "RECORDED"}
 
@@ -56,7 +55,7 @@ UnitArgs = Callable[[str, int, str], list[str]]
 
 @dataclass
 class _Running:
-    process: subprocess.Popen | None
+    process: UnitProcess | None
     run_uuid: str
     serial: str
     attempt: int
@@ -71,12 +70,13 @@ class Station:
     def __init__(self, *, name: str, plan: Any, plan_arg: str, station_files: dict[str, Path],
                  line: LineSection, store: Any, results_url: str, reports: Path, operator: str,
                  labels: Any = None, mes: Any = None, unit_args: UnitArgs | None = None,
-                 calibration: dict[str, date] | None = None, python: str = sys.executable):
+                 calibration: dict[str, date] | None = None, launcher: Launcher | None = None):
         self.name, self.plan, self.plan_arg = name, plan, plan_arg
         self.station_files = station_files
         self.line, self.store, self.results_url = line, store, results_url
         self.reports, self.operator = Path(reports), operator
-        self.labels, self.mes, self.unit_args, self.python = labels, mes, unit_args, python
+        self.labels, self.mes, self.unit_args = labels, mes, unit_args
+        self.launcher = launcher or ColdLauncher()
         self.severity = {step.name: step.severity for step in plan.steps}
         self._lock = threading.RLock()
         self._listeners: list[Callable[[StationEvent], None]] = []
@@ -229,7 +229,7 @@ class Station:
 
     # ------------------------------------------------------------------ one unit
     def _argv(self, socket: str, unit: _Running) -> list[str]:
-        argv = [self.python, "-m", "harness.cli", "run", self.plan_arg,
+        argv = ["run", self.plan_arg,
                 "--station", str(self.station_files[socket]), "--serial", unit.serial,
                 "--results", self.results_url, "--reports", str(self.reports),
                 "--operator", self.operator, "--run-uuid", unit.run_uuid]
@@ -244,8 +244,7 @@ class Station:
         tail = ""
         try:
             with open(log_path, "w", encoding="utf-8") as out:
-                process = subprocess.Popen(self._argv(socket, unit), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                process = self.launcher.start(self._argv(socket, unit), out)
                 with self._lock:
                     unit.process = process
                     stop_now = self._stopped is not None
