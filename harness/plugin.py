@@ -249,11 +249,8 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
     from harness.store import ResultStore
     from harness.supervisor import SafetySupervisor
 
-    from harness.reporting import plot_worker
-
     ctx = _ctx(request.config)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    plot_worker.start()  # matplotlib loads in the drawing process while the bench is assembled
     store = ResultStore(ctx.results_url)
     # a run on this host whose process died (SIGKILL, power) is closed as ABORTED first
     store.abort_dead_runs(HOST, _pid_alive)
@@ -311,7 +308,6 @@ def bankhil_session(request: pytest.FixtureRequest):  # type: ignore[no-untyped-
         finally:
             assembled.close()
             supervisor.close()  # instruments closed: a late Ctrl-C has nothing to make safe
-            plot_worker.stop()
             supervisor.restore_signal_handlers()
             _report_closing(session)
 

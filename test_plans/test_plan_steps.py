@@ -37,18 +37,18 @@ def test_step(plan_step, bankhil_session, measure):  # type: ignore[no-untyped-d
     try:
         _run_step(plan_step, session, measure, check, ctx)
     except BaseException as exc:
-        # interrupted: attach what is drawn, wait for nothing (the bench goes safe first)
-        _finish_plots(measure, 0.0 if isinstance(exc, KeyboardInterrupt) else None)
+        # interrupted: the CSVs are attached, nothing is drawn (the bench goes safe first)
+        _finish_plots(measure, draw=not isinstance(exc, KeyboardInterrupt))
         raise
     _finish_plots(measure)
 
 
-def _finish_plots(measure, wait_s=None):  # type: ignore[no-untyped-def]
-    """The step's plots, drawn while it ran, attached to it."""
+def _finish_plots(measure, draw=True):  # type: ignore[no-untyped-def]
+    """The step's plots, drawn now that its check is done, attached to it."""
     for sink in measure.trace_sinks:
         finish = getattr(sink, "finish", None)
         if finish is not None:
-            finish(wait_s)
+            finish(draw)
 
 
 def _run_step(plan_step, session, measure, check, ctx):  # type: ignore[no-untyped-def]

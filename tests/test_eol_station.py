@@ -24,7 +24,7 @@ import yaml
 from harness.config.production import LockPolicy, RetestPolicy
 from harness.production.policy import Attempt, decide, streak_lock
 
-pytestmark = pytest.mark.long(150)  # the 20-unit shift waits on 21 `hil run` processes: starts first (tests/conftest.py)
+pytestmark = pytest.mark.long(70)  # the 20-unit shift waits on 21 `hil run` processes (forked): starts early (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc)

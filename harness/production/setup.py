@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.production import LineSection
-from harness.production.launcher import WarmLauncher, launcher_for
+from harness.production.launcher import Launcher, WarmLauncher, launcher_for
 from harness.production.station import Station, UnitArgs
 
 
@@ -27,7 +27,8 @@ class OpenedStation:
 
 
 def open_station(station_file: str | Path, plan_arg: str, *, results: str, reports: str | Path,
-                 operator: str, unit_args: UnitArgs | None = None) -> OpenedStation:
+                 operator: str, unit_args: UnitArgs | None = None,
+                 launcher: Launcher | None = None) -> OpenedStation:
     from harness.check_registry import known_checks
     from harness.config import load_plan, load_station
     from harness.plugin import REPO, _resolve
@@ -60,7 +61,7 @@ def open_station(station_file: str | Path, plan_arg: str, *, results: str, repor
         mes = MesHandoff(line.mes, reports / "mes-spool", folder_base=base)
         mes.start()
     store = ResultStore(results)
-    launcher = launcher_for(emulated)
+    launcher = launcher or launcher_for(emulated)  # given: a benchmark comparing the two
     if isinstance(launcher, WarmLauncher):
         launcher.warm_up()  # the imports now, not at the first scan
     built = Station(name=station.name, plan=plan, plan_arg=plan_arg, station_files=files, line=line,

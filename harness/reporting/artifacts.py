@@ -48,21 +48,23 @@ def attach_json(data: Any, name: str) -> None:
 
 
 class TraceArtifacts:
-    """The trace sink of one step: write the CSV at once, draw the plot in the plot worker
-    (harness/reporting/plot_worker.py), attach both and tell the store when the step ends
-    (:meth:`finish`)."""
+    """The trace sink of one step: write the CSV at once, draw the plot when the step's check
+    is done (:meth:`finish`), attach both and tell the store.
 
-    def __init__(self, folder: Path, step_name: str, note: Callable[[str], None] | None = None,
-                 wait_s: float = 120.0):
+    Drawing waits for the end of the step so that a check is never held up mid-measurement
+    (~0.2 s of CPU per plot). It is done in this process: a drawing process of its own (the
+    harness had one) cost each run ~0.6 CPU-s more to start and import matplotlib, and no plan
+    ran faster for it, measured (README, Measured figures)."""
+
+    def __init__(self, folder: Path, step_name: str, note: Callable[[str], None] | None = None):
         self.folder = folder / "plots" / safe_name(step_name)
         self.step_name = step_name
         self.note = note or (lambda text: None)
-        self.wait_s = wait_s
         self.written: list[Path] = []
-        self._pending: list[tuple[Trace, str, Path, Any]] = []
+        self._pending: list[tuple[Trace, str, Path, Path]] = []
 
     def __call__(self, trace: Trace) -> None:
-        from harness.reporting import plot_worker, plots
+        from harness.reporting import plots
 
         trace.step = trace.step or self.step_name
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -70,18 +72,21 @@ class TraceArtifacts:
         csv_path = plots.write_csv(trace, stem.with_suffix(".csv"))
         self.written.append(csv_path)
         title = trace.title or trace.name.replace("_", " ")
-        self._pending.append((trace, title, csv_path, plot_worker.draw(trace, stem.with_suffix(".png"))))
+        self._pending.append((trace, title, csv_path, stem.with_suffix(".png")))
 
-    def finish(self, wait_s: float | None = None) -> None:
-        """Collect the step's pictures: attach each plot and its CSV, note both in the store
-        (waiting up to ``wait_s`` for each, default the sink's ``wait_s``)."""
+    def finish(self, draw: bool = True) -> None:
+        """Draw the step's plots and attach each with its CSV, noting both in the store.
+        ``draw=False`` (an interrupted step: the bench goes safe first) attaches the CSVs only."""
+        from harness.reporting import plots
+
         pending, self._pending = self._pending, []
-        for trace, title, csv_path, future in pending:
-            try:
-                png_path: Path | None = Path(future.result(timeout=self.wait_s if wait_s is None else wait_s))
-            except Exception as exc:  # noqa: BLE001 - a picture is not worth a run
-                self.note(f"plot {trace.name} of step {self.step_name} not drawn: {exc}")
-                png_path = None
+        for trace, title, csv_path, png_wanted in pending:
+            png_path: Path | None = None
+            if draw:
+                try:
+                    png_path = Path(plots.render(trace, png_wanted))
+                except Exception as exc:  # noqa: BLE001 - a picture is not worth a run
+                    self.note(f"plot {trace.name} of step {self.step_name} not drawn: {exc}")
             if png_path is not None:
                 self.written.append(png_path)
                 attach_file(png_path, f"{title} (plot)", "png")
