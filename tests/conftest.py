@@ -5,7 +5,9 @@
 Three workers on two cores: part of the suite waits on real time (the wall-clock bench against
 ``hil emulate``, the kill tests, the shift's processes), and the third worker computes meanwhile
 (measured: 4 min 44 s with 3 workers, 5 min 28 s with 2, the same tests, 2 cores; on a
-slower day 5 min 14-31 s with 3 and 5 min 33 s with 4: the two cores are the limit).
+slower day 5 min 14-31 s with 3 and 5 min 33 s with 4: the two cores are the limit; on that
+day, with the station's units forked from a warm process, plots drawn in the run's process
+and the bytecode written once, 3 min 45 s with 3).
 
 What parallel workers could share, and how each gets its own:
 
