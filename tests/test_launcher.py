@@ -103,3 +103,36 @@ def test_an_emulated_station_gets_the_twin_and_another_interpreter_a_cold_start(
     launcher = launcher_for(emulated=True)
     assert isinstance(launcher, ColdLauncher) or launcher.preload == PRELOAD_EMULATED
     assert isinstance(launcher_for(emulated=True, python="/usr/bin/python3-other"), ColdLauncher)
+
+
+STATION_SCRIPT = """
+import sys, time
+open(sys.argv[1], "a").write("ran\\n")  # no __main__ guard: must run once, not once per unit
+from harness.production.launcher import WarmLauncher, launcher_for
+launcher = launcher_for(emulated=True)
+assert isinstance(launcher, WarmLauncher)
+with open(sys.argv[2], "w") as log:
+    unit = launcher.start(["run", "no_such_plan"], log)
+    while unit.poll() is None:
+        time.sleep(0.05)
+print(unit.returncode)
+"""
+
+
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_a_unit_does_not_run_the_station_script_again(tmp_path: Path, how: str) -> None:
+    """A station driven by a script of its own (no main guard, or read from standard input):
+    its units run ``hil run``, not the script."""
+    marker, log = tmp_path / "ran.txt", tmp_path / "unit.log"
+    script = tmp_path / "my_station.py"
+    script.write_text(STATION_SCRIPT)
+    if how == "file":
+        result = subprocess.run([sys.executable, str(script), str(marker), str(log)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=180)
+    else:
+        result = subprocess.run([sys.executable, "-", str(marker), str(log)], input=STATION_SCRIPT,
+                                cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "2", log.read_text()[-3000:]  # the bad plan's exit status
+    assert marker.read_text() == "ran\n"
+    assert "no_such_plan" in log.read_text()

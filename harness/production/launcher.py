@@ -22,12 +22,14 @@ imported something else (it is one per process; the first station sets its impor
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -120,8 +122,28 @@ class WarmLauncher:
     def start(self, argv: Sequence[str], log: Any) -> UnitProcess:
         process = self._context.Process(target=_run_unit, name=f"hil {' '.join(argv[:2])}",
                                         args=(list(argv), log.name, str(REPO), dict(os.environ)))
-        process.start()
+        with _main_module_hidden():
+            process.start()
         return _ForkedUnit(process)
+
+
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Any:
+    """multiprocessing runs the parent's ``__main__`` again in every child it starts (the rule
+    of its spawn and forkserver methods), so a unit would run the station's own script once more
+    -- all of it, if the script has no ``if __name__ == "__main__"`` guard -- or fail at once when
+    there is no file (a script read from standard input). A unit needs nothing from it: its
+    target lives in this module. So while a unit starts, the parent shows a bare ``__main__``."""
+    with _START_LOCK:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
 
 
 def launcher_for(emulated: bool, python: str = sys.executable) -> Launcher:
