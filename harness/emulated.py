@@ -25,11 +25,10 @@ def warm_twin() -> None:
     """Import the emulated bench and load numba's kernels (from its cache) by running a small
     twin for a moment: for a process that forks emulated runs (the station's warm process,
     harness/production/launcher.py), so no unit pays for it."""
-    import emulator.emulate
-    from emulator.twin import build_twin
-    assert emulator.emulate.start_emulated_station  # the endpoints: imported once, here
+    import emulator.emulate  # the endpoints, imported once here  # noqa: F401
+    import emulator.twin
     for dut in ("1s1p", "4s4p"):  # a module and a series-parallel bank: every kernel
-        twin = build_twin(dut)
+        twin = emulator.twin.build_twin(dut)
         twin.set_load(10.0)
         twin.load_input(True)
         twin.advance(2.0)

@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -40,8 +39,6 @@ PRELOAD_EMULATED = ("harness.production.preload", "harness.production.preload_em
 
 class UnitProcess(Protocol):
     """The part of :class:`subprocess.Popen` the station uses."""
-
-    pid: int
 
     def poll(self) -> int | None: ...
 
@@ -88,10 +85,6 @@ class _ForkedUnit:
                 os.kill(self.pid, sig)
             except ProcessLookupError:  # ended in between
                 pass
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        self._process.join(timeout)
-        return self._process.exitcode
 
 
 _FORKSERVER_LOCK = threading.Lock()
@@ -170,7 +163,6 @@ def _run_unit(argv: list[str], log_path: str, cwd: str, env: dict[str, str]) -> 
     os.environ.update(env)
     os.chdir(cwd)
     sys.argv = ["hil", *argv]
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the forkserver ignores Ctrl-C
     from harness.cli import main
     try:
         code = main(argv)
